@@ -1,0 +1,1 @@
+"""Benchmarks: the harness behind `dfx bench` and the scripts behind the README's numbers."""

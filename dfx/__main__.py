@@ -1,0 +1,5 @@
+import sys
+
+from dfx.cli import main
+
+sys.exit(main())

@@ -178,3 +178,20 @@ def summary(samples: list[Sample]) -> dict:
     by_label = Counter("fake" if s.label else "real" for s in samples)
     by_group = Counter(f"{'fake' if s.label else 'real'}/{s.group}" for s in samples)
     return {"images": len(samples), "real": by_label["real"], "fake": by_label["fake"], "groups": dict(sorted(by_group.items()))}
+
+
+def data_record(root: str | os.PathLike, real: list[str] | None, fake: list[str] | None, val_fraction: float, seed: int) -> dict:
+    """What a bundle's manifest stores under "data" so later steps can rebuild the same split."""
+    return {"root": str(Path(root).resolve()), "real": real, "fake": fake, "val_fraction": val_fraction, "seed": seed}
+
+
+def splits_from_record(record: dict) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) exactly as training saw them, from a manifest's "data" record."""
+    root = record.get("root")
+    if not root or not Path(root).exists():
+        raise DatasetError(
+            f"the bundle's training data ({root}) is not on this machine",
+            hint="pass the data explicitly (for example --calib DATA / --parity DATA)",
+        )
+    samples = discover(root, record.get("real"), record.get("fake"))
+    return split(samples, record.get("val_fraction", 0.2), record.get("seed", 0))

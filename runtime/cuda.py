@@ -40,6 +40,10 @@ _INSTALL_HINT = "pip install 'dfx[gpu]' (installs cuda-python)"
 class CudaError(DfxError):
     """A CUDA call failed, or no CUDA binding/driver/device is available."""
 
+    def __init__(self, message: str, hint: str | None = None, code: str | None = None):
+        super().__init__(message, hint=hint)
+        self.code = code  # the binding's error name, e.g. "cudaErrorNoDevice"
+
 
 @dataclass
 class HostBuffer:
@@ -126,7 +130,7 @@ class CudaPython(CudaApi):
     def _check(self, result: Any, what: str) -> Any:
         err, *values = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
-            raise CudaError(f"CUDA {what} failed: {self.error_string(err)}", hint=_INSTALL_HINT if int(err) == 35 else None)
+            raise CudaError(f"CUDA {what} failed: {self.error_string(err)}", code=str(getattr(err, "name", err)))
         if not values:
             return None
         return values[0] if len(values) == 1 else tuple(values)
@@ -389,6 +393,10 @@ def api() -> CudaApi:
         raise CudaError("no CUDA binding is usable: " + "; ".join(reasons), hint=_INSTALL_HINT)
 
 
+# What cudaGetDeviceCount says on a machine with no (or a too old) driver.
+_NO_DRIVER = ("cudaErrorInsufficientDriver", "cudaErrorStubLibrary", "cudaErrorSystemDriverMismatch")
+
+
 def probe() -> tuple[bool, str]:
     """(a CUDA GPU is usable?, why). Never raises, never touches TensorRT.
 
@@ -404,6 +412,10 @@ def probe() -> tuple[bool, str]:
     try:
         count = cuda.device_count()
     except CudaError as exc:
+        if exc.code in _NO_DRIVER:
+            return False, f"no CUDA driver found ({exc.code})"
+        if exc.code == "cudaErrorNoDevice":
+            return False, "no CUDA device found (cudaErrorNoDevice)"
         return False, f"no usable CUDA driver ({exc})"
     except Exception as exc:
         return False, f"CUDA probe failed ({type(exc).__name__}: {exc})"

@@ -1,0 +1,163 @@
+"""Scan results: one row per input, written as .jsonl or .csv and flushed row by row.
+
+A row is either a score (logit, probability, decision) or an error; never both, never
+missing. `--resume` reads back what an earlier (possibly killed) run wrote: a half-written last
+line is cut off, so the resumed run appends whole rows only and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+from dfx.errors import DfxError
+
+FORMATS = (".jsonl", ".csv")
+
+
+@dataclass(frozen=True)
+class Result:
+    """The verdict on one input. `error` is set (and the scores are None) when it failed."""
+
+    path: str  # the input as given (a path), or a short description for bytes/arrays/PIL images
+    logit: float | None  # raw model score; >= threshold means "fake"
+    probability: float | None  # sigmoid(logit): the model's P(fake), not recalibrated
+    decision: str | None  # "fake" | "real"
+    backend: str  # e.g. "ort-cpu", "trt"
+    precision: str  # "fp32" | "fp16" | "int8"
+    model_sha256: str  # hash of the model file that produced the score
+    error: str | None = None  # why this input has no score
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def is_fake(self) -> bool:
+        return self.decision == "fake"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS = tuple(f.name for f in fields(Result))
+
+
+def output_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DfxError(f"cannot write results to {os.fspath(path)!r}: unknown format", hint="name the output *.jsonl or *.csv")
+    return suffix
+
+
+class ResultWriter:
+    """Appends rows to a .jsonl or .csv file, flushing each, so a killed scan keeps every row it
+    reported. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False):
+        self.path = Path(path)
+        self.format = output_format(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        has_rows = append and self.path.exists() and self.path.stat().st_size > 0
+        self._handle: IO[str] = open(self.path, "a" if append else "w", newline="", encoding="utf-8")
+        self.rows = 0
+        if self.format == ".csv":
+            self._csv = csv.DictWriter(self._handle, fieldnames=COLUMNS, lineterminator="\n")
+            if not has_rows:
+                self._csv.writeheader()
+                self._handle.flush()
+
+    def write(self, result: Result) -> None:
+        row = result.to_dict()
+        if self.format == ".jsonl":
+            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
+        self._handle.flush()
+        self.rows += 1
+
+    def write_all(self, results: Iterable[Result]) -> None:
+        for result in results:
+            self.write(result)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[Result]:
+    """Rows in an output file. A last line without its newline (a run killed mid-write) is
+    ignored; with `repair=True` it is also cut from the file so appending stays clean."""
+    path = Path(path)
+    fmt = output_format(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # everything after the last newline is a partial row
+    if repair and end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    text = data[:end].decode("utf-8", errors="replace")
+    rows: list[Result] = []
+    if fmt == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(_from_dict(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise DfxError(f"{path}:{number} is not a dfx result row ({exc})", hint="write to a new --out file") from exc
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames and "path" not in reader.fieldnames:
+            raise DfxError(f"{path} is not a dfx results CSV (no 'path' column)", hint="write to a new --out file")
+        for row in reader:
+            rows.append(_from_dict(row))
+    return rows
+
+
+def done_paths(path: str | os.PathLike) -> set[str]:
+    """Inputs an earlier run already answered (scored or errored); repairs a cut-off last row."""
+    return {r.path for r in read_results(path, repair=True)}
+
+
+def _from_dict(row: dict[str, Any]) -> Result:
+    def num(value: Any) -> float | None:
+        return None if value in (None, "") else float(value)
+
+    def text(value: Any) -> str | None:
+        return None if value in (None, "") else str(value)
+
+    return Result(
+        path=str(row["path"]),
+        logit=num(row.get("logit")),
+        probability=num(row.get("probability")),
+        decision=text(row.get("decision")),
+        backend=str(row.get("backend") or ""),
+        precision=str(row.get("precision") or ""),
+        model_sha256=str(row.get("model_sha256") or ""),
+        error=text(row.get("error")),
+    )
+
+
+def summarize(results: Iterable[Result]) -> dict[str, int]:
+    counts = {"images": 0, "fake": 0, "real": 0, "errors": 0}
+    for r in results:
+        counts["images"] += 1
+        if r.error is not None:
+            counts["errors"] += 1
+        elif r.decision == "fake":
+            counts["fake"] += 1
+        else:
+            counts["real"] += 1
+    return counts

@@ -1,0 +1,299 @@
+"""Choosing a backend for a bundle on this machine, and saying why.
+
+`auto` takes the fastest form the bundle and the machine can both run:
+
+1. a TensorRT engine built for this GPU's compute capability and the installed TensorRT
+   version (INT8 before FP16), whose sha256 the manifest vouches for;
+2. ONNX Runtime CUDA (FP16 ONNX when the bundle has it, else FP32);
+3. on a CPU: OpenVINO when installed (INT8 first), else ONNX Runtime CPU (INT8 where the
+   bundle has it, else FP32);
+4. the Keras model itself, for a bundle that was not exported yet (needs tensorflow).
+
+An engine that was built for another GPU or TensorRT version, or whose bytes the manifest does
+not vouch for, is refused with its reason and never deserialised. An explicit backend or
+precision the bundle or machine cannot provide raises DfxError with a hint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dfx.bundle import Bundle, BundleError
+from dfx.errors import DfxError
+from dfx.runtime.base import Runner
+
+BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "keras")
+ALIASES = {"ov-cpu": "openvino", "ov": "openvino", "tensorrt": "trt"}
+PRECISIONS = ("fp32", "fp16", "int8")
+# Which precisions each backend runs, best (fastest) first for `precision=None`.
+PREFERENCE = {
+    "trt": ("int8", "fp16", "fp32"),
+    "ort-cuda": ("fp16", "fp32"),  # ORT's CUDA provider runs Q/DQ INT8 mostly in fp32: no gain
+    "openvino": ("int8", "fp32", "fp16"),
+    "ort-cpu": ("int8", "fp32", "fp16"),
+    "keras": ("fp32",),
+}
+ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8"}
+
+
+class SelectError(DfxError):
+    """The requested backend/precision cannot run this bundle on this machine."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What choose_runner picked: the file a runner loads and the hash it carries into rows."""
+
+    backend: str
+    precision: str
+    file: str  # bundle-relative name of the model file or engine
+    sha256: str
+
+
+# ---- what this machine offers ----------------------------------------------------------------
+
+
+def gpu_status() -> tuple[bool, str]:
+    from dfx.runtime import cuda
+
+    return cuda.probe()
+
+
+def ort_cuda_status() -> tuple[bool, str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False, "onnxruntime not installed"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+    return True, "onnxruntime CUDA provider present"
+
+
+def openvino_status() -> tuple[bool, str]:
+    try:
+        from dfx.runtime import openvino
+    except ImportError:
+        return False, "openvino backend not available (dfx.runtime.openvino missing)"
+    try:
+        ok = bool(openvino.available())
+    except Exception as exc:  # a broken install must mean "unavailable", not a crash
+        return False, f"openvino unusable ({exc})"
+    return (True, "openvino installed") if ok else (False, "openvino not installed")
+
+
+def ort_cpu_status() -> tuple[bool, str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False, "onnxruntime not installed (pip install 'dfx[cpu]')"
+    return True, "onnxruntime installed"
+
+
+# ---- engines -----------------------------------------------------------------------------------
+
+
+def _engine_name(entry: dict[str, Any]) -> str:
+    name = str(entry.get("file", ""))
+    return name if name.startswith("engines/") else f"engines/{name}"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(version).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def engine_mismatch(entry: dict[str, Any], compute_capability: str, trt_version: str | None) -> str | None:
+    """Why this engine cannot run here, or None when it can.
+
+    A normal engine runs only on the compute capability and TensorRT version (major.minor.patch)
+    it was built with. A lean (version-compatible) engine also runs on a later TensorRT of the
+    same major version.
+    """
+    name = _engine_name(entry)
+    built_cc = str(entry.get("compute_capability", "?"))
+    if built_cc != compute_capability:
+        return f"{name} was built for compute capability {built_cc}, this GPU is {compute_capability}"
+    if trt_version is None:
+        return f"{name} needs TensorRT, which is not installed"
+    built, here = _version_tuple(entry.get("trt_version", "0")), _version_tuple(trt_version)
+    if entry.get("lean"):
+        if built[:1] != here[:1] or here < built:
+            return f"{name} (lean) was built with TensorRT {entry.get('trt_version')}, needs {built[0]}.x >= it; installed {trt_version}"
+    elif built != here:
+        return f"{name} was built with TensorRT {entry.get('trt_version')}, installed is {trt_version}"
+    return None
+
+
+def usable_engines(bundle: Bundle, precisions: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(engines that match this GPU and TensorRT, refusal reasons for the rest)."""
+    from dfx.runtime import cuda, trt
+
+    entries = list(bundle.manifest.get("engines") or [])
+    if not entries:
+        return [], ["the bundle has no TensorRT engines"]
+    version = trt.installed_version()
+    cc = cuda.compute_capability(0)
+    usable, refused = [], []
+    for entry in entries:
+        name = _engine_name(entry)
+        if entry.get("precision") not in precisions:
+            continue
+        reason = engine_mismatch(entry, cc, version)
+        if reason is None:
+            try:
+                bundle.verify(name)  # an engine is executable code: only bytes the manifest vouches for
+            except BundleError as exc:
+                reason = f"refused {name}: {exc}"
+        if reason is None:
+            usable.append(entry)
+        else:
+            refused.append(reason)
+    order = {p: i for i, p in enumerate(precisions)}
+    usable.sort(key=lambda e: order.get(e.get("precision"), 99))
+    return usable, refused or ([] if usable else [f"no engine for precision {'/'.join(precisions)}"])
+
+
+# ---- the choice --------------------------------------------------------------------------------
+
+
+def normalize_backend(backend: str) -> str:
+    name = ALIASES.get(backend.lower(), backend.lower())
+    if name not in BACKENDS:
+        raise SelectError(f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)} (or ov-cpu)")
+    return name
+
+
+def _precisions(backend: str, precision: str | None) -> tuple[str, ...]:
+    if precision is None:
+        return PREFERENCE[backend]
+    if precision not in PRECISIONS:
+        raise SelectError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    return (precision,) if precision in PREFERENCE[backend] else ()
+
+
+def _onnx_file(bundle: Bundle, precisions: tuple[str, ...]) -> tuple[str, str] | None:
+    for precision in precisions:
+        names = bundle.files_with_role(ONNX_ROLES[precision])
+        if names:
+            return names[0], precision
+    return None
+
+
+def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
+    path = os.fspath(bundle.file(choice.file))  # verified against the manifest here
+    size = bundle.input_size
+    if choice.backend == "trt":
+        from dfx.runtime.trt import TrtRunner
+
+        entry = next(e for e in bundle.manifest["engines"] if _engine_name(e) == choice.file)
+        return TrtRunner(
+            path,
+            precision=choice.precision,
+            input_size=size,
+            max_batch=int(entry.get("max_batch", 32)),
+            lean=bool(entry.get("lean", False)),
+            expected_sha256=choice.sha256,
+        )
+    if choice.backend in ("ort-cpu", "ort-cuda"):
+        from dfx.runtime.ort import OrtRunner
+
+        return OrtRunner(path, device=choice.backend[4:], precision=choice.precision, input_size=size, threads=threads)
+    if choice.backend == "openvino":
+        from dfx.runtime.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, precision=choice.precision, input_size=size, threads=threads)
+    from dfx.runtime.keras import KerasRunner
+
+    return KerasRunner(path, input_size=size)
+
+
+def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) -> tuple[Choice, str]:
+    """Decide (without loading anything) which backend and file to use; returns (choice, why)."""
+    backend = normalize_backend(backend)
+    if precision is not None and precision not in PRECISIONS:
+        raise SelectError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    notes: list[str] = []
+
+    def choice(name: str, file: str, prec: str) -> Choice:
+        return Choice(name, prec, file, bundle.sha256(file))
+
+    candidates = ("trt", "ort-cuda", "openvino", "ort-cpu", "keras") if backend == "auto" else (backend,)
+    gpu: tuple[bool, str] | None = None
+    for name in candidates:
+        precisions = _precisions(name, precision)
+        if not precisions:
+            notes.append(f"{name} does not run {precision}")
+            continue
+        if name in ("trt", "ort-cuda"):
+            gpu = gpu or gpu_status()
+            if not gpu[0]:
+                notes.append(f"no GPU ({gpu[1]})" if name == "trt" or backend != "auto" else "")
+                continue
+        if name == "trt":
+            from dfx.runtime import trt
+
+            if trt.installed_version() is None:
+                notes.append("TensorRT not installed")
+                continue
+            engines, refused = usable_engines(bundle, precisions)
+            notes.extend(refused)
+            if engines:
+                entry = engines[0]
+                return choice("trt", _engine_name(entry), str(entry["precision"])), "; ".join(
+                    [f"{entry['precision']} engine {_engine_name(entry)} matches this GPU and TensorRT"] + [n for n in notes if n])
+            continue
+        if name == "ort-cuda":
+            ok, why = ort_cuda_status()
+        elif name == "openvino":
+            ok, why = openvino_status()
+        elif name == "ort-cpu":
+            ok, why = ort_cpu_status()
+        else:
+            ok, why = (importlib.util.find_spec("tensorflow") is not None, "tensorflow not installed")
+        if not ok:
+            notes.append(why if name != "keras" else f"keras: {why}")
+            continue
+        if name == "keras":
+            names = bundle.files_with_role("keras")
+            if not names:
+                notes.append("the bundle has no Keras model")
+                continue
+            found = (names[0], "fp32")
+            notes.append("the bundle has no ONNX model (run `dfx export`)" if backend == "auto" else "")
+        else:
+            found = _onnx_file(bundle, precisions)
+            if found is None:
+                notes.append(f"the bundle has no {'/'.join(precisions)} ONNX for {name}")
+                continue
+        return choice(name, found[0], found[1]), "; ".join([f"{found[1]} {found[0]}"] + [n for n in notes if n])
+    wanted = backend + (f" {precision}" if precision else "")
+    if gpu is not None and not gpu[0]:
+        hint = "this machine has no usable GPU: use --backend auto (or ort-cpu)"
+    elif precision is not None:
+        hint = "drop --precision to let dfx pick, or export the missing form with `dfx export`"
+    else:
+        hint = "use --backend auto, or install the backend's extra (see README)"
+    raise SelectError(f"cannot run this bundle with {wanted}: " + "; ".join(n for n in notes if n), hint=hint)
+
+
+def choose_runner(
+    bundle: Bundle | str | os.PathLike,
+    backend: str = "auto",
+    precision: str | None = None,
+    *,
+    threads: int | None = None,
+) -> tuple[Runner, str]:
+    """(an inactive Runner, a human reason such as "ort-cpu int8: ...; no GPU (...)").
+
+    The runner's file was verified against the manifest; activate it with `with runner:`.
+    """
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    chosen, why = plan(bundle, backend, precision)
+    runner = _make_runner(bundle, chosen, threads)
+    runner.model_sha256 = chosen.sha256  # type: ignore[attr-defined]  # carried into result rows
+    return runner, f"{chosen.backend} {why}"

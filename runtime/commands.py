@@ -1,7 +1,153 @@
-"""Subcommands of this part (registered by dfx.cli)."""
+"""`dfx scan`: score files and folders with a bundle, one row per input, streamed to a file."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import time
 
-def register(sub) -> None:
-    pass
+from dfx.errors import DfxError
+
+SCAN_DESCRIPTION = """\
+Score images with a bundle's model and stream one row per input to --out (.jsonl or .csv,
+flushed row by row): path, logit, probability, decision (fake/real), backend, precision,
+model_sha256, error.
+
+Inputs: files named on the command line are always scanned (a bad one gets an error row).
+Inside folders (walked recursively, in sorted order) only files with an image suffix
+(.jpg .jpeg .png .webp .bmp .tif .tiff .gif) are scanned; other files are skipped and counted
+in the summary, so a stray README or .DS_Store never becomes an error row. Empty, truncated,
+non-image and oversized files become rows with their error; the scan goes on.
+"""
+
+SCAN_EPILOG = """\
+The chosen backend and why are printed to stderr first. On a terminal a progress bar shows
+images/s; when stderr is not a terminal there is no bar and the final summary is one JSON line
+(images, scored, fake, real, errors, seconds, images_per_s, out, skipped_done,
+skipped_non_image). --quiet prints nothing but errors.
+
+Exit status: 0 when the scan finished (even with error rows); 1 when every input of this run
+failed; 2 on a usage or bundle error; 130 when interrupted (rows written so far are kept: rerun
+with --resume to finish).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+
+    p = sub.add_parser(
+        "scan",
+        help="score images (files/folders) with a bundle; one row per input",
+        description=SCAN_DESCRIPTION,
+        epilog=SCAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by `dfx train`, ideally `dfx export`ed)")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders to scan")
+    p.add_argument("--out", required=True, metavar="FILE", help="where rows go: FILE.jsonl or FILE.csv")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=list(BACKENDS) + sorted(ALIASES),
+        help="auto (default): a matching TensorRT engine, else ONNX Runtime CUDA, else OpenVINO/ONNX "
+        "Runtime CPU (INT8 where the bundle has it), else Keras; or force one",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, help="force a model precision (default: the fastest the backend runs)")
+    p.add_argument("--batch", type=int, default=32, metavar="N", help="images per inference batch (default 32)")
+    p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU backends: inference threads (default: physical cores)")
+    p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's); logit >= it means fake")
+    p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out instead of refusing")
+    p.add_argument("--quiet", action="store_true", help="no backend line, progress bar or summary")
+    p.set_defaults(handler=scan_command)
+
+
+def _count_non_images(paths: list[str]) -> int:
+    from dfx.images import is_image_path
+
+    skipped = 0
+    for entry in paths:
+        if os.path.isdir(entry):
+            for _, _, files in os.walk(entry):
+                skipped += sum(1 for f in files if not is_image_path(f))
+    return skipped
+
+
+def scan_command(args: argparse.Namespace) -> int:
+    from dfx.bundle import Bundle
+    from dfx.images import iter_image_files
+    from dfx.runtime.pipeline import iter_results
+    from dfx.runtime.results import ResultWriter, done_paths, output_format
+    from dfx.runtime.select import choose_runner
+
+    if args.batch < 1:
+        raise DfxError(f"--batch must be >= 1, not {args.batch}")
+    output_format(args.out)
+    if os.path.exists(args.out) and not (args.resume or args.overwrite):
+        raise DfxError(f"{args.out} already exists", hint="pass --resume to finish that scan, or --overwrite to start over")
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    bundle = Bundle.open(args.bundle)
+    files = list(dict.fromkeys(iter_image_files(args.paths)))  # a file named twice is scanned once
+    if not files:
+        raise DfxError(f"no image files in {' '.join(args.paths)}", hint="dfx reads .jpg .jpeg .png .webp .bmp .tif .tiff .gif")
+    done = done_paths(args.out) if args.resume else set()
+    todo = [f for f in files if f not in done]
+    runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
+    say(f"dfx scan: backend {reason}")
+    if done:
+        say(f"dfx scan: resuming: {len(files) - len(todo)} of {len(files)} inputs already in {args.out}")
+
+    from tqdm import tqdm
+
+    counts = {"images": 0, "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    threshold = bundle.threshold if args.threshold is None else args.threshold
+    with runner, ResultWriter(args.out, append=args.resume) as writer:
+        began = time.perf_counter()
+        with tqdm(total=len(todo), unit="img", disable=True if args.quiet else None, file=sys.stderr, dynamic_ncols=True) as bar:
+            results = iter_results(
+                todo,
+                runner,
+                size=bundle.input_size,
+                fit=bundle.fit,
+                threshold=threshold,
+                batch_size=args.batch,
+                workers=args.workers,
+                model_sha256=str(getattr(runner, "model_sha256", "")),
+            )
+            for result in results:
+                writer.write(result)
+                counts["images"] += 1
+                if result.error is not None:
+                    counts["errors"] += 1
+                else:
+                    counts["scored"] += 1
+                    counts["fake" if result.decision == "fake" else "real"] += 1
+                bar.update(1)
+                if counts["images"] % 64 == 0:
+                    bar.set_postfix(fake=counts["fake"], errors=counts["errors"], refresh=False)
+        seconds = time.perf_counter() - began
+    summary = {
+        **counts,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(counts["images"] / seconds, 1) if seconds > 0 else 0.0,
+        "out": os.fspath(args.out),
+        "skipped_done": len(files) - len(todo),
+        "skipped_non_image": _count_non_images(args.paths),
+        "backend": runner.backend,
+        "precision": runner.precision,
+    }
+    if sys.stderr.isatty():
+        say(
+            f"dfx scan: {counts['images']} images: {counts['fake']} fake, {counts['real']} real, "
+            f"{counts['errors']} errors; {summary['images_per_s']} images/s -> {args.out}"
+            + (f"; {summary['skipped_done']} already done" if summary["skipped_done"] else "")
+            + (f"; {summary['skipped_non_image']} non-image files skipped" if summary["skipped_non_image"] else "")
+        )
+    else:
+        say(json.dumps(summary))
+    return 1 if counts["images"] and counts["errors"] == counts["images"] else 0
+

@@ -1,0 +1,126 @@
+"""The Python API that moderation and provenance pipelines embed.
+
+    from dfx.runtime.detector import Detector
+
+    with Detector.load("bundles/faces") as detector:      # picks TensorRT/ORT/OpenVINO, says why
+        print(detector.reason)
+        for result in detector.predict(["a.jpg", jpeg_bytes, pil_image, array]):
+            if result.error:      ...                       # unreadable input: its own row
+            elif result.is_fake:  ...                       # logit >= the bundle's threshold
+
+`predict` returns one Result per input, in order; `scan` yields them as batches finish (a lazy
+iterable is consumed as it goes). One Detector may be shared between threads: each call runs
+its own decode pool, and the Runner serialises access to the model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Iterable, Iterator
+
+from dfx.bundle import Bundle
+from dfx.runtime.base import Runner
+from dfx.runtime.pipeline import iter_results
+from dfx.runtime.results import Result
+
+
+class Detector:
+    """A bundle's model, activated on the best backend here, with its decision threshold."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        runner: Runner,
+        reason: str = "",
+        *,
+        threshold: float | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+    ):
+        self.bundle = bundle
+        self.runner = runner
+        self.reason = reason  # why this backend was chosen, for logs
+        self.threshold = bundle.threshold if threshold is None else float(threshold)  # on the logit
+        self.batch_size = batch_size
+        self.workers = workers
+        self.model_sha256 = str(getattr(runner, "model_sha256", ""))
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls,
+        bundle: Bundle | str | os.PathLike,
+        backend: str = "auto",
+        precision: str | None = None,
+        *,
+        threshold: float | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        threads: int | None = None,
+    ) -> "Detector":
+        """Open (and verify) the bundle, choose a backend, activate it."""
+        from dfx.runtime.select import choose_runner
+
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.open(bundle)
+        runner, reason = choose_runner(bundle, backend, precision, threads=threads)
+        runner.activate()
+        return cls(bundle, runner, reason, threshold=threshold, batch_size=batch_size, workers=workers)
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        return self.runner.precision
+
+    def scan(self, images: Iterable[Any]) -> Iterator[Result]:
+        """Yield one Result per image (path, bytes, PIL image or array) as batches finish."""
+        if self._closed:
+            from dfx.runtime.base import RunnerError
+
+            raise RunnerError("this Detector is closed")
+        return iter_results(
+            images,
+            self.runner,
+            size=self.bundle.input_size,
+            fit=self.bundle.fit,
+            threshold=self.threshold,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            model_sha256=self.model_sha256,
+        )
+
+    def predict(self, images: Iterable[Any] | Any) -> list[Result]:
+        """Results for `images`, in order. A single path/bytes/PIL image/array gives a list of one."""
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not _is_iterable(images):
+            images = [images]
+        elif getattr(images, "ndim", 0) in (2, 3):
+            images = [images]  # one H×W(×C) array, not a sequence of rows; (N, H, W, C) is N images
+        return list(self.scan(images))
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.runner.deactivate()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Detector({self.bundle.root}, backend={self.backend}, precision={self.precision}, threshold={self.threshold:g})"
+
+
+def _is_iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return not hasattr(value, "getpixel")  # a PIL image is one image, not a sequence

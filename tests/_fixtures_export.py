@@ -1,1 +1,33 @@
+"""Session fixtures of the export part: a copy of `trained_bundle` exported to fp32, fp16 and
+calibrated int8 ONNX (real export, real calibration on the synthetic training split)."""
 
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Small calibration so the session stays quick; the method is percentile because ORT's
+# entropy search costs ~1 s per tensor whatever the image count (test_export_int8 covers
+# entropy on a small graph).
+FIXTURE_CALIB_COUNT = 64
+FIXTURE_CALIB_METHOD = "percentile"
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(trained_bundle, tmp_path_factory) -> Path:
+    """A copy of trained_bundle with model.onnx, model.fp16.onnx, model.int8.onnx,
+    calibration.json and parity.json."""
+    pytest.importorskip("tf2onnx", reason="export needs tf2onnx (pip install 'dfx[export]')")
+    from dfx.export.pipeline import ExportConfig, export_bundle
+
+    out = copy_bundle(Path(trained_bundle), tmp_path_factory.mktemp("exported") / "bundle")
+    config = ExportConfig(fp16=True, int8=True, calib_count=FIXTURE_CALIB_COUNT, calib_method=FIXTURE_CALIB_METHOD)
+    export_bundle(out, config, log=lambda _: None)
+    return out

@@ -1,0 +1,77 @@
+"""Which images export uses (calibration, validation, parity) and how they are decoded.
+
+Defaults come from the bundle's manifest["data"] record: calibration on the training split,
+parity on the validation split, exactly as training drew them. Pixels go through
+dfx.images.load_image at the bundle's size and fit, the same path serving uses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from dfx import datasets
+from dfx.bundle import Bundle
+from dfx.datasets import DatasetError, Sample
+from dfx.images import ImageError, load_image
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,), 1 = fake
+    samples: list[Sample]  # the ones that decoded, aligned with images
+    source: str  # human description, e.g. "the bundle's validation split (/data/faces)"
+    skipped: list[str]  # "path: reason" for files that could not be decoded
+
+
+def resolve(bundle: Bundle, data: str | os.PathLike | None, split: str) -> tuple[list[Sample], str]:
+    """Samples from DATA (every labelled image in it) or from the bundle's own `split`
+    ("train" or "val"). Raises DatasetError (with a hint) when neither is available."""
+    if data is not None:
+        return datasets.discover(data), str(data)
+    record = bundle.manifest.get("data")
+    if not record:
+        raise DatasetError(
+            f"{bundle.root} does not record its training data",
+            hint="pass the images explicitly (--calib DATA / --parity DATA)",
+        )
+    train, val = datasets.splits_from_record(record)
+    chosen = train if split == "train" else val
+    if not chosen:
+        raise DatasetError(f"the bundle's {split} split is empty")
+    name = "training" if split == "train" else "validation"
+    return chosen, f"the bundle's {name} split ({record['root']})"
+
+
+def load(samples: list[Sample], size: tuple[int, int], fit: str, source: str, progress: str | None = None) -> ImageSet:
+    """Decode samples; undecodable files are skipped and listed, never fatal."""
+    from tqdm import tqdm
+
+    images, kept, skipped = [], [], []
+    for sample in tqdm(samples, desc=progress, unit="img", disable=None if progress else True, leave=False):
+        try:
+            images.append(load_image(sample.path, size, fit))
+            kept.append(sample)
+        except ImageError as exc:
+            skipped.append(str(exc))
+    array = np.stack(images) if images else np.zeros((0, size[0], size[1], 3), np.uint8)
+    labels = np.asarray([s.label for s in kept], np.int64)
+    return ImageSet(array, labels, kept, source, skipped)
+
+
+def noise_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Deterministic uint8 noise images: the stand-in when a bundle's data is not here."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(count, size[0], size[1], 3), dtype=np.uint8)
+
+
+def per_class_and_group(samples: list[Sample]) -> dict:
+    """{"real": {"unsplash": 256}, "fake": {"stylegan2": 256}} for the calibration report."""
+    table: dict[str, dict[str, int]] = {"real": {}, "fake": {}}
+    for s in samples:
+        cls = "fake" if s.label else "real"
+        table[cls][s.group] = table[cls].get(s.group, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in table.items()}

@@ -1,0 +1,88 @@
+"""FP32 ONNX -> FP16 ONNX whose input and output stay float32.
+
+Written with `onnx` alone (onnxconverter-common is not a dependency): every float32
+initializer and Constant becomes float16, one Cast follows the graph input and one precedes
+the graph output, and all intermediate tensors are float16. Callers keep feeding float32
+pixels 0..255 (exact in float16) and reading float32 logits. TensorRT builds this file as a
+strongly typed FP16 network; ONNX Runtime CPU runs it too (it inserts its own casts around
+ops that have no float16 CPU kernel), which is how it is validated here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from dfx.errors import require
+
+FLOAT16_MAX = 65504.0
+
+
+def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """Write the float16 version of `src` to `dst`. Returns the manifest details."""
+    onnx = require("onnx", "export", "the FP16 conversion")
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(os.fspath(src))
+    graph = model.graph
+    clipped = 0
+
+    def to_half(tensor: Any) -> Any:
+        nonlocal clipped
+        array = numpy_helper.to_array(tensor)
+        big = np.abs(array) > FLOAT16_MAX
+        clipped += int(big.sum())
+        half = np.clip(array, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+        return numpy_helper.from_array(half, tensor.name)
+
+    for i, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            graph.initializer[i].CopyFrom(to_half(tensor))
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                    attr.t.CopyFrom(to_half(attr.t))
+        for attr in node.attribute:  # e.g. Cast(to=float) inside the graph
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+
+    # Cast float32 graph inputs into the graph, and its float16 result out to float32 outputs.
+    casts_in, casts_out = [], []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        half_name = f"{value.name}__fp16"
+        for node in graph.node:
+            for j, name in enumerate(node.input):
+                if name == value.name:
+                    node.input[j] = half_name
+        casts_in.append(helper.make_node("Cast", [value.name], [half_name], to=TensorProto.FLOAT16, name=f"{value.name}_to_fp16"))
+    for value in graph.output:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        half_name = f"{value.name}__fp16"
+        for node in graph.node:
+            for j, name in enumerate(node.output):
+                if name == value.name:
+                    node.output[j] = half_name
+            for j, name in enumerate(node.input):  # an output also read inside the graph
+                if name == value.name:
+                    node.input[j] = half_name
+        casts_out.append(helper.make_node("Cast", [half_name], [value.name], to=TensorProto.FLOAT, name=f"{value.name}_to_fp32"))
+    nodes = casts_in + list(graph.node) + casts_out
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+    # Intermediate types are stale now; let shape inference recompute them.
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, os.fspath(dst))
+    return {
+        "route": "dfx.export.fp16 (float16 initializers, float32 graph I/O)",
+        "io_dtype": "float32",
+        "clipped_weights": clipped,  # weights beyond float16's range, clipped to +-65504
+    }

@@ -1,0 +1,88 @@
+"""parity.json: every exported form against the original Keras model, on the same images.
+
+Each form runs through a Runner (the same contract serving uses), the Keras model through
+KerasRunner, and dfx.parity.compare applies the named tolerances. The report carries, per
+form: max and mean |logit difference|, decision agreement at the bundle threshold, AUC of the
+form and of Keras, the form's own best threshold, and what to try when it fails.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from dfx import parity
+from dfx.runtime.base import Runner, run_batches
+
+HINTS = {
+    "fp32": "the ONNX conversion is not faithful: try another --opset, and report it with the model",
+    "fp16": "the model overflows or underflows float16 somewhere: serve the fp32 or int8 form instead",
+    "int8": "try another --calib-method (entropy, percentile, minmax) or more calibration images "
+    "(--calib-count 1024, or --calib DATA closer to what you scan)",
+}
+
+
+def hint_for(form: str) -> str:
+    return HINTS.get(form.rsplit("-", 1)[-1], HINTS["fp32"])
+
+
+def measure(
+    reference: np.ndarray,
+    forms: dict[str, Callable[[], Runner]],
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    threshold: float,
+    batch_size: int = 32,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, dict]:
+    """Run each form on `images` and compare with the Keras `reference` logits."""
+    results: dict[str, dict] = {}
+    for name, make in forms.items():
+        start = time.perf_counter()
+        with make() as runner:
+            logits = run_batches(runner, images, batch_size)
+        entry = parity.compare(name, reference, logits, labels, threshold)
+        entry["backend"] = runner.backend
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        if not entry["passed"]:
+            entry["hint"] = hint_for(name)
+        log(f"  {format_row(entry)}")
+        results[name] = entry
+    return results
+
+
+def format_row(entry: dict) -> str:
+    auc = f"AUC {entry['auc']:.4f} (Keras {entry['auc_keras']:.4f})" if "auc" in entry else "AUC n/a"
+    status = "ok" if entry["passed"] else "FAIL: " + "; ".join(entry["failures"])
+    return (
+        f"{entry['form']:<14} max|d| {entry['max_abs_diff']:.2e}  mean|d| {entry['mean_abs_diff']:.2e}  "
+        f"agree {entry['agreement']:.2%}  {auc}  {status}"
+    )
+
+
+def markdown_table(report: dict) -> str:
+    """The README's parity table."""
+    lines = [
+        "| form | backend | max abs diff | mean abs diff | agreement | AUC | Keras AUC | best threshold | passed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report["forms"].values():
+        auc = f"{entry['auc']:.4f}" if "auc" in entry else "n/a"
+        keras_auc = f"{entry['auc_keras']:.4f}" if "auc_keras" in entry else "n/a"
+        best = f"{entry['best_threshold']:.3f}" if "best_threshold" in entry else "n/a"
+        lines.append(
+            f"| {entry['form']} | {entry.get('backend', '')} | {entry['max_abs_diff']:.2e} | {entry['mean_abs_diff']:.2e} "
+            f"| {entry['agreement']:.2%} | {auc} | {keras_auc} | {best} | {'yes' if entry['passed'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def failures(report: dict) -> list[str]:
+    """One line per failing form: which, by how much, what to try."""
+    lines = []
+    for name, entry in report["forms"].items():
+        if not entry["passed"]:
+            lines.append(f"{name}: {'; '.join(entry['failures'])} -> {entry.get('hint', hint_for(name))}")
+    return lines

@@ -1,0 +1,337 @@
+"""`export_bundle`: a trained bundle -> ONNX fp32 (+ fp16, + calibrated int8, + TensorRT
+engines), each recorded in the manifest and proven against the Keras model in parity.json.
+
+Order matters: every ONNX file is written and recorded (manifest saved) before any TensorRT
+work, so a host without a GPU still ends with a complete CPU bundle and a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dfx import datasets
+from dfx.bundle import Bundle, BundleError, tool_versions
+from dfx.datasets import DatasetError
+from dfx.export import data as export_data
+from dfx.export import int8, onnx_export, parity_report
+from dfx.export.onnx_export import FP32_TOLERANCE
+
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8"}
+CALIBRATION_REPORT = "calibration.json"
+PARITY_REPORT = "parity.json"
+CACHE_DIR = "calibration-cache"
+TIMING_CACHE = "engines/timing.cache"
+FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 vs fp32 on ORT: |diff| <= 1% of the logit scale (parity judges decisions)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    fp16: bool = False  # also write model.fp16.onnx (for TensorRT / CUDA)
+    int8: bool = False  # also write the calibrated Q/DQ model.int8.onnx
+    calib: str | None = None  # calibration images (folder or labels file); None = the bundle's training split
+    calib_count: int = 512  # calibration images, balanced real/fake and across generators
+    calib_method: str = "entropy"  # entropy | percentile | minmax (see export/int8.py)
+    calib_seed: int = 0  # which images the balanced sample draws
+    recalibrate: bool = False  # ignore a matching calibration cache and read the images again
+    parity: str | None = None  # parity images; None = the bundle's validation split
+    parity_count: int = 2000  # cap on parity images (balanced sample) so huge sets stay quick
+    validate_count: int = 32  # images for the check right after the ONNX export
+    opset: int = onnx_export.DEFAULT_OPSET  # ONNX opset (tf2onnx 1.17 handles up to 18)
+    engine: bool = False  # build TensorRT engines from the fp16/int8 ONNX (GPU hosts)
+    lean: bool = False  # engines version-compatible without the lean runtime (tensorrt_lean serves them)
+    max_batch: int = 128  # largest batch an engine accepts (optimization profile max)
+    opt_batch: int | None = None  # batch the engine is tuned for; None = min(32, max_batch)
+    ort_device: str = "cpu"  # ONNX forms are judged on ORT CPU: deterministic, no TF32 surprises
+    batch_size: int = 32  # inference batch for validation, calibration and parity
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def export_bundle(bundle_dir: str | os.PathLike, config: ExportConfig, log: Callable[[str], None] = _stderr) -> dict:
+    """Export the bundle at `bundle_dir` as `config` asks; returns the parity report (also
+    written to parity.json). Raises DfxError subclasses for user errors; a form that misses
+    its tolerance does not raise: the report says so (`passed` False) and the CLI exits 1."""
+    started = time.perf_counter()
+    if config.calib_method not in int8.METHODS:
+        raise int8.CalibrationError(f"unknown --calib-method {config.calib_method!r}", hint=f"use one of {', '.join(int8.METHODS)}")
+    if config.engine and not (config.fp16 or config.int8):
+        config = _replace(config, fp16=True)
+        log("--engine without --fp16/--int8: building the fp16 form and its engine")
+    bundle = Bundle.open(bundle_dir)
+    if not bundle.has("model.keras"):
+        raise BundleError(f"{bundle.root} has no model.keras to export", hint="train one with `dfx train`")
+    # The Keras model, loaded once: the export source and the parity reference.
+    from dfx.runtime.keras import KerasRunner
+
+    keras_runner = KerasRunner(str(bundle.file("model.keras")), input_size=bundle.input_size, batch_size=config.batch_size)
+    keras_runner.activate()
+    try:
+        report = _export_onnx_forms(bundle, config, keras_runner, log)
+    finally:
+        keras_runner.deactivate()
+
+    # ---- TensorRT engines (after every ONNX file and the CPU parity are safely written) ---
+    if config.engine:
+        _export_engines(bundle, config, report, log)
+
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    _write_parity(bundle, report)
+    log(f"export finished in {report['seconds']:.0f} s: {'all forms within tolerance' if report['passed'] else 'SOME FORMS FAILED'}")
+    return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+def _export_onnx_forms(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
+    """fp32 (always), fp16 and int8 as asked, each validated; then parity of all of them."""
+    size = bundle.input_size
+    validation = _validation_images(bundle, config, log)
+    keras_val = _run(keras_runner, validation.images, config.batch_size)
+
+    # ---- ONNX fp32 ------------------------------------------------------------------
+    log(f"exporting {FILES['fp32']} (tf2onnx, opset {config.opset})")
+    fp32_path = bundle.root / FILES["fp32"]
+    details = onnx_export.export_onnx(keras_runner._model, fp32_path, size, config.opset)
+    ort_val = _run(_ort(fp32_path, "fp32", size, config), validation.images, config.batch_size)
+    diff = onnx_export.validate(
+        "ONNX fp32", keras_val, ort_val, FP32_TOLERANCE, validation.source,
+        hint="try another --opset; the Keras model may use a layer tf2onnx converts approximately",
+    )
+    log(f"  ONNX vs Keras on {len(validation.images)} {validation.source}: max |diff| {diff:.2e} (<= {FP32_TOLERANCE:g})")
+    bundle.add_file(FILES["fp32"], role=ROLES["fp32"], tools=details.pop("tools"), **details,
+                    validation=_validation_entry(diff, FP32_TOLERANCE, "keras", validation))
+    bundle.save()
+
+    # ---- fp16 -------------------------------------------------------------------------
+    if config.fp16:
+        from dfx.export.fp16 import convert_fp16
+
+        log(f"writing {FILES['fp16']}")
+        fp16_path = bundle.root / FILES["fp16"]
+        details = convert_fp16(fp32_path, fp16_path)
+        half = _run(_ort(fp16_path, "fp16", size, config), validation.images, config.batch_size)
+        tolerance = FP16_RELATIVE_TOLERANCE * max(1.0, float(np.max(np.abs(ort_val), initial=0.0)))
+        diff = onnx_export.validate("ONNX fp16", ort_val, half, tolerance, validation.source,
+                                    hint="the model leaves float16's range; serve fp32 or int8")
+        log(f"  fp16 vs fp32 (ORT): max |diff| {diff:.2e} (<= {tolerance:.3g})")
+        bundle.add_file(FILES["fp16"], role=ROLES["fp16"], tools=tool_versions("onnx"), source=FILES["fp32"],
+                        **details, validation=_validation_entry(diff, tolerance, "onnx-fp32", validation))
+        bundle.save()
+
+    # ---- int8 -------------------------------------------------------------------------
+    if config.int8:
+        _export_int8(bundle, fp32_path, config, ort_val, validation, log)
+    return _parity(bundle, config, keras_runner, log)
+
+
+# ---- steps --------------------------------------------------------------------------------
+
+
+def _validation_images(bundle: Bundle, config: ExportConfig, log: Callable[[str], None]) -> export_data.ImageSet:
+    """Real images from the bundle's data for the post-export checks; deterministic noise,
+    said out loud, when the data is not on this machine."""
+    size, fit = bundle.input_size, bundle.fit
+    try:
+        samples, source = export_data.resolve(bundle, config.parity, "val")
+        chosen = datasets.balanced_sample(samples, config.validate_count, seed=0)
+        images = export_data.load(chosen, size, fit, source)
+        if len(images.images):
+            return images
+        reason = "none of its images could be decoded"
+    except DatasetError as exc:
+        reason = str(exc)
+    log(f"note: validating on {config.validate_count} deterministic noise images, not real ones: {reason}")
+    noise = export_data.noise_images(config.validate_count, size)
+    return export_data.ImageSet(noise, np.zeros(len(noise), np.int64), [], "deterministic noise images (seed 0)", [])
+
+
+def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validation, log) -> None:
+    size, fit = bundle.input_size, bundle.fit
+    options = int8.CalibrationOptions(method=config.calib_method)
+    samples, source = export_data.resolve(bundle, config.calib, "train")
+    chosen = datasets.balanced_sample(samples, config.calib_count, seed=config.calib_seed)
+    key = _cache_key(bundle.sha256(FILES["fp32"]), options, chosen, size, fit)
+    cache_name = f"{CACHE_DIR}/{config.calib_method}-{key[:16]}.json"
+    cache_path = bundle.root / cache_name
+    with tempfile.TemporaryDirectory(prefix="dfx-int8-") as tmp:
+        pre = Path(tmp) / "model.pre.onnx"
+        int8.preprocess(fp32_path, pre)
+        hit = cache_path.is_file() and not config.recalibrate
+        calib_set = None
+        if hit:
+            log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
+            ranges = int8.load_ranges(cache_path)
+        else:
+            calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
+            log(f"calibrating ({config.calib_method}) on {len(calib_set.images)} images from {source}")
+            start = time.perf_counter()
+            ranges = int8.calibrate(pre, calib_set.images, options)
+            log(f"  {len(ranges.keys())} tensor ranges in {time.perf_counter() - start:.1f} s")
+            int8.save_ranges(ranges, cache_path)
+        int8_path = bundle.root / FILES["int8"]
+        details = int8.quantize(pre, int8_path, cache_path, config.calib_method)
+    counts = int8.check_symmetric(int8_path)
+    quant = _run(_ort(int8_path, "int8", size, config), validation.images, config.batch_size)
+    diff = float(np.max(np.abs(quant - ort_val), initial=0.0))
+    log(f"  int8 vs fp32 (ORT): max |diff| {diff:.3g}; {counts['QuantizeLinear']} Q / {counts['DequantizeLinear']} DQ nodes")
+
+    used = calib_set.samples if calib_set is not None else chosen
+    report = {
+        "method": config.calib_method,
+        "options": asdict(options),
+        "source": source,
+        "requested": config.calib_count,
+        "images": len(used),
+        "per_class_and_group": export_data.per_class_and_group(used),
+        "skipped": calib_set.skipped if calib_set is not None else [],
+        "files": [s.path for s in used],
+        "cache": {"file": cache_name, "key": key, "hit": hit},
+        "quantization": details,
+        "qdq_nodes": counts,
+        "ranges": int8.ranges_table(ranges),
+        "tools": tool_versions("onnxruntime", "onnx"),
+    }
+    (bundle.root / CALIBRATION_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    bundle.add_file(cache_name, role="calibration-cache", tools=tool_versions("onnxruntime"))
+    bundle.add_file(CALIBRATION_REPORT, role="calibration-report")
+    tools = details.pop("tools", None) or tool_versions("onnxruntime", "onnx")
+    bundle.add_file(FILES["int8"], role=ROLES["int8"], tools=tools, source=FILES["fp32"], **details,
+                    calibration={"report": CALIBRATION_REPORT, "images": len(used), "cache_key": key},
+                    validation={"against": "onnx-fp32", "max_abs_diff": diff, "images": validation.source})
+    bundle.save()
+
+
+def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
+    size, fit = bundle.input_size, bundle.fit
+    try:
+        samples, source = export_data.resolve(bundle, config.parity, "val")
+        if len(samples) > config.parity_count:
+            samples = datasets.balanced_sample(samples, config.parity_count, seed=0)
+        images = export_data.load(samples, size, fit, source, progress="parity images")
+        labels = images.labels
+        if not len(images.images):
+            raise DatasetError(f"no parity image in {source} could be decoded")
+    except DatasetError as exc:
+        log(f"note: parity on 64 deterministic noise images (no labels, so no AUC): {exc}")
+        noise = export_data.noise_images(64, size, seed=1)
+        images = export_data.ImageSet(noise, np.zeros(len(noise), np.int64), [], "deterministic noise images (seed 1)", [])
+        labels = None
+    log(f"parity against Keras on {len(images.images)} images from {images.source}")
+    reference = _run(keras_runner, images.images, config.batch_size)
+    forms = {
+        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, n, size, config))
+        for name in ("fp32", "fp16", "int8")
+        if bundle.has(FILES[name])
+    }
+    results = parity_report.measure(reference, forms, images.images, labels, bundle.threshold, config.batch_size, log)
+    report = {
+        "threshold": bundle.threshold,
+        "images": len(images.images),
+        "source": images.source,
+        "labels": labels is not None,
+        "classes": {"real": int(np.sum(images.labels == 0)), "fake": int(np.sum(images.labels == 1))} if labels is not None else None,
+        "skipped": images.skipped,
+        "forms": results,
+        "passed": all(r["passed"] for r in results.values()),
+        "tools": tool_versions("onnxruntime", "tensorflow", "keras"),
+    }
+    # Kept for engines: the same images and reference, so engines are judged identically.
+    report["_images"], report["_labels"], report["_reference"] = images.images, labels, reference
+    _write_parity(bundle, report)
+    return report
+
+
+def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> None:
+    from dfx.export import tensorrt as trt_build
+
+    compute_capability = trt_build.gpu_or_raise()  # the clear no-GPU error, ONNX files already saved
+    version = trt_build.trt_version()
+    engines = [e for e in bundle.manifest.get("engines", [])]
+    built: dict[str, str] = {}
+    for precision in ("fp16", "int8"):
+        if not getattr(config, precision):
+            continue
+        name = trt_build.engine_name(precision, compute_capability, version, config.lean)
+        spec = trt_build.EngineSpec(precision=precision, input_size=bundle.input_size, max_batch=config.max_batch,
+                                    opt_batch=config.opt_batch, lean=config.lean)
+        log(f"building {name} (TensorRT {version}, strongly typed, batch 1..{config.max_batch})")
+        details = trt_build.build_engine(bundle.file(FILES[precision]), bundle.root / name, spec, bundle.root / TIMING_CACHE)
+        log(f"  built in {details['build_seconds']} s")
+        bundle.add_file(name, role="engine", tools={"tensorrt": details["trt_version"]}, source=FILES[precision], **details)
+        entry = {"file": name, "precision": precision, "compute_capability": compute_capability,
+                 "trt_version": details["trt_version"], "lean": config.lean, "max_batch": config.max_batch}
+        engines = [e for e in engines if e.get("file") != name] + [entry]
+        bundle.manifest["engines"] = engines
+        bundle.add_file(TIMING_CACHE, role="timing-cache", tools={"tensorrt": details["trt_version"]})
+        bundle.save()
+        built[precision] = name
+
+    from dfx.runtime.trt import TrtRunner  # helper R's runner; needs a GPU, imported only here
+
+    forms = {
+        f"trt{'-lean' if config.lean else ''}-{precision}": (
+            lambda p=bundle.file(name), prec=precision: TrtRunner(p, precision=prec, input_size=bundle.input_size)
+        )
+        for precision, name in built.items()
+    }
+    results = parity_report.measure(report["_reference"], forms, report["_images"], report["_labels"],
+                                    bundle.threshold, config.batch_size, log)
+    report["forms"].update(results)
+    report["passed"] = all(r["passed"] for r in report["forms"].values())
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _ort(path, precision: str, size, config: ExportConfig):
+    from dfx.runtime.ort import OrtRunner
+
+    return OrtRunner(str(path), device=config.ort_device, precision=precision, input_size=size)
+
+
+def _run(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
+    from dfx.runtime.base import run_batches
+
+    if runner.is_active:
+        return run_batches(runner, images, batch_size)
+    with runner:
+        return run_batches(runner, images, batch_size)
+
+
+def _validation_entry(diff: float, tolerance: float, against: str, images) -> dict:
+    return {"against": against, "max_abs_diff": diff, "tolerance": tolerance, "images": len(images.images), "source": images.source}
+
+
+def _cache_key(onnx_sha: str, options: int8.CalibrationOptions, samples, size, fit: str) -> str:
+    """Same FP32 model, same images, same method and options, same pixels -> same ranges."""
+    payload = json.dumps(
+        {"onnx": onnx_sha, "options": asdict(options), "files": [s.path for s in samples], "size": list(size), "fit": fit},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _write_parity(bundle: Bundle, report: dict) -> None:
+    public = {k: v for k, v in report.items() if not k.startswith("_")}
+    (bundle.root / PARITY_REPORT).write_text(json.dumps(public, indent=2, default=float) + "\n")
+    bundle.add_file(PARITY_REPORT, role="parity-report")
+    bundle.manifest["parity"] = {"file": PARITY_REPORT, "passed": report["passed"],
+                                 "forms": {k: v["passed"] for k, v in report["forms"].items()}}
+    bundle.save()
+
+
+def _replace(config: ExportConfig, **changes) -> ExportConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)

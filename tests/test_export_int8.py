@@ -1,0 +1,152 @@
+"""INT8: symmetric Q/DQ for ORT and TensorRT, calibration report, cache, and real entropy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _skewed_model(path: Path) -> None:
+    """x (N, 64) -> MatMul(identity) -> y: the calibrated tensors carry x's distribution."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(64, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "skewed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+        [weight],
+    )
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _calibrate_skewed(tmp_path: Path, method: str, **options) -> dict[str, list[float]]:
+    from onnxruntime.quantization.calibrate import create_calibrator  # noqa: F401 (ORT present)
+
+    from dfx.export import int8
+
+    model = tmp_path / "skewed.onnx"
+    _skewed_model(model)
+    rng = np.random.default_rng(0)
+    # A ReLU-like, heavy-tailed activation: most values small, a few large outliers.
+    data = rng.exponential(1.0, size=(256, 64)).astype(np.float32)
+    data[rng.random(data.shape) < 0.001] *= 40.0
+    reader_images = data  # ArrayReader feeds any float array; shape (N, 64) here
+
+    class Reader(int8.ArrayReader):
+        def _batches(self):
+            for start in range(0, len(self.images), self.batch_size):
+                yield {self.input_name: self.images[start : start + self.batch_size]}
+
+    opts = int8.CalibrationOptions(method=method, **options)
+    original = int8.ArrayReader
+    int8.ArrayReader = Reader  # the same calibrate(), fed floats instead of uint8 pixels
+    try:
+        ranges = int8.calibrate(model, reader_images, opts)
+    finally:
+        int8.ArrayReader = original
+    return int8.ranges_table(ranges)
+
+
+def test_entropy_ranges_differ_from_minmax_on_skewed_activations(tmp_path):
+    minmax = _calibrate_skewed(tmp_path, "minmax")
+    entropy = _calibrate_skewed(tmp_path, "entropy")
+    percentile = _calibrate_skewed(tmp_path, "percentile")
+    top = max(minmax["x"])
+    assert top > 40  # the outliers are in the data
+    # Entropy clips the outliers: its range is far tighter than the full min/max.
+    assert max(entropy["x"]) < 0.5 * top
+    assert max(percentile["x"]) < top
+    # The ORT pitfall this guards against: entropy with 128 bins searches nothing and
+    # returns the full range, i.e. MinMax.
+    pitfall = _calibrate_skewed(tmp_path, "entropy", num_bins=128)
+    assert max(pitfall["x"]) == pytest.approx(top, rel=1e-3)
+
+
+def test_int8_model_is_symmetric_per_channel_with_float_biases(exported_bundle):
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(exported_bundle / "model.int8.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq, "no Q/DQ nodes"
+    for node in qdq:
+        zero = inits[node.input[2]]
+        assert zero.data_type == TensorProto.INT8
+        assert not np.any(numpy_helper.to_array(zero))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 5
+    for conv in convs:
+        weight_dq = producers[conv.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear"
+        scale = numpy_helper.to_array(inits[weight_dq.input[1]])
+        assert scale.ndim == 1 and scale.size > 1  # one scale per output channel
+        if len(conv.input) > 2:  # the bias stays a float initializer, not a DequantizeLinear
+            assert conv.input[2] in inits and inits[conv.input[2]].data_type == TensorProto.FLOAT
+
+
+def test_calibration_report_balanced_and_complete(exported_bundle):
+    from _fixtures_export import FIXTURE_CALIB_COUNT, FIXTURE_CALIB_METHOD
+
+    from dfx.bundle import Bundle
+
+    report = json.loads((exported_bundle / "calibration.json").read_text())
+    assert report["method"] == FIXTURE_CALIB_METHOD
+    assert report["images"] == FIXTURE_CALIB_COUNT == len(report["files"])
+    groups = report["per_class_and_group"]
+    assert sum(groups["real"].values()) == sum(groups["fake"].values()) == FIXTURE_CALIB_COUNT // 2
+    # Stratified across generators and sources: equal shares of each.
+    assert len(set(groups["fake"].values())) == 1 and len(groups["fake"]) == 2
+    assert len(set(groups["real"].values())) == 1 and len(groups["real"]) == 2
+    # A range for every activation the Q/DQ model quantizes.
+    model = onnx.load(str(exported_bundle / "model.int8.onnx"))
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized and quantized <= set(report["ranges"])
+    for low, high in report["ranges"].values():
+        assert low <= high
+    bundle = Bundle.open(exported_bundle)
+    assert bundle.files_with_role("calibration-report") == ["calibration.json"]
+    assert bundle.manifest["files"]["model.int8.onnx"]["role"] == "onnx-int8"
+    assert bundle.manifest["files"]["model.int8.onnx"]["biases"] == "float"
+
+
+def test_calibration_cache_skips_the_images(exported_bundle, tmp_path):
+    """A rebuild with the same model, images and method reuses the ranges without reading
+    a single image (the images are deleted first to prove it)."""
+    from _fixtures_export import FIXTURE_CALIB_COUNT, FIXTURE_CALIB_METHOD
+
+    from dfx.export.pipeline import ExportConfig, export_bundle
+
+    copy = shutil.copytree(exported_bundle, tmp_path / "bundle")
+    first = json.loads((copy / "calibration.json").read_text())
+    assert first["cache"]["hit"] is False
+    messages: list[str] = []
+    import dfx.export.data as export_data
+
+    real_load = export_data.load
+
+    def counting_load(samples, *args, **kwargs):
+        if kwargs.get("progress") == "calibration images":
+            raise AssertionError("calibration images were decoded despite a matching cache")
+        return real_load(samples, *args, **kwargs)
+
+    export_data.load = counting_load
+    try:
+        export_bundle(copy, ExportConfig(int8=True, calib_count=FIXTURE_CALIB_COUNT, calib_method=FIXTURE_CALIB_METHOD), log=messages.append)
+    finally:
+        export_data.load = real_load
+    second = json.loads((copy / "calibration.json").read_text())
+    assert second["cache"]["hit"] is True
+    assert second["ranges"] == first["ranges"]
+    assert any("reusing" in m for m in messages)
+    # The rebuilt model is the same file.
+    assert (copy / "model.int8.onnx").read_bytes() == (exported_bundle / "model.int8.onnx").read_bytes()

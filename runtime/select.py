@@ -128,15 +128,15 @@ def engine_mismatch(entry: dict[str, Any], compute_capability: str, trt_version:
     return None
 
 
-def usable_engines(bundle: Bundle, precisions: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[str]]:
-    """(engines that match this GPU and TensorRT, refusal reasons for the rest)."""
-    from dfx.runtime import cuda, trt
-
+def usable_engines(
+    bundle: Bundle, precisions: tuple[str, ...], compute_capability: str, trt_version: str | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(engines that match this GPU and TensorRT, best precision first; refusal reasons for the
+    rest). Every usable engine's bytes were checked against the manifest's sha256."""
     entries = list(bundle.manifest.get("engines") or [])
     if not entries:
         return [], ["the bundle has no TensorRT engines"]
-    version = trt.installed_version()
-    cc = cuda.compute_capability(0)
+    cc, version = compute_capability, trt_version
     usable, refused = [], []
     for entry in entries:
         name = _engine_name(entry)
@@ -239,7 +239,9 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) ->
             if trt.installed_version() is None:
                 notes.append("TensorRT not installed")
                 continue
-            engines, refused = usable_engines(bundle, precisions)
+            from dfx.runtime import cuda
+
+            engines, refused = usable_engines(bundle, precisions, cuda.compute_capability(0), trt.installed_version())
             notes.extend(refused)
             if engines:
                 entry = engines[0]

@@ -155,11 +155,11 @@ class TrtRunner(Runner):
     def _activate(self) -> None:
         from dfx.runtime import cuda as cuda_mod
 
+        data = self._engine_bytes()  # checked before TensorRT (or CUDA) sees a byte of it
         trt = _import_tensorrt(self.lean)
         self._trt = trt
         self._cuda = cuda = cuda_mod.api()
         cuda.set_device(0)
-        data = self._engine_bytes()  # checked before TensorRT sees a byte of it
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if self.lean and trt.__name__ == "tensorrt":

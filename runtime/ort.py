@@ -64,7 +64,10 @@ class OrtRunner(Runner):
             self._binding = self._session.io_binding()
 
     def _feed(self, batch: np.ndarray) -> np.ndarray:
-        return batch if self._input_type == "tensor(uint8)" else batch.astype(np.float32)
+        # The exported models take float32 (fp16 files keep float32 I/O); accept the others too.
+        if self._input_type == "tensor(uint8)":
+            return batch
+        return batch.astype(np.float16 if self._input_type == "tensor(float16)" else np.float32)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         feed = self._feed(batch)

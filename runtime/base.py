@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -69,6 +69,12 @@ class Runner:
         if logits.shape[0] != batch.shape[0]:
             raise RunnerError(f"{self.name} returned {logits.shape[0]} logits for {batch.shape[0]} images")
         return logits
+
+    def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Logits for each batch, in order. Backends that can overlap batches (TensorRT's
+        streams) override this; here it is `infer` per batch, taking the lock per batch."""
+        for batch in batches:
+            yield self.infer(batch)
 
     def _check_batch(self, batch: np.ndarray) -> None:
         if not isinstance(batch, np.ndarray):

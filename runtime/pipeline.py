@@ -10,8 +10,13 @@ current batch. The window of submitted decodes is bounded (a few batches), so me
 however many inputs there are, and the runner never waits on an empty queue longer than one
 decode takes.
 
+Batches go through `runner.infer_many`, so a runner that overlaps batches (TensorRT: copy in of
+batch i+1, compute of i, copy out of i-1 on separate streams) keeps several in flight; other
+runners take them one `infer` at a time.
+
 Nothing is lost: an input that cannot be decoded becomes an error row; a batch the runner fails
-on becomes error rows for that batch only, and the scan goes on.
+on becomes error rows for that batch (for TensorRT, the few batches in flight with it), and the
+scan goes on with a fresh `infer_many` over the remaining batches.
 """
 
 from __future__ import annotations
@@ -64,59 +69,99 @@ def iter_results(
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     workers = workers or default_workers()
-    window = 2 * batch_size + workers  # decodes in flight: the next batch is ready when this one ends
     backend, precision = runner.backend, runner.precision
 
     def error_row(name: str, error: str) -> Result:
         return Result(name, None, None, None, backend, precision, model_sha256, error)
 
-    def run_batch(pending: list[tuple[str, np.ndarray | str]]) -> Iterator[Result]:
-        good = [i for i, (_, px) in enumerate(pending) if isinstance(px, np.ndarray)]
-        logits: np.ndarray | None = None
-        failure = ""
-        if good:
-            try:
-                logits = runner.infer(np.stack([pending[i][1] for i in good]))  # type: ignore[misc]
-            except Exception as exc:  # a failed batch costs that batch, never the scan
-                failure = f"inference failed: {type(exc).__name__}: {exc}"
-        scores = dict(zip(good, logits.tolist())) if logits is not None else {}
-        for i, (name, px) in enumerate(pending):
+    def rows(pending: Pending, logits: np.ndarray | None, failure: str = "") -> Iterator[Result]:
+        scores = iter(logits.tolist()) if logits is not None else None
+        for name, px in pending:
             if isinstance(px, str):
                 yield error_row(name, px)
-            elif i in scores:
-                logit = float(scores[i])
+            elif scores is None:
+                yield error_row(name, failure)
+            else:
+                logit = float(next(scores))
                 decision = "fake" if logit >= threshold else "real"
                 yield Result(name, logit, sigmoid(logit), decision, backend, precision, model_sha256, None)
-            else:
-                yield error_row(name, failure)
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfx-decode")
-    inflight: collections.deque[tuple[str, Future]] = collections.deque()
-    iterator = iter(sources)
-    exhausted = False
+    queued: collections.deque[Pending] = collections.deque()  # batches handed to the runner, oldest first
+
+    pulled = [0]  # batches taken from the feed: a runner that fails without taking any is broken
+
+    def stacks(groups: Iterator[Pending]) -> Iterator[np.ndarray]:
+        """The image stacks of the batches, in order; every batch is queued for its rows."""
+        for pending in groups:
+            pulled[0] += 1
+            queued.append(pending)
+            good = [px for _, px in pending if isinstance(px, np.ndarray)]
+            if good:
+                yield np.stack(good)
+
+    def has_images(pending: Pending) -> bool:
+        return any(isinstance(px, np.ndarray) for _, px in pending)
+
     try:
-        pending: list[tuple[str, np.ndarray | str]] = []
-        n_images = 0
+        feed = stacks(_batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers))
         while True:
-            while not exhausted and len(inflight) < window:
-                try:
-                    source = next(iterator)
-                except StopIteration:
-                    exhausted = True
-                    break
-                inflight.append((describe(source), executor.submit(_decode, source, hw, fit)))
-            if not inflight:
-                break
-            name, future = inflight.popleft()
-            pixels = future.result()
-            pending.append((name, pixels))
-            if isinstance(pixels, np.ndarray):
-                n_images += 1
-            if n_images >= batch_size or n_images == 0:  # error rows with no image before them go now
-                yield from run_batch(pending)
-                pending, n_images = [], 0
-        if pending:
-            yield from run_batch(pending)
+            before = pulled[0]
+            outputs = runner.infer_many(feed)
+            try:
+                for logits in outputs:
+                    while not has_images(queued[0]):  # error-only batches come out in their place
+                        yield from rows(queued.popleft(), None)
+                    yield from rows(queued.popleft(), logits)
+            except Exception as exc:  # a failed batch costs the batches in flight, never the scan
+                if pulled[0] == before:
+                    raise  # it failed before taking a batch (e.g. not active): no row to blame
+                failure = f"inference failed: {type(exc).__name__}: {exc}"
+                while queued:
+                    yield from rows(queued.popleft(), None, failure)
+                continue  # a fresh infer_many over the rest of `feed`
+            finally:
+                close = getattr(outputs, "close", None)
+                if close is not None:
+                    close()
+            while queued:  # trailing error-only batches
+                yield from rows(queued.popleft(), None)
+            break
     finally:
         # A consumer that stops early (or is killed) must not leave decoders running.
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+Pending = list  # [(name, pixels uint8 (H, W, 3) | error text)] of one batch, in input order
+
+
+def _batches(
+    sources: Iterable[Any], executor: ThreadPoolExecutor, hw: tuple[int, int], fit: str, batch_size: int, window: int
+) -> Iterator[Pending]:
+    """Decode through the pool with at most `window` decodes in flight; group the results, in
+    input order, into batches of `batch_size` images (error rows ride along in their place)."""
+    inflight: collections.deque[tuple[str, Future]] = collections.deque()
+    iterator = iter(sources)
+    exhausted = False
+    pending: Pending = []
+    n_images = 0
+    while True:
+        while not exhausted and len(inflight) < window:
+            try:
+                source = next(iterator)
+            except StopIteration:
+                exhausted = True
+                break
+            inflight.append((describe(source), executor.submit(_decode, source, hw, fit)))
+        if not inflight:
+            break
+        name, future = inflight.popleft()
+        pixels = future.result()
+        pending.append((name, pixels))
+        if isinstance(pixels, np.ndarray):
+            n_images += 1
+        if n_images >= batch_size or n_images == 0:  # error rows with no image before them go now
+            yield pending
+            pending, n_images = [], 0
+    if pending:
+        yield pending

@@ -314,36 +314,49 @@ class TrtRunner(Runner):
         return np.array(slot.host_out.array[:n], dtype=np.float32).reshape(n, -1)[:, 0]
 
     def _pipeline(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Logits per input batch, in order; each batch is split into chunks of <= max_batch
+        and the chunks go round robin over the slots, so neighbouring chunks overlap."""
         slots, k = self._slots, 0
-        order: list[_Slot] = []  # slots with a batch in flight, oldest first
+        order: list[tuple[_Slot, int]] = []  # (slot, batch index) in flight, oldest first
+        parts: list[np.ndarray] = []  # finished chunks of the oldest unfinished batch
+        chunks_of: dict[int, int] = {}  # batch index -> number of chunks
+
+        def finish(slot: _Slot, index: int) -> Iterator[np.ndarray]:
+            nonlocal parts
+            parts.append(self._collect(slot))
+            if len(parts) == chunks_of[index]:  # chunks finish in order: the batch is complete
+                yield parts[0] if len(parts) == 1 else np.concatenate(parts)
+                parts = []
+                chunks_of.pop(index)
+
         try:
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                chunks_of[index] = -(-len(batch) // self.max_batch)
                 for start in range(0, len(batch), self.max_batch):
                     slot = slots[k % len(slots)]
                     k += 1
-                    if slot.pending:  # round robin: this slot holds the oldest batch in flight
-                        assert order[0] is slot
-                        order.pop(0)
-                        yield self._collect(slot)
+                    if slot.pending:  # round robin: this slot holds the oldest chunk in flight
+                        old_slot, old_index = order.pop(0)
+                        assert old_slot is slot
+                        yield from finish(slot, old_index)
                     self._submit(slot, batch[start : start + self.max_batch])
-                    order.append(slot)
+                    order.append((slot, index))
             while order:
-                yield self._collect(order.pop(0))
+                slot, index = order.pop(0)
+                yield from finish(slot, index)
         finally:
-            for slot in order:  # a consumer that stopped early: leave no work in flight
+            for slot, _ in order:  # a consumer that stopped early, or a failure: leave no work in flight
                 self._cuda.stream_synchronize(slot.stream)
                 slot.pending = 0
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return np.concatenate(list(self._pipeline([batch])))
+        (logits,) = self._pipeline([batch])
+        return logits
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Logits for each batch, in order, with copies and compute of neighbouring batches
-        overlapping on separate streams. Holds the runner's lock until exhausted or closed.
-
-        Yields one array per chunk of at most max_batch images (one per batch when batches are
-        no larger than the engine's max batch).
-        """
+        """Logits for each batch, in order, with the copies and compute of neighbouring batches
+        overlapping on separate streams (up to `streams` batches in flight). Holds the runner's
+        lock until the iterator is exhausted or closed."""
         if not self.is_active:
             raise RunnerError(f"{self.name} is not active; use `with runner:` or runner.activate()")
 
@@ -353,7 +366,8 @@ class TrtRunner(Runner):
                 yield np.ascontiguousarray(batch)
 
         with self._lock:
-            yield from self._pipeline(checked())
+            for logits in self._pipeline(checked()):
+                yield np.asarray(logits, dtype=np.float32).reshape(-1)
 
     def profile(self, batch: np.ndarray, iters: int = 20, warmup: int = 3) -> dict[str, float]:
         """Median H2D / compute / D2H ms over `iters` sequential runs of `batch`, and the wall

@@ -194,7 +194,9 @@ def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
             path,
             precision=choice.precision,
             input_size=size,
-            max_batch=int(entry.get("max_batch", 32)),
+            # Pinned + device buffers are sized for max_batch per stream; 64 keeps them modest
+            # (3 x 64 x 256 x 256 x 3 float32 = 150 MB) and larger batches are split anyway.
+            max_batch=min(int(entry.get("max_batch", 32)), 64),
             lean=bool(entry.get("lean", False)),
             expected_sha256=choice.sha256,
         )

@@ -139,3 +139,25 @@ def test_trt_runner_refuses_bytes_the_manifest_does_not_vouch_for(tmp_path):
         runner.activate()  # refused before TensorRT or CUDA is imported
     assert not runner.is_active
     assert select.normalize_backend("tensorrt") == "trt"
+
+
+def test_runtime_imports_without_optional_frameworks():
+    """The runtime (and `dfx scan --help`) never needs tensorflow, TensorRT, a CUDA binding,
+    OpenVINO or even ONNX Runtime just to be imported."""
+    import subprocess
+    import sys
+
+    blocked = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino", "tensorrt", "tensorrt_lean", "cuda", "pycuda")
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import dfx.runtime.cuda, dfx.runtime.trt, dfx.runtime.ort, dfx.runtime.select, dfx.runtime.pipeline\n"
+        "import dfx.runtime.results, dfx.runtime.detector, dfx.runtime.commands\n"
+        "from dfx.runtime import cuda\n"
+        "assert cuda.probe()[0] is False\n"
+        "from dfx.cli import main\n"
+        "try:\n    main(['scan', '--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--resume" in done.stdout

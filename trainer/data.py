@@ -1,0 +1,78 @@
+"""Training input: decode once through dfx.images.load_image (THE pixel path), cache the uint8
+arrays in memory, and feed them through tf.data with augmentation and class balancing."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from dfx.datasets import Sample
+from dfx.images import ImageError, load_image
+
+
+@dataclass
+class Arrays:
+    """Decoded images of one split. `samples` are those that decoded, aligned with x and y."""
+
+    x: np.ndarray  # uint8 (N, H, W, 3)
+    y: np.ndarray  # int64 (N,), 1 = fake
+    samples: list[Sample]
+    errors: list[tuple[str, str]]  # (path, reason) of images that failed to decode
+
+
+def load_arrays(samples: list[Sample], size: tuple[int, int], fit: str, *, workers: int | None = None, progress: bool = True, desc: str = "decode") -> Arrays:
+    """Decode every sample with load_image. Unreadable images are skipped and reported, never
+    fatal: one broken file must not cost a training run."""
+    from tqdm import tqdm
+
+    def one(sample: Sample):
+        try:
+            return load_image(sample.path, size, fit), None
+        except ImageError as exc:
+            return None, exc.reason
+
+    height, width = size
+    x = np.empty((len(samples), height, width, 3), np.uint8)
+    keep: list[int] = []
+    errors: list[tuple[str, str]] = []
+    # PIL releases the GIL while decoding, so threads overlap the decode work.
+    with ThreadPoolExecutor(max_workers=workers or 4) as pool:
+        results = pool.map(one, samples)
+        for i, (pixels, reason) in enumerate(tqdm(results, total=len(samples), desc=desc, unit="img", disable=None if progress else True)):
+            if pixels is None:
+                errors.append((samples[i].path, reason))
+                continue
+            x[len(keep)] = pixels
+            keep.append(i)
+    kept = [samples[i] for i in keep]
+    return Arrays(x[: len(keep)], np.array([s.label for s in kept], np.int64), kept, errors)
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights, mean 1 over the training set: each class contributes half of
+    the loss whatever the imbalance (e.g. 400 real vs 480 fake)."""
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    return {label: float(len(y) / (2 * counts[label])) if counts[label] else 0.0 for label in (0, 1)}
+
+
+def train_dataset(arrays: Arrays, batch_size: int, augment, seed: int):
+    """Shuffled, augmented, class-weighted batches of (float32 images, float32 labels, weights)."""
+    import tensorflow as tf
+
+    weights = class_weights(arrays.y)
+    w = np.array([weights[int(label)] for label in arrays.y], np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y.astype(np.float32)[:, None], w))
+    ds = ds.shuffle(len(arrays.y), seed=seed, reshuffle_each_iteration=True)
+    if augment is not None:
+        ds = ds.map(lambda img, label, weight: (augment(img), label, weight), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda img, label, weight: (tf.cast(img, tf.float32), label, weight))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_logits(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """float32 logits (N,) for uint8 images, in batches (predict_on_batch: no tf.data overhead)."""
+    out = [np.asarray(model.predict_on_batch(x[i : i + batch_size].astype(np.float32))).reshape(-1) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)

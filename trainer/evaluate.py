@@ -1,0 +1,185 @@
+"""Evaluate a bundle on labelled data: the seed's metrics (accuracy, precision, recall, F1,
+specificity, AUC-ROC) plus average precision, EER, TPR at 1 % FPR and the confusion matrix,
+overall and per generator/source.
+
+Inference goes through a Runner (dfx.runtime.select.choose_runner when present, else the
+Keras reference runner), fed by dfx.images.load_image: the same pixels as serving.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dfx import datasets, metrics
+from dfx.bundle import Bundle
+from dfx.errors import DfxError
+from dfx.images import ImageError, load_image
+
+SPLITS = ("all", "val")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    bundle: str  # the bundle folder
+    data: str | None = None  # labelled folder or labels file; None: the bundle's training data
+    split: str = "all"  # all: every image; val: the bundle's validation split of `data`
+    backend: str = "auto"  # runner choice, as in `dfx scan` (auto, trt, ort-cuda, ort-cpu, openvino, keras)
+    precision: str | None = None  # fp32 | fp16 | int8; None lets the backend choose
+    real: tuple[str, ...] | None = None  # folder names holding real images (seed layout)
+    fake: tuple[str, ...] | None = None  # folder names holding fake images (seed layout)
+    batch_size: int = 32  # images per runner call
+    workers: int | None = None  # decode threads (default 4)
+    progress: bool = True  # progress bar on a terminal
+
+
+def select_samples(bundle: Bundle, config: EvalConfig) -> list[datasets.Sample]:
+    """The images to score. --split val rebuilds the training split (same fraction and seed)."""
+    record = bundle.manifest.get("data", {})
+    if config.data is None:
+        if not record.get("root"):
+            raise DfxError("no DATA given and the bundle records no training data", hint="pass DATA")
+        root, real, fake = record["root"], record.get("real"), record.get("fake")
+    else:
+        root = config.data
+        real = list(config.real) if config.real else None
+        fake = list(config.fake) if config.fake else None
+        same_root = record.get("root") and Path(root).resolve() == Path(record["root"]).resolve()
+        if same_root and real is None and fake is None:
+            real, fake = record.get("real"), record.get("fake")
+    samples = datasets.discover(root, real, fake)
+    if config.split == "val":
+        _, samples = datasets.split(samples, record.get("val_fraction", 0.2), record.get("seed", 0))
+    elif config.split != "all":
+        raise DfxError(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
+    return samples
+
+
+def open_runner(bundle: Bundle, backend: str, precision: str | None):
+    """(runner, reason). Uses dfx.runtime.select when it exists; otherwise the Keras reference."""
+    try:
+        from dfx.runtime.select import choose_runner
+    except ImportError:
+        choose_runner = None
+    if choose_runner is not None:
+        return choose_runner(bundle, backend, precision)
+    if backend not in ("auto", "keras"):
+        raise DfxError(f"backend {backend!r} is not available in this install", hint="use --backend keras")
+    from dfx.runtime.keras import KerasRunner
+
+    path = str(bundle.file("model.keras"))
+    return KerasRunner(path, input_size=bundle.input_size), "Keras reference model (dfx.runtime.select not installed)"
+
+
+def score(bundle: Bundle, samples: list[datasets.Sample], runner, *, batch_size: int = 32, workers: int | None = None, progress: bool = True):
+    """(logits for the images that decoded, their samples, [(path, reason)] for those that did not)."""
+    from tqdm import tqdm
+
+    size, fit = bundle.input_size, bundle.fit
+
+    def decode(sample: datasets.Sample):
+        try:
+            return load_image(sample.path, size, fit), None
+        except ImageError as exc:
+            return None, exc.reason
+
+    logits: list[np.ndarray] = []
+    kept: list[datasets.Sample] = []
+    errors: list[tuple[str, str]] = []
+    bar = tqdm(total=len(samples), desc="eval", unit="img", disable=None if progress else True)
+    with runner, ThreadPoolExecutor(max_workers=workers or 4) as pool:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            pixels = []
+            for sample, (image, reason) in zip(chunk, pool.map(decode, chunk)):
+                if image is None:
+                    errors.append((sample.path, reason))
+                else:
+                    pixels.append(image)
+                    kept.append(sample)
+            if pixels:
+                logits.append(runner.infer(np.stack(pixels)))
+            bar.update(len(chunk))
+    bar.close()
+    return (np.concatenate(logits) if logits else np.zeros((0,), np.float32)), kept, errors
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """The report: overall metrics at the bundle's threshold, per_generator, errors, and the
+    ROC curve points (under "roc") for plotting."""
+    bundle = Bundle.open(config.bundle)
+    samples = select_samples(bundle, config)
+    runner, reason = open_runner(bundle, config.backend, config.precision)
+    logits, kept, errors = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers, progress=config.progress)
+    if errors:
+        print(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
+    labels = np.array([s.label for s in kept], np.int64)
+    if set(labels.tolist()) != {0, 1}:
+        raise DfxError("evaluation needs real and fake images that decode", hint="check DATA and --split")
+    threshold = bundle.threshold
+    report = metrics.summarize(labels, logits, threshold)
+    fpr, tpr, _ = metrics.roc_curve(labels, logits)
+    report.update(
+        {
+            "per_generator": metrics.per_group(labels, logits, [s.group for s in kept], threshold),
+            "threshold_method": bundle.manifest["threshold"].get("method"),
+            "split": config.split,
+            "data": str(Path(config.data).resolve()) if config.data else bundle.manifest.get("data", {}).get("root"),
+            "bundle": str(bundle.root.resolve()),
+            "backend": getattr(runner, "backend", "?"),
+            "precision": getattr(runner, "precision", "?"),
+            "runner_reason": reason,
+            "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
+            "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+        }
+    )
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A human-readable table of the report."""
+    lines = [
+        f"{report['images']} images ({report['split']} split of {report['data']}), backend {report['backend']} {report['precision']}",
+        f"threshold {report['threshold']:.4g} (logit, {report['threshold_method']})",
+        "",
+        f"{'group':<22}{'n':>6}{'acc':>8}{'prec':>8}{'recall':>8}{'f1':>8}{'spec':>8}{'auc':>8}{'ap':>8}{'eer':>8}{'tpr@1%':>8}",
+    ]
+
+    def row(name: str, r: dict, n: int) -> str:
+        return (
+            f"{name:<22}{n:>6}{r['accuracy']:>8.4f}{r['precision']:>8.4f}{r['recall']:>8.4f}{r['f1']:>8.4f}"
+            f"{r['specificity']:>8.4f}{r['auc']:>8.4f}{r['average_precision']:>8.4f}{r['eer']:>8.4f}{r['tpr_at_1pct_fpr']:>8.4f}"
+        )
+
+    lines.append(row("all", report, report["images"]))
+    for name, r in report["per_generator"].items():
+        lines.append(row(f"{r['group_label']}/{name}", r, r["group_images"]) + f"   (group accuracy {r['group_accuracy']:.4f})")
+    c = report["confusion"]
+    lines += ["", f"confusion: tp {c['tp']}  fp {c['fp']}  tn {c['tn']}  fn {c['fn']}"]
+    if report["errors"]["count"]:
+        lines.append(f"unreadable: {report['errors']['count']} image(s)")
+        lines += [f"  {e['path']}: {e['reason']}" for e in report["errors"]["first"]]
+    return "\n".join(lines)
+
+
+def plot_roc(report: dict, path: str | Path) -> None:
+    """Write the ROC curve (with AUC and the operating point) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(report["roc"]["fpr"], report["roc"]["tpr"], label=f"ROC (AUC {report['auc']:.4f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.plot(1 - report["specificity"], report["recall"], "o", label=f"threshold {report['threshold']:.3g}")
+    ax.set(xlabel="false-positive rate (real called fake)", ylabel="true-positive rate (fake caught)", title="dfx eval")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

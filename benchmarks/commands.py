@@ -1,7 +1,78 @@
-"""Subcommands of this part (registered by dfx.cli)."""
+"""Subcommands of this part (registered by dfx.cli): `dfx bench`."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 
-def register(sub) -> None:
-    pass
+from dfx.errors import DfxError
+
+BACKEND_HELP = "keras, ort-fp32, ort-int8, ov-fp32, ov-int8, ort-cuda-fp32, ort-cuda-fp16, trt-fp16, trt-int8"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes must be integers >= 1, got {text!r}")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure images/s and latency of every backend against the Keras model",
+        description="Time every backend this machine can run on the bundle (Keras model.predict as the reference, "
+        "ONNX Runtime FP32/INT8, OpenVINO FP32/INT8; on GPU hosts ONNX Runtime CUDA and TensorRT FP16/INT8) in one "
+        "process, interleaved so ratios are fair, after a warm-up. Prints a table, the machine and software, the "
+        "graph's work per image and the fraction of the machine's attainable rate each backend reaches.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (exported with `dfx export` for the ONNX rows)")
+    p.add_argument("--backends", metavar="LIST", help=f"comma-separated subset to run (default: all this machine can): {BACKEND_HELP}")
+    p.add_argument("--batch-sizes", type=_int_list, default=(1, 8, 32, 128), metavar="LIST", help="images per inference call (default 1,8,32,128)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--duration", type=float, default=4.0, metavar="S", help="timed seconds per backend and batch size (default 4)")
+    budget.add_argument("--iters", type=int, metavar="N", help="timed batches per backend and batch size, instead of --duration")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed batches per backend and batch size first (default 2)")
+    p.add_argument("--rounds", type=int, default=4, metavar="N", help="slices each row is cut into, taken in turn by all backends (default 4)")
+    p.add_argument("--images", metavar="DIR", help="also time decode + inference through the `dfx scan` pipeline on these files, and dfx scan's peak memory")
+    p.add_argument("--e2e-batch-size", type=int, default=32, metavar="N", help="batch size of the end-to-end rows (default 32)")
+    p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
+    p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~4 s of microbenchmarks)")
+    p.add_argument("--json", metavar="FILE", help="write rows, machine, software and limits to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of images/s (needs matplotlib)")
+    p.set_defaults(handler=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from dfx.benchmarks import harness, report
+
+    if args.iters is not None and args.iters < 1:
+        raise DfxError("--iters must be >= 1")
+    if args.duration <= 0:
+        raise DfxError("--duration must be > 0")
+    if args.rounds < 1 or args.warmup < 0 or args.e2e_batch_size < 1:
+        raise DfxError("--rounds and --e2e-batch-size must be >= 1, --warmup >= 0")
+    config = harness.BenchConfig(
+        backends=harness.normalize(args.backends.split(",")) if args.backends else None,
+        batch_sizes=args.batch_sizes,
+        duration=args.duration,
+        iters=args.iters,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        images=args.images,
+        e2e_batch_size=args.e2e_batch_size,
+        roofline=not args.no_roofline,
+        threads=args.threads,
+    )
+    result = harness.run(args.bundle, config, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(report.text(result))
+    if args.json:
+        report.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if all(r.get("error") for r in result["rows"]) else 0

@@ -1,0 +1,532 @@
+"""The harness behind `dfx bench`: every backend, one process, interleaved, against Keras.
+
+    rows = run(bundle_dir, BenchConfig(...))["rows"]
+
+How a figure is made (so that ratios between rows are fair on a shared or noisy machine):
+- every runner is built through dfx.runtime.select (exactly what `dfx scan` runs), activated
+  once, and kept active for the whole run; the Keras reference calls `model.predict(x,
+  batch_size=N, verbose=0)`, as users call it (not predict_on_batch);
+- per batch size, each runner first runs `warmup` untimed batches, then the timed budget
+  (`duration` seconds or `iters` batches per row) is cut into `rounds` slices and the backends
+  take turns slice by slice, so a burst of load from elsewhere hits every row alike;
+- a row's images/s is images / total timed seconds; p50/p95/p99 are per-batch latencies;
+  `ratio_vs_keras` divides by the Keras row of the same batch size from the same run.
+End to end (`images=DIR`): the same runners behind dfx.runtime.pipeline.iter_results (the
+`dfx scan` pipeline: threaded JPEG decode + resize + batching), files cycled for the same
+budget. The peak memory of `dfx scan` on ONNX Runtime is measured in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dfx.bundle import Bundle
+from dfx.errors import DfxError
+from dfx.runtime.base import Runner
+
+# bench backend name -> (dfx.runtime.select backend, precision). "keras" is handled apart.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "keras": ("keras", "fp32"),
+    "ort-fp32": ("ort-cpu", "fp32"),
+    "ort-int8": ("ort-cpu", "int8"),
+    "ov-fp32": ("openvino", "fp32"),
+    "ov-int8": ("openvino", "int8"),
+    "ort-cuda-fp32": ("ort-cuda", "fp32"),
+    "ort-cuda-fp16": ("ort-cuda", "fp16"),
+    "trt-fp16": ("trt", "fp16"),
+    "trt-int8": ("trt", "int8"),
+}
+ALIASES = {"ort-cpu-fp32": "ort-fp32", "ort-cpu-int8": "ort-int8", "openvino-fp32": "ov-fp32", "openvino-int8": "ov-int8"}
+DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
+
+
+class BenchError(DfxError):
+    """A bench cannot run as asked (unknown backend, nothing runnable, bad option)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    # None: every backend this machine and bundle can run; else names from BACKENDS.
+    backends: tuple[str, ...] | None = None
+    # Images per inference call; latency is per batch, throughput per image.
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    # Timed seconds per row (split over `rounds`); ignored when `iters` is set.
+    duration: float = 4.0
+    # Timed batches per row instead of a duration (reproducible work, not reproducible time).
+    iters: int | None = None
+    # Untimed batches per row first: compiles shapes, fills caches, starts thread pools.
+    warmup: int = 2
+    # Slices per row, taken in turn by all backends, so load from elsewhere hits rows alike.
+    rounds: int = 4
+    # A folder of images for the end-to-end rows (decode + inference via the scan pipeline).
+    images: str | None = None
+    # Batch size of the end-to-end rows (`dfx scan --batch` default).
+    e2e_batch_size: int = 32
+    # Measure `dfx scan` peak memory (ORT, fresh process) when `images` is given.
+    scan_memory: bool = True
+    # Graph work + machine microbenchmarks, and each row's fraction of the attainable rate.
+    roofline: bool = True
+    # Seconds per machine microbenchmark (fp32 GEMM x2, int8 GEMM, copy).
+    roofline_seconds: float = 1.0
+    # Inference threads for CPU backends (None: physical cores, the runners' default).
+    threads: int | None = None
+    # Seed of the random pixels used when no `images` are given.
+    seed: int = 0
+
+
+# ---- backends ------------------------------------------------------------------------------------
+def normalize(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for raw in names:
+        name = ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in BACKENDS:
+            raise BenchError(f"unknown bench backend {raw!r}", hint=f"choose from {', '.join(BACKENDS)}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+class KerasPredictRunner(Runner):
+    """The Keras reference as users call it: `model.predict(x, batch_size=len(x), verbose=0)`."""
+
+    backend = "keras"
+    precision = "fp32"
+
+    def __init__(self, source: str, input_size: tuple[int, int] | None = None):
+        super().__init__(source, input_size=input_size, name="keras-predict")
+        self._model: Any = None
+
+    def _activate(self) -> None:
+        from dfx.errors import require
+
+        require("tensorflow", "train", "the Keras reference runner")
+        import keras
+
+        self._model = keras.saving.load_model(self._load_source(), compile=False)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._model.predict(batch.astype(np.float32), batch_size=len(batch), verbose=0)
+
+    def _deactivate(self) -> None:
+        self._model = None
+
+
+def plan_backends(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
+    """(the backends to run, {backend: why it is skipped}). Asked-for backends that cannot run
+    are skipped with their reason, not fatal: one missing form must not lose the other rows."""
+    from dfx.runtime import select
+
+    names = list(wanted) if wanted else list(BACKENDS)
+    run, skipped = [], {}
+    for name in names:
+        backend, precision = BACKENDS[name]
+        if name == "keras":
+            if importlib.util.find_spec("tensorflow") is None:
+                skipped[name] = "tensorflow not installed (pip install 'dfx[train]')"
+            elif not bundle.files_with_role("keras"):
+                skipped[name] = "the bundle has no Keras model"
+            else:
+                run.append(name)
+            continue
+        try:
+            select.plan(bundle, backend, precision)
+        except DfxError as exc:
+            skipped[name] = str(exc)
+            continue
+        run.append(name)
+    return run, skipped
+
+
+def make_runner(bundle: Bundle, name: str, threads: int | None) -> Runner:
+    from dfx.runtime.select import choose_runner
+
+    if name == "keras":
+        return KerasPredictRunner(os.fspath(bundle.file(bundle.files_with_role("keras")[0])), input_size=bundle.input_size)
+    backend, precision = BACKENDS[name]
+    runner, _ = choose_runner(bundle, backend, precision, threads=threads)
+    return runner
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+def _percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99]) if ms.size else (float("nan"),) * 3
+    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3)}
+
+
+def _input_batch(images: list[np.ndarray] | None, size: tuple[int, int], batch: int, seed: int) -> np.ndarray:
+    """Real decoded images (tiled) when given, else random pixels: speed does not depend on them."""
+    if images:
+        return np.ascontiguousarray(np.stack([images[i % len(images)] for i in range(batch)]))
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, size[0], size[1], 3), dtype=np.uint8)
+
+
+def measure_inference(
+    runners: dict[str, Runner], batch: np.ndarray, config: BenchConfig, progress: Callable[[], None] = lambda: None
+) -> dict[str, dict[str, Any]]:
+    """Interleaved timing of several active runners on one batch; {name: stats}."""
+    latencies: dict[str, list[float]] = {name: [] for name in runners}
+    errors: dict[str, str] = {}
+    for name, runner in runners.items():
+        try:
+            for _ in range(max(config.warmup, 1)):
+                runner.infer(batch)
+        except Exception as exc:  # one failing backend becomes an error row, the others go on
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    live = [name for name in runners if name not in errors]
+    rounds = max(config.rounds, 1)
+    for round_index in range(rounds):
+        # Rotate the order each round: no backend always runs right after the same neighbour.
+        shift = round_index % max(len(live), 1)
+        for name in live[shift:] + live[:shift]:
+            if name in errors:
+                continue
+            runner, times = runners[name], latencies[name]
+            if config.iters is not None:
+                share = config.iters // rounds + (1 if round_index < config.iters % rounds else 0)
+                budget_ok = lambda done, _began: done < share  # noqa: E731
+            else:
+                seconds = config.duration / rounds
+                budget_ok = lambda done, began: done == 0 or time.perf_counter() - began < seconds  # noqa: E731
+            began, done = time.perf_counter(), 0
+            try:
+                while budget_ok(done, began):
+                    start = time.perf_counter()
+                    runner.infer(batch)
+                    times.append(time.perf_counter() - start)
+                    done += 1
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+            progress()
+    stats: dict[str, dict[str, Any]] = {}
+    for name in runners:
+        if name in errors:
+            stats[name] = {"error": errors[name]}
+            continue
+        times = latencies[name]
+        total = sum(times)
+        stats[name] = {
+            "images_per_s": round(len(times) * len(batch) / total, 2) if total > 0 else 0.0,
+            **_percentiles(times),
+            "batches": len(times),
+            "seconds": round(total, 3),
+        }
+    return stats
+
+
+def measure_end_to_end(
+    runners: dict[str, Runner],
+    files: list[str],
+    batch: np.ndarray,
+    bundle: Bundle,
+    config: BenchConfig,
+    progress: Callable[[], None] = lambda: None,
+) -> dict[str, dict[str, Any]]:
+    """Images/s through the `dfx scan` pipeline (threaded decode + batching + inference) beside
+    pure inference of the same batch size, both in alternating slices, so the ratio holds
+    under changing load. Each e2e slice is a fresh pipeline, so its fill time counts, as in a scan."""
+    from dfx.runtime.pipeline import iter_results
+
+    size = config.e2e_batch_size
+    common = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=size)
+    rounds = max(config.rounds, 1)
+
+    def sources(budget: float, by_count: bool):
+        deadline = time.perf_counter() + budget
+        for index, path in enumerate(itertools.cycle(files)):
+            if (index >= budget) if by_count else (index >= size and time.perf_counter() >= deadline):
+                return  # by time: at least one full batch per slice
+            yield path
+
+    totals = {name: {"images": 0, "errors": 0, "seconds": 0.0, "latencies": []} for name in runners}
+    failed: dict[str, str] = {}
+    for name, runner in runners.items():  # warm-up: one batch through the whole pipeline
+        try:
+            for _ in iter_results(files[:size], runner, **common):
+                pass
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    live = [name for name in runners if name not in failed]
+    for round_index in range(rounds):
+        shift = round_index % max(len(live), 1)
+        for name in live[shift:] + live[:shift]:
+            runner, total = runners[name], totals[name]
+            if config.iters is not None:
+                share = max(config.iters // rounds, 1)
+                budget, by_count = float(share * size), True
+            else:
+                budget, by_count = config.duration / rounds, False
+            try:
+                began = time.perf_counter()  # pure inference slice
+                while (len(total["latencies"]) < share * (round_index + 1)) if by_count else (time.perf_counter() - began < budget):
+                    start = time.perf_counter()
+                    runner.infer(batch)
+                    total["latencies"].append(time.perf_counter() - start)
+                began = time.perf_counter()  # end-to-end slice: files -> decode -> batches -> runner
+                for result in iter_results(sources(budget, by_count), runner, **common):
+                    total["images"] += 1
+                    total["errors"] += result.error is not None
+                total["seconds"] += time.perf_counter() - began
+            except Exception as exc:
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                live.remove(name)
+            progress()
+    out: dict[str, dict[str, Any]] = {}
+    for name, total in totals.items():
+        if name in failed:
+            out[name] = {"error": failed[name]}
+            continue
+        pure_seconds = sum(total["latencies"])
+        pure = len(total["latencies"]) * size / pure_seconds if pure_seconds else 0.0
+        e2e = total["images"] / total["seconds"] if total["seconds"] else 0.0
+        out[name] = {
+            "images_per_s": round(e2e, 2),
+            "images": total["images"],
+            "errors": total["errors"],
+            "seconds": round(total["seconds"], 3),
+            "inference_images_per_s": round(pure, 2),
+            "vs_inference": round(e2e / pure, 3) if pure else None,
+        }
+    return out
+
+
+def measure_scan_memory(
+    bundle_dir: str | os.PathLike, files: list[str], batch_size: int = 32, limit: int = 256, timeout: float = 600
+) -> dict[str, Any]:
+    """Peak RSS of `dfx scan --backend ort-cpu` in a fresh Python process, and whether it imported
+    tensorflow (it must not). Runs the real CLI entry point (dfx.cli.main) on `limit` files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dfx-bench-") as tmp:
+        argv = ["scan", os.fspath(bundle_dir), *files[:limit], "--out", os.path.join(tmp, "rows.jsonl"), "--backend", "ort-cpu", "--batch", str(batch_size), "--quiet"]
+        probe = (
+            "import json, resource, sys, time\n"
+            "from dfx.cli import main\n"
+            "began = time.perf_counter()\n"
+            f"rc = main({argv!r})\n"
+            "seconds = time.perf_counter() - began\n"
+            "rows = sum(1 for _ in open(sys.argv[1]))\n"
+            # VmHWM is this process's own peak; ru_maxrss would carry the forking parent's peak
+            # across exec on Linux (the bench process holds Keras and every model).
+            "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+            "peak_kb = peak[0] if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print(json.dumps({'rc': rc, 'rows': rows, 'seconds': round(seconds, 3),"
+            " 'peak_rss_mb': round(peak_kb / 1024, 1),"
+            " 'tensorflow_imported': 'tensorflow' in sys.modules}))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", probe, os.path.join(tmp, "rows.jsonl")], capture_output=True, text=True, timeout=timeout
+        )
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report["images_per_s"] = round(report["rows"] / report["seconds"], 2) if report["seconds"] else 0.0
+    report["command"] = f"dfx scan {os.fspath(bundle_dir)} <{min(limit, len(files))} files> --out rows.jsonl --backend ort-cpu --batch {batch_size} --quiet"
+    return report
+
+
+# ---- the run -------------------------------------------------------------------------------------
+def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the bench; returns {"bundle", "config", "machine", "rows", "skipped", "roofline", ...}."""
+    from tqdm import tqdm
+
+    from dfx.benchmarks import machine
+    from dfx.images import iter_image_files, load_image
+
+    if any(b < 1 for b in config.batch_sizes) or not config.batch_sizes:
+        raise BenchError(f"batch sizes must be >= 1, got {config.batch_sizes}")
+    if config.iters is None and config.duration <= 0:
+        raise BenchError("--duration must be > 0")
+    if config.iters is not None and config.iters < 1:
+        raise BenchError("--iters must be >= 1")
+    bundle = Bundle.open(bundle_dir)
+    info = machine.machine_info()
+    wanted = normalize(config.backends) if config.backends else None
+    names, skipped = plan_backends(bundle, wanted)
+    if not names:
+        raise BenchError("no backend can run this bundle here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+                         hint="install an extra (pip install 'dfx[cpu]' or 'dfx[openvino]'), or `dfx export` the bundle")
+    for name, why in skipped.items():
+        log(f"dfx bench: skipping {name}: {why}")
+
+    files: list[str] = []
+    sample: list[np.ndarray] | None = None
+    if config.images:
+        files = iter_image_files([config.images])
+        if not files:
+            raise BenchError(f"no image files in {config.images}")
+        sample = []
+        for path in files[: max(*config.batch_sizes, config.e2e_batch_size)]:
+            try:
+                sample.append(load_image(path, bundle.input_size, bundle.fit))
+            except DfxError:
+                continue
+
+    runners: dict[str, Runner] = {}
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            runner = make_runner(bundle, name, config.threads)
+            runner.activate()
+            runners[name] = runner
+        except Exception as exc:
+            rows.append(_error_row(name, None, "inference", f"cannot start: {type(exc).__name__}: {exc}"))
+    try:
+        batch_sizes = sorted(set(config.batch_sizes))
+        total = len(batch_sizes) * max(config.rounds, 1) * len(runners)
+        with tqdm(total=total, desc="dfx bench", unit="slice", disable=None, file=sys.stderr) as bar:
+            for batch_size in batch_sizes:
+                batch = _input_batch(sample, bundle.input_size, batch_size, config.seed)
+                stats = measure_inference(runners, batch, config, progress=lambda: bar.update(1))
+                for name, stat in stats.items():
+                    rows.append(_row(name, runners[name], batch_size, "inference", stat))
+        _add_ratios(rows)
+        extra: dict[str, Any] = {}
+        trt_names = [n for n in runners if n.startswith("trt-")]
+        for name in trt_names:  # H2D / compute / D2H as trtexec splits them, and the bottleneck
+            extra.setdefault("trt_profile", {})[name] = _trt_profile(runners[name], bundle, config)
+        for row in rows:
+            if row["backend_name"] in extra.get("trt_profile", {}):
+                profile = extra["trt_profile"][row["backend_name"]].get(row["batch"])
+                if profile:
+                    row.update(profile)
+        if files:
+            e2e_runners = {name: runner for name, runner in runners.items() if name != "keras"}  # nobody scans through Keras
+            with tqdm(total=max(config.rounds, 1) * len(e2e_runners), desc="dfx bench e2e", unit="slice", disable=None, file=sys.stderr) as bar:
+                e2e_batch = _input_batch(sample, bundle.input_size, config.e2e_batch_size, config.seed)
+                stats = measure_end_to_end(e2e_runners, files, e2e_batch, bundle, config, progress=lambda: bar.update(1))
+            for name, stat in stats.items():
+                rows.append(_row(name, runners[name], config.e2e_batch_size, "e2e", stat))
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+
+    result: dict[str, Any] = {
+        "bundle": os.fspath(bundle_dir),
+        "input_size": list(bundle.input_size),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        "machine": info,
+        "rows": rows,
+        "skipped": skipped,
+        **extra,
+    }
+    if config.roofline:
+        result["roofline"] = add_roofline(bundle, rows, config.threads, config.roofline_seconds)
+    if files and config.scan_memory and importlib.util.find_spec("onnxruntime") is not None and bundle.files_with_role("onnx-fp32"):
+        log("dfx bench: measuring dfx scan peak memory in a fresh process")
+        result["scan_memory"] = measure_scan_memory(bundle_dir, files, batch_size=config.e2e_batch_size)
+    result["machine"]["load_average_end"] = machine.load_average()
+    return result
+
+
+def _row(name: str, runner: Runner, batch: int, mode: str, stat: dict[str, Any]) -> dict[str, Any]:
+    backend, precision = BACKENDS[name]
+    return {
+        "mode": mode,  # "inference": pixels already in memory; "e2e": JPEG files through dfx scan's pipeline
+        "backend_name": name,
+        "backend": runner.backend,
+        "precision": runner.precision,
+        "batch": batch,
+        **stat,
+        "ratio_vs_keras": None,
+    }
+
+
+def _error_row(name: str, runner: Runner | None, mode: str, error: str, batch: int | None = None) -> dict[str, Any]:
+    backend, precision = BACKENDS[name]
+    return {"mode": mode, "backend_name": name, "backend": backend, "precision": precision, "batch": batch, "error": error, "ratio_vs_keras": None}
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    keras = {r["batch"]: r["images_per_s"] for r in rows if r["backend_name"] == "keras" and r["mode"] == "inference" and r.get("images_per_s")}
+    for row in rows:
+        if row["mode"] == "inference" and row.get("images_per_s") and row["batch"] in keras:
+            row["ratio_vs_keras"] = round(row["images_per_s"] / keras[row["batch"]], 3)
+
+
+def _trt_profile(runner: Runner, bundle: Bundle, config: BenchConfig) -> dict[int, dict[str, Any]]:
+    """Per batch size: median H2D / compute / D2H ms and which side limits throughput."""
+    out: dict[int, dict[str, Any]] = {}
+    for batch_size in sorted(set(config.batch_sizes)):
+        batch = _input_batch(None, bundle.input_size, batch_size, config.seed)
+        try:
+            prof = runner.profile(batch, iters=max(config.iters or 20, 5))  # type: ignore[attr-defined]
+        except Exception as exc:
+            out[batch_size] = {"profile_error": f"{type(exc).__name__}: {exc}"}
+            continue
+        stages = {"h2d": prof["h2d_ms"], "gpu compute": prof["compute_ms"], "d2h": prof["d2h_ms"]}
+        slowest = max(stages, key=stages.get)  # type: ignore[arg-type]
+        wall = prof["pipelined_ms_per_batch"]
+        # With the copies and compute of neighbouring batches overlapped on separate streams, a
+        # batch cannot go faster than its slowest stage; time beyond that (15% slack) is host work
+        # (casting pixels, Python, launches) that the GPU waits for.
+        bottleneck = slowest if wall <= 1.15 * stages[slowest] else "host"
+        out[batch_size] = {
+            "h2d_ms": round(prof["h2d_ms"], 3),
+            "compute_ms": round(prof["compute_ms"], 3),
+            "d2h_ms": round(prof["d2h_ms"], 3),
+            "pipelined_ms_per_batch": round(wall, 3),
+            "bottleneck": bottleneck,
+        }
+    return out
+
+
+def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], threads: int | None = None, seconds: float = 1.0) -> dict[str, Any]:
+    """Work per image of each ONNX form, the machine's rates, and each CPU row's roof fraction."""
+    from dfx.benchmarks import roofline
+
+    costs: dict[str, Any] = {}
+    for precision, role in (("fp32", "onnx-fp32"), ("fp16", "onnx-fp16"), ("int8", "onnx-int8")):
+        names = bundle.files_with_role(role)
+        if names:
+            try:
+                costs[precision] = roofline.graph_cost(bundle.file(names[0]), bundle.input_size)
+            except Exception as exc:  # an exotic graph must not lose the bench rows
+                costs[precision] = exc
+    rates = roofline.measure_machine(seconds=seconds, threads=threads)
+    section: dict[str, Any] = {
+        "graph": {p: (c.as_dict() if not isinstance(c, Exception) else {"error": str(c)}) for p, c in costs.items()},
+        "machine": rates.as_dict(),
+        "minimum_bytes": "per image: weights once per batch (as stored) + input tensor + output tensor; activations assumed cached",
+    }
+    for row in rows:
+        if row["mode"] != "inference" or not row.get("images_per_s") or row["backend"] in ("trt", "ort-cuda"):
+            continue  # the microbenchmarks measure the CPU; GPU rows have no roof from them
+        cost = costs.get(row["precision"]) or costs.get("fp32")
+        if cost is None or isinstance(cost, Exception):
+            continue
+        row.update(roofline.fraction_of_roof(cost, rates, row["precision"], row["batch"], row["images_per_s"]))
+    return section
+
+
+# ---- for `dfx demo` ------------------------------------------------------------------------------
+def quick_summary(bundle_dir: str | os.PathLike, batch_size: int = 32, duration: float = 2.0) -> str:
+    """A few lines for the end of `dfx demo`: images/s of each CPU backend at one batch size,
+    interleaved in one short run, with the ratio to Keras predict when tensorflow is present."""
+    config = BenchConfig(batch_sizes=(batch_size,), duration=duration, rounds=2, warmup=1, roofline=False, scan_memory=False)
+    result = run(bundle_dir, config)
+    rows = sorted((r for r in result["rows"] if r.get("images_per_s")), key=lambda r: -r["images_per_s"])
+    size = "x".join(str(s) for s in result["input_size"])
+    lines = [f"bench ({size} px, batch {batch_size}, {duration:g} s per backend, {result['machine']['cpu']}):"]
+    for row in rows:
+        ratio = f"  {row['ratio_vs_keras']:.1f}x Keras predict" if row.get("ratio_vs_keras") else ""
+        lines.append(f"  {row['backend_name']:<14} {row['images_per_s']:>9.1f} images/s{ratio}")
+    for row in result["rows"]:
+        if row.get("error"):
+            lines.append(f"  {row['backend_name']:<14} error: {row['error']}")
+    lines.append("full table: dfx bench BUNDLE (see benchmarks/README.md)")
+    return "\n".join(lines)

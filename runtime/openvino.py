@@ -1,0 +1,160 @@
+"""OpenVINO Runner: the bundle's FP32 and INT8 (Q/DQ) ONNX files, as they are, on Intel/AMD CPUs.
+
+OpenVINO reads the very same `model.onnx` / `model.int8.onnx` that ONNX Runtime runs: no second
+export and no second calibration. Its CPU plugin turns the Q/DQ pairs into int8 kernels and
+fuses Conv+ReLU+MaxPool chains more aggressively than ONNX Runtime's CPU provider, which is
+why it is dfx's fastest CPU path.
+
+Speed choices (measured on a 2-vCPU host, seed CNN at 256 px; see benchmarks/README.md):
+- one compiled model per batch shape served (static shapes let the plugin pick its blocked
+  layouts once), each with one pre-created infer request that is reused;
+- the LATENCY hint with one stream using all physical cores: a single synchronous request per
+  batch is how the Runner contract is called, and THROUGHPUT streams only help with several
+  requests in flight;
+- uint8 pixels go straight in: a pre-processing step inside the compiled model converts them
+  to float32, so no float32 copy of the batch is made in Python.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from dfx.errors import require
+from dfx.runtime.base import Runner, RunnerError, Source
+
+HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def available() -> bool:
+    """True when the `openvino` module can be imported (the `openvino` extra is installed)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class OpenVinoRunner(Runner):
+    """Runs an ONNX model (float32 NHWC RGB 0..255 in, (N, 1) logits out) with OpenVINO on the CPU."""
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        source: Source,
+        precision: str = "fp32",
+        input_size: tuple[int, int] | None = None,
+        threads: int | None = None,
+        hint: str = "LATENCY",
+        device: str = "CPU",
+        static_batch: bool = True,
+        uint8_input: bool = True,
+        max_shapes: int = 4,
+        name: str | None = None,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if hint.upper() not in HINTS:
+            raise ValueError(f"hint must be one of {HINTS}, not {hint!r}")
+        if max_shapes < 1:
+            raise ValueError("max_shapes must be >= 1")
+        self.precision = precision  # what the file holds; shown in scan rows and bench tables
+        self.threads = threads  # None: the machine's physical cores
+        self.hint = hint.upper()
+        self.device = device
+        # Static: one compile per batch size served (fastest kernels); dynamic: one compile for all.
+        self.static_batch = static_batch
+        self.uint8_input = uint8_input  # convert pixels inside the compiled model, not in numpy
+        self.max_shapes = max_shapes  # compiled batch shapes kept; a scan's odd tail batch adds one
+        super().__init__(source, input_size=input_size, name=name or f"openvino-{precision}")
+        self._core: Any = None
+        self._model: Any = None
+        # batch size (or -1 for the dynamic model) -> (compiled model, its infer request)
+        self._compiled: "OrderedDict[int, tuple[Any, Any]]" = OrderedDict()
+
+    # ---- the contract ----------------------------------------------------------------------
+    def _activate(self) -> None:
+        ov = require("openvino", "openvino", "the OpenVINO backend")
+        self._ov = ov
+        self._core = ov.Core()
+        source = self._load_source()
+        try:
+            model = source if isinstance(source, ov.Model) else self._core.read_model(source)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable files
+            shown = source if isinstance(source, str) else "the model"
+            raise RunnerError(f"OpenVINO cannot read {shown}: {exc}") from exc
+        if len(model.inputs) != 1:
+            raise RunnerError(f"{self.name}: expected one model input, found {len(model.inputs)}")
+        shape = model.inputs[0].get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() == 4:
+            height, width = shape[1], shape[2]
+            if self.input_size is None and height.is_static and width.is_static:
+                self.input_size = (height.get_length(), width.get_length())
+        self._model = model
+        if self.input_size is None:
+            raise RunnerError(f"{self.name}: the model does not fix its input size; pass input_size=(H, W)")
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        request = self._request(batch.shape[0])
+        feed = batch if self.uint8_input else batch.astype(np.float32)
+        # share_inputs: OpenVINO reads the numpy buffer in place instead of copying it in.
+        request.infer({0: feed}, share_inputs=True)
+        # The output tensor is reused by the next call: copy out the N logits (a few bytes).
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32).reshape(-1)
+
+    def _deactivate(self) -> None:
+        self._compiled.clear()
+        self._model = None
+        self._core = None
+
+    # ---- compiling ---------------------------------------------------------------------------
+    def _request(self, batch_size: int) -> Any:
+        key = batch_size if self.static_batch else -1
+        entry = self._compiled.get(key)
+        if entry is None:
+            entry = self._compile(key)
+            self._compiled[key] = entry
+            while len(self._compiled) > self.max_shapes:
+                self._compiled.popitem(last=False)  # drop the least recently used shape
+        else:
+            self._compiled.move_to_end(key)
+        return entry[1]
+
+    def _compile(self, batch_size: int) -> tuple[Any, Any]:
+        ov = self._ov
+        model = self._model.clone()
+        height, width = self.input_size  # type: ignore[misc]
+        batch_dim = ov.Dimension(batch_size) if batch_size > 0 else ov.Dimension()
+        model.reshape({model.inputs[0]: ov.PartialShape([batch_dim, ov.Dimension(height), ov.Dimension(width), ov.Dimension(3)])})
+        if self.uint8_input:
+            ppp = ov.preprocess.PrePostProcessor(model)
+            ppp.input().tensor().set_element_type(ov.Type.u8)
+            ppp.input().preprocess().convert_element_type(ov.Type.f32)
+            model = ppp.build()
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads or physical_cores()}
+        try:
+            compiled = self._core.compile_model(model, self.device, config)
+        except Exception as exc:
+            raise RunnerError(f"OpenVINO cannot compile {self.name} for {self.device} at batch {batch_size}: {exc}") from exc
+        return compiled, compiled.create_infer_request()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(hint=self.hint, threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
+        return info
+
+
+def physical_cores() -> int:
+    """Physical cores: hyper-threads share one core's vector units and slow conv kernels down."""
+    try:
+        import psutil  # optional
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1

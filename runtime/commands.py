@@ -80,7 +80,7 @@ def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files
     from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.results import ResultWriter, done_paths, output_format
+    from dfx.runtime.results import ResultWriter, output_format, read_results
     from dfx.runtime.select import choose_runner
 
     if args.batch < 1:
@@ -94,12 +94,16 @@ def scan_command(args: argparse.Namespace) -> int:
     files = list(dict.fromkeys(iter_image_files(args.paths)))  # a file named twice is scanned once
     if not files:
         raise DfxError(f"no image files in {' '.join(args.paths)}", hint="dfx reads .jpg .jpeg .png .webp .bmp .tif .tiff .gif")
-    done = done_paths(args.out) if args.resume else set()
+    earlier = read_results(args.out, repair=True) if args.resume else []  # repair: cut a half-written last row
+    done = {r.path for r in earlier}
     todo = [f for f in files if f not in done]
     runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {reason}")
     if done:
         say(f"dfx scan: resuming: {len(files) - len(todo)} of {len(files)} inputs already in {args.out}")
+        models = {r.model_sha256 for r in earlier if r.model_sha256}
+        if models and getattr(runner, "model_sha256", "") not in models:
+            say("dfx scan: warning: the earlier rows came from another model file (model_sha256 differs)")
 
     from tqdm import tqdm
 

@@ -188,3 +188,21 @@ def test_runner_failure_becomes_error_rows(exported_bundle, mixed_folder):
     assert all(r.error for r in rows)
     assert sum("inference failed" in r.error for r in rows) == 9
     assert np.all([r.logit is None for r in rows])
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_reading_cuts_a_half_written_row(tmp_path, suffix):
+    from dfx.runtime.results import Result, done_paths
+
+    out = tmp_path / f"rows{suffix}"
+    rows = [Result("a.jpg", 1.5, 0.82, "fake", "ort-cpu", "int8", "f" * 64), Result("b,\"odd\".jpg", None, None, None, "ort-cpu", "int8", "f" * 64, "empty file")]
+    with ResultWriter(out) as writer:
+        writer.write_all(rows)
+    with open(out, "ab") as handle:
+        handle.write(b"c.jpg" if suffix == ".csv" else b'{"path": "c.jpg", "lo')  # killed mid-row
+    assert read_results(out) == rows  # the partial row is ignored...
+    assert done_paths(out) == {"a.jpg", 'b,"odd".jpg'}
+    with ResultWriter(out, append=True) as writer:  # ...and cut, so appending stays clean
+        writer.write(Result("c.jpg", -2.0, 0.12, "real", "ort-cpu", "int8", "f" * 64))
+    assert [r.path for r in read_results(out)] == ["a.jpg", 'b,"odd".jpg', "c.jpg"]
+    assert out.read_text().count("path") == (1 if suffix == ".csv" else 3)  # one CSV header only

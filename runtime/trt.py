@@ -170,7 +170,7 @@ class TrtRunner(Runner):
         if engine is None:
             raise RunnerError(
                 "TensorRT could not deserialise the engine (built for another GPU or TensorRT version?)",
-                hint="rebuild engines on this machine with `dfx export --engines`",
+                hint="rebuild engines on this machine with `dfx export --engine`",
             )
         self._engine = engine
         inputs, outputs = [], []
@@ -288,6 +288,7 @@ class TrtRunner(Runner):
         cuda.memcpy_htod_async(slot.dev_in, slot.host_in, n * self._item_in, slot.stream)
         cuda.event_record(copied_in, slot.stream)
         if slot.graph is not None and n == self.max_batch:
+            self._set_shape(slot, n)  # keep the context's shape state as it was at capture
             cuda.graph_launch(slot.graph, slot.stream)
         else:
             self._set_shape(slot, n)

@@ -18,17 +18,20 @@ from dfx.images import load_image
 from dfx.runtime.base import Runner, run_batches
 
 GPU, GPU_REASON = has_gpu()
-PARITY_IMAGES = 96
+PARITY_IMAGES = 320
 
 
 @pytest.fixture(scope="module")
 def reference(exported_bundle):
-    """(images, labels, Keras logits) on a balanced sample of the bundle's validation split."""
+    """(images, labels, Keras logits) on a balanced sample of the bundle's whole data set.
+
+    Runner parity is about numerical faithfulness, not generalisation, so training images count
+    too; a few hundred images make the 98% agreement bar mean more than "at most one flip"."""
     from dfx.runtime.keras import KerasRunner
 
     bundle = Bundle.open(exported_bundle)
-    _, val = splits_from_record(bundle.manifest["data"])
-    samples = balanced_sample(val, PARITY_IMAGES, seed=1)
+    train, val = splits_from_record(bundle.manifest["data"])
+    samples = balanced_sample(train + val, PARITY_IMAGES, seed=1)
     images = np.stack([load_image(s.path, bundle.input_size, bundle.fit) for s in samples])
     labels = np.array([s.label for s in samples])
     with KerasRunner(str(bundle.file("model.keras"))) as keras_runner:

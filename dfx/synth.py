@@ -105,14 +105,14 @@ def _fake(rng: np.random.Generator, size: int, generator: str) -> np.ndarray:
     if generator == "tconv":
         x = dead_leaves(rng, size // 2) / 255.0
         x = x + rng.normal(0, 0.03, x.shape)  # injected noise at the generator's resolution
-        x = _transposed_conv2x(x, _kernel(rng, positive=True))
-        x = _conv3x3(x, _kernel(rng, positive=True, centre=2.0))
+        x = _transposed_conv2x(x, _kernel(rng, positive=True, centre=0.3))
+        x = _conv3x3(x, _kernel(rng, positive=False, centre=3.0))
     else:
         x = dead_leaves(rng, size // 4) / 255.0
         for _ in range(2):
             x = x + rng.normal(0, 0.02, x.shape)
             x = x.repeat(2, axis=0).repeat(2, axis=1)  # nearest-neighbour upsampling
-            x = _conv3x3(x, _kernel(rng, positive=False, centre=3.0))
+            x = _conv3x3(x, _kernel(rng, positive=False, centre=1.0))
             x = np.maximum(x, 0.1 * x)  # leaky ReLU, as between generator blocks
     return x * 255.0
 

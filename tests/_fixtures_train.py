@@ -24,18 +24,19 @@ def synth_data(tmp_path_factory) -> Path:
 
 def fixture_train_config(data: Path, out: Path, **changes):
     """The fixture's recipe: the default one with a smaller batch, so the short run makes
-    enough optimiser steps (400 images / 128 would be 3 steps per epoch)."""
+    enough optimiser steps (320 training images / 128 would be 3 steps per epoch), and a fixed
+    number of epochs (measured: val AUC 0.957 after 8 epochs, ~55 s of CPU)."""
     from dfx.trainer.train import TrainConfig
 
     settings = dict(
         data=str(data),
         out=str(out),
         size=SYNTH_SIZE,
-        epochs=12,
+        epochs=10,
         batch_size=32,
         learning_rate=1e-3,
         warmup_epochs=1,
-        patience=12,
+        patience=10,
         progress=False,
     )
     settings.update(changes)

@@ -47,6 +47,13 @@ def register(sub) -> None:
     g.add_argument("--calib-seed", type=int, default=0, metavar="N", help="which images the balanced sample draws (default 0)")
     g.add_argument("--recalibrate", action="store_true",
                    help="ignore a matching calibration cache in the bundle and read the images again")
+    g.add_argument("--quantize-first-conv", action="store_true",
+                   help="let the automatic choice quantize the first convolution too. By default it stays float: "
+                   "it reads raw pixels, where GAN traces are a pixel value or two, and symmetric int8 halves "
+                   "that resolution")
+    g.add_argument("--int8-float-convs", type=int, default=None, metavar="N",
+                   help="keep the first N convolutions float instead of choosing N automatically (the fewest "
+                   "whose int8 model agrees with fp32 on the calibration images)")
     g = p.add_argument_group("parity")
     g.add_argument("--parity", metavar="DATA", help="parity images: a real/ + fake/ folder or a labels file "
                    "(default: the bundle's validation split)")
@@ -87,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         calib_method=args.calib_method,
         calib_seed=args.calib_seed,
         recalibrate=args.recalibrate,
+        quantize_first_conv=args.quantize_first_conv,
+        float_convs=args.int8_float_convs,
         parity=args.parity,
         parity_count=args.parity_count,
         opset=args.opset,

@@ -9,13 +9,24 @@ The file is where the INT8 precision lives (TensorRT 11 builds strongly typed ne
 - Q/DQ pairs are not shared between consumers (DedicatedQDQPair) so TensorRT can fuse each
   one into the layer that reads it.
 
-The tensor ranges are computed here, not inside `quantize_static`: in ONNX Runtime 1.32
+Layers left unquantized (the pooling between Q/DQ pairs, the final logit layer) stay float32
+in this file, so ONNX Runtime CPU can run it as is; TensorRT builds it strongly typed and
+follows those types. We chose not to emit a mixed INT8 + FP16 file: those layers are a
+negligible share of the work (max/average pooling and one dot product per image), and one
+file for both runtimes is what we verify on the CPU.
+
+The tensor ranges are computed here, not inside `quantize_static`. In ONNX Runtime 1.32
 `quantize_static(calibrate_method=Entropy)` builds its histograms with 128 bins, and with 128
-quantized bins the entropy search has a single candidate, the full range, so "entropy" silently
-equals MinMax. We create the calibrator ourselves (entropy: 2048 bins searched down to 128
-quantized bins; percentile: 2048 bins at 99.999%), save the ranges with ORT's own cache format,
-and hand that cache to `quantize_static`, which then skips its calibration. The same cache
-file lets a rebuild skip the images.
+quantized bins the entropy search has a single candidate, the full range: "entropy" silently
+equals MinMax. Even with 2048 bins ORT's entropy search runs on a signed histogram over
+[-t, t] (so a one-sided ReLU output gets half the levels) and lets the spike of exact zeros
+after a ReLU dominate the divergence; on our CNN it clipped ReLU outputs to a fifth of their
+range and shifted logits by ~2.5. So "entropy" here is TensorRT's classic calibration
+(Migacz, GTC 2017, as in pytorch-quantization): a 2048-bin histogram of |x| collected by ORT's
+histogram collector, the zero bin damped, and the clipping threshold among bins 128..2048 that
+minimises the KL divergence between the clipped distribution and its 128-level quantization.
+We save the ranges with ORT's own cache format and hand that cache to `quantize_static`,
+which then skips its calibration; the same cache file lets a rebuild skip the images.
 """
 
 from __future__ import annotations
@@ -33,13 +44,14 @@ import numpy as np
 from dfx.errors import DfxError, require
 
 METHODS = ("entropy", "percentile", "minmax")
+ALGORITHM = "dfx-int8-2"  # part of the calibration cache key: bump when range computation changes
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
     method: str = "entropy"  # entropy (KL, TensorRT's classic choice), percentile, or minmax
-    num_bins: int = 2048  # histogram bins for entropy/percentile; >128 is what makes entropy real
-    num_quantized_bins: int = 128  # int8 levels per sign the entropy search compresses into
+    num_bins: int = 2048  # |x| histogram bins for entropy/percentile; >128 is what makes entropy real
+    num_quantized_bins: int = 128  # int8 levels on one side of zero the entropy search compresses into
     percentile: float = 99.999  # share of |values| kept by the percentile method
     batch_size: int = 16  # images per calibration run (memory, not results)
 
@@ -95,9 +107,10 @@ def calibrate(model_path: str | os.PathLike, images: np.ndarray, options: Calibr
 
     method, extra = {
         "minmax": (CalibrationMethod.MinMax, {"symmetric": True}),
+        # Entropy collects the same |x| histograms as percentile; the threshold search is ours.
         "entropy": (
-            CalibrationMethod.Entropy,
-            {"symmetric": True, "num_bins": options.num_bins, "num_quantized_bins": options.num_quantized_bins},
+            CalibrationMethod.Percentile,
+            {"symmetric": True, "num_bins": options.num_bins, "percentile": options.percentile},
         ),
         "percentile": (
             CalibrationMethod.Percentile,
@@ -116,9 +129,63 @@ def calibrate(model_path: str | os.PathLike, images: np.ndarray, options: Calibr
         )
         reader = ArrayReader(images, input_name, options.batch_size)
         calibrator.collect_data(reader)
-        ranges = calibrator.compute_data()
+        if options.method == "entropy":
+            ranges = _entropy_ranges(calibrator.collector.histogram_dict, options.num_quantized_bins)
+        else:
+            ranges = calibrator.compute_data()
         del calibrator
     return ranges
+
+
+def _entropy_ranges(histograms: dict, num_quantized_bins: int) -> Any:
+    """TensorsData (method Entropy) of symmetric [-t, t] ranges from |x| histograms."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    data = {}
+    for name, (hist, edges, *_rest) in histograms.items():
+        threshold = entropy_threshold(np.asarray(hist, np.float64), np.asarray(edges), num_quantized_bins)
+        t = np.array(threshold, dtype=np.float32)
+        data[name] = TensorData(lowest=-t, highest=t, hist=np.asarray(hist), hist_edges=np.asarray(edges, np.float32))
+    return TensorsData(CalibrationMethod.Entropy, data)
+
+
+def entropy_threshold(hist: np.ndarray, edges: np.ndarray, num_quantized_bins: int = 128) -> float:
+    """The |x| clipping threshold minimising KL(P || Q): P is the histogram clipped at bin i
+    (outliers folded into the last kept bin), Q its quantization into `num_quantized_bins`
+    levels expanded back over P's non-empty bins. Candidates i run from num_quantized_bins to
+    all bins; with as many bins as levels there is one candidate, the full range (MinMax)."""
+    bins = hist.astype(np.float64).copy()
+    if bins.size > 1:
+        bins[0] = bins[1]  # the spike of exact zeros (ReLU) must not decide the threshold
+    total = bins.sum()
+    n = bins.size
+    if total <= 0 or n <= num_quantized_bins:
+        return float(edges[-1])
+    tails = np.concatenate([np.cumsum(bins[::-1])[::-1], [0.0]])  # tails[i] = sum(bins[i:])
+    best_i, best_kl = n, np.inf
+    for i in range(num_quantized_bins, n + 1):
+        reference = bins[:i].copy()
+        reference[-1] += tails[i]
+        kept = bins[:i]
+        nonzero = kept != 0
+        level = (np.arange(i) * num_quantized_bins) // i  # which quantized level each bin joins
+        sums = np.bincount(level, weights=kept, minlength=num_quantized_bins)
+        counts = np.bincount(level, weights=nonzero, minlength=num_quantized_bins)
+        expanded = np.where(nonzero, sums[level] / np.maximum(counts[level], 1), 0.0)
+        p = reference / reference.sum()
+        q_total = expanded.sum()
+        if q_total <= 0:
+            continue
+        q = expanded / q_total
+        mask = p > 0
+        if np.any(q[mask] == 0):
+            kl = np.inf
+        else:
+            kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        if kl <= best_kl:  # ties: the larger threshold, as TensorRT does
+            best_i, best_kl = i, kl
+    return float(edges[best_i])
 
 
 def quantize(
@@ -127,12 +194,20 @@ def quantize(
     cache_path: str | os.PathLike,
     method: str,
     keep_output_float: bool = True,
+    float_convs: int = 1,
 ) -> dict:
     """Write the Q/DQ model from a pre-processed FP32 ONNX and a saved range cache.
 
     `keep_output_float` leaves the node that produces the logit unquantized: quantizing the
     logit itself to 256 levels would move decisions that sit near the threshold, for a
-    layer that costs nothing (one dot product per image)."""
+    layer that costs nothing (one dot product per image).
+
+    `float_convs` leaves the first N convolutions (and everything before them, such as the
+    pixel rescaling) unquantized. The first reads raw pixels, where GAN traces are a pixel
+    value or two of amplitude, and symmetric int8 (zero point 0: only 127 levels for
+    non-negative values) halves that resolution; the early feature maps carry the same faint
+    traces. The pipeline picks N by measurement (see `select_float_convs` in pipeline.py).
+    """
     require("onnxruntime", "cpu", "INT8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -148,6 +223,7 @@ def quantize(
         "DedicatedQDQPair": True,
     }
     excluded = _output_producers(preprocessed) if keep_output_float else []
+    excluded += [n for n in leading_nodes(preprocessed, float_convs) if n not in excluded]
     with _quiet():
         quantize_static(
             os.fspath(preprocessed),
@@ -171,6 +247,7 @@ def quantize(
         "biases": "float",
         "calibration_method": method,
         "options": extra_options,
+        "float_convs": float_convs,
         "kept_float": excluded,
     }
 
@@ -227,6 +304,28 @@ def _output_producers(model_path: str | os.PathLike) -> list[str]:
     model = onnx.load(os.fspath(model_path), load_external_data=False)
     outputs = {v.name for v in model.graph.output}
     return [n.name for n in model.graph.node if outputs & set(n.output) and n.name]
+
+
+def count_convs(model_path: str | os.PathLike) -> int:
+    import onnx
+
+    return sum(n.op_type == "Conv" for n in onnx.load(os.fspath(model_path), load_external_data=False).graph.node)
+
+
+def leading_nodes(model_path: str | os.PathLike, convs: int) -> list[str]:
+    """Names of the nodes (in graph order, which ONNX keeps topological) up to and including
+    the `convs`-th Conv; [] for 0."""
+    import onnx
+
+    if convs <= 0:
+        return []
+    names, seen = [], 0
+    for node in onnx.load(os.fspath(model_path), load_external_data=False).graph.node:
+        names.append(node.name)
+        seen += node.op_type == "Conv"
+        if seen == convs:
+            break
+    return [n for n in names if n]
 
 
 def _input_name(model_path: str | os.PathLike) -> str:

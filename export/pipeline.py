@@ -32,6 +32,8 @@ CALIBRATION_REPORT = "calibration.json"
 PARITY_REPORT = "parity.json"
 CACHE_DIR = "calibration-cache"
 TIMING_CACHE = "engines/timing.cache"
+SELECT_MIN_AGREEMENT = 0.995  # int8 vs fp32 decisions on calibration images (parity's bar is 0.98)
+SELECT_MAX_AUC_DROP = 0.005  # and AUC drop (parity's bar is 0.01): margins for unseen images
 FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 vs fp32 on ORT: |diff| <= 1% of the logit scale (parity judges decisions)
 
 
@@ -44,6 +46,8 @@ class ExportConfig:
     calib_method: str = "entropy"  # entropy | percentile | minmax (see export/int8.py)
     calib_seed: int = 0  # which images the balanced sample draws
     recalibrate: bool = False  # ignore a matching calibration cache and read the images again
+    quantize_first_conv: bool = False  # let the automatic choice quantize the first conv too (it reads raw pixels)
+    float_convs: int | None = None  # leading convs kept float; None = fewest that keep int8 agreeing with fp32
     parity: str | None = None  # parity images; None = the bundle's validation split
     parity_count: int = 2000  # cap on parity images (balanced sample) so huge sets stay quick
     validate_count: int = 32  # images for the check right after the ONNX export
@@ -161,9 +165,15 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     options = int8.CalibrationOptions(method=config.calib_method)
     samples, source = export_data.resolve(bundle, config.calib, "train")
     chosen = datasets.balanced_sample(samples, config.calib_count, seed=config.calib_seed)
-    key = _cache_key(bundle.sha256(FILES["fp32"]), options, chosen, size, fit)
+    # Keyed on the Keras model (tf2onnx's bytes differ run to run; the graph does not) plus
+    # opset and tool versions: what determines the FP32 graph being calibrated.
+    source_id = {"keras": bundle.sha256("model.keras"), "opset": config.opset,
+                 "tools": tool_versions("tf2onnx", "onnxruntime")}
+    key = _cache_key(source_id, options, chosen, size, fit)
     cache_name = f"{CACHE_DIR}/{config.calib_method}-{key[:16]}.json"
     cache_path = bundle.root / cache_name
+    previous = _previous_selection(bundle, key)
+    int8_path = bundle.root / FILES["int8"]
     with tempfile.TemporaryDirectory(prefix="dfx-int8-") as tmp:
         pre = Path(tmp) / "model.pre.onnx"
         int8.preprocess(fp32_path, pre)
@@ -179,12 +189,20 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             ranges = int8.calibrate(pre, calib_set.images, options)
             log(f"  {len(ranges.keys())} tensor ranges in {time.perf_counter() - start:.1f} s")
             int8.save_ranges(ranges, cache_path)
-        int8_path = bundle.root / FILES["int8"]
-        details = int8.quantize(pre, int8_path, cache_path, config.calib_method)
+        if config.float_convs is not None:
+            selection = {"float_convs": config.float_convs, "how": "--int8-float-convs", "trials": []}
+        elif previous is not None and hit:
+            selection = {**previous, "how": previous["how"] + " (reused with the cache)"}
+        else:
+            if calib_set is None:
+                calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
+            selection = _select_float_convs(bundle, pre, fp32_path, cache_path, calib_set, config, log)
+        details = int8.quantize(pre, int8_path, cache_path, config.calib_method, float_convs=selection["float_convs"])
     counts = int8.check_symmetric(int8_path)
     quant = _run(_ort(int8_path, "int8", size, config), validation.images, config.batch_size)
     diff = float(np.max(np.abs(quant - ort_val), initial=0.0))
-    log(f"  int8 vs fp32 (ORT): max |diff| {diff:.3g}; {counts['QuantizeLinear']} Q / {counts['DequantizeLinear']} DQ nodes")
+    log(f"  int8 vs fp32 (ORT): max |diff| {diff:.3g}; first {selection['float_convs']} conv(s) float; "
+        f"{counts['QuantizeLinear']} Q / {counts['DequantizeLinear']} DQ nodes")
 
     used = calib_set.samples if calib_set is not None else chosen
     report = {
@@ -197,6 +215,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         "skipped": calib_set.skipped if calib_set is not None else [],
         "files": [s.path for s in used],
         "cache": {"file": cache_name, "key": key, "hit": hit},
+        "float_convs": selection,
         "quantization": details,
         "qdq_nodes": counts,
         "ranges": int8.ranges_table(ranges),
@@ -210,6 +229,53 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                     calibration={"report": CALIBRATION_REPORT, "images": len(used), "cache_key": key},
                     validation={"against": "onnx-fp32", "max_abs_diff": diff, "images": validation.source})
     bundle.save()
+
+
+def _select_float_convs(bundle: Bundle, pre: Path, fp32_path: Path, cache_path: Path, calib_set, config: ExportConfig, log) -> dict:
+    """How many leading convolutions stay float: the fewest (from 1, or 0 with
+    --quantize-first-conv) whose int8 model agrees with FP32 on the *calibration* images
+    (never the parity set, which judges the result) within SELECT_MIN_AGREEMENT and
+    SELECT_MAX_AUC_DROP. Early layers see the faint pixel-level GAN traces, where int8's
+    resolution hurts most; later layers are where the work is, and stay int8."""
+    from dfx.parity import compare
+
+    size, threshold = bundle.input_size, bundle.threshold
+    images, labels = calib_set.images, calib_set.labels
+    reference = _run(_ort(fp32_path, "fp32", size, config), images, config.batch_size)
+    total = int8.count_convs(pre)
+    first = 0 if config.quantize_first_conv else min(1, total)
+    trials = []
+    with tempfile.TemporaryDirectory(prefix="dfx-int8-select-") as tmp:
+        trial_path = Path(tmp) / "trial.onnx"
+        for k in range(first, total + 1):
+            int8.quantize(pre, trial_path, cache_path, config.calib_method, float_convs=k)
+            logits = _run(_ort(trial_path, "int8", size, config), images, config.batch_size)
+            result = compare("int8", reference, logits, labels if len(set(labels.tolist())) == 2 else None, threshold)
+            trial = {"float_convs": k, "agreement": result["agreement"], "max_abs_diff": result["max_abs_diff"],
+                     "auc_drop": result.get("auc_drop")}
+            trials.append(trial)
+            ok = trial["agreement"] >= SELECT_MIN_AGREEMENT and (trial["auc_drop"] or 0.0) <= SELECT_MAX_AUC_DROP
+            log(f"  first {k} conv(s) float: agreement with fp32 {trial['agreement']:.2%} on the calibration images"
+                f"{' -> chosen' if ok else ''}")
+            if ok:
+                return {"float_convs": k, "how": "fewest leading float convs meeting the targets on the calibration images",
+                        "targets": {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP}, "trials": trials}
+    best = max(trials, key=lambda t: (t["agreement"], -t["float_convs"]))
+    log(f"  no setting met the targets; keeping the best ({best['float_convs']} float convs)")
+    return {"float_convs": best["float_convs"], "how": "best agreement (no setting met the targets)",
+            "targets": {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP}, "trials": trials}
+
+
+def _previous_selection(bundle: Bundle, key: str) -> dict | None:
+    """The float-conv choice of the last calibration with this same cache key, if any."""
+    path = bundle.root / CALIBRATION_REPORT
+    try:
+        report = json.loads(path.read_text()) if bundle.has(CALIBRATION_REPORT) else None
+    except (OSError, ValueError):
+        return None
+    if report and report.get("cache", {}).get("key") == key and isinstance(report.get("float_convs"), dict):
+        return report["float_convs"]
+    return None
 
 
 def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
@@ -281,7 +347,9 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
 
     forms = {
         f"trt{'-lean' if config.lean else ''}-{precision}": (
-            lambda p=bundle.file(name), prec=precision: TrtRunner(p, precision=prec, input_size=bundle.input_size)
+            lambda p=bundle.file(name), prec=precision, digest=bundle.sha256(name): TrtRunner(
+                p, precision=prec, input_size=bundle.input_size, max_batch=config.max_batch, lean=config.lean,
+                expected_sha256=digest)
         )
         for precision, name in built.items()
     }
@@ -313,10 +381,10 @@ def _validation_entry(diff: float, tolerance: float, against: str, images) -> di
     return {"against": against, "max_abs_diff": diff, "tolerance": tolerance, "images": len(images.images), "source": images.source}
 
 
-def _cache_key(onnx_sha: str, options: int8.CalibrationOptions, samples, size, fit: str) -> str:
-    """Same FP32 model, same images, same method and options, same pixels -> same ranges."""
+def _cache_key(source_id: dict, options: int8.CalibrationOptions, samples, size, fit: str) -> str:
+    """Same model, same images, same method and options, same pixels -> same ranges."""
     payload = json.dumps(
-        {"onnx": onnx_sha, "options": asdict(options), "files": [s.path for s in samples], "size": list(size), "fit": fit},
+        {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples], "size": list(size), "fit": fit},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -62,7 +62,9 @@ def test_cli_exit_codes_and_engine_without_gpu(exported_bundle, tmp_path, capsys
     if gpu:
         pytest.skip("this host has a GPU; test_trt_build covers --engine there")
     copy = shutil.copytree(exported_bundle, tmp_path / "bundle")
-    (copy / "parity.json").unlink()
+    stale = Bundle.open(copy)
+    stale.remove_file("parity.json")  # so we see it written again before the engine step
+    stale.save()
     code = main(["export", str(copy), "--fp16", "--engine"])
     err = capsys.readouterr().err
     assert code == 2
@@ -85,3 +87,4 @@ def test_compare_flags_a_form_that_misses(parity):
     (line,) = parity_report.failures(report)
     assert line.startswith("int8: decision agreement") and "--calib-method" in line
     assert "| int8 |" in parity_report.markdown_table(report)
+

@@ -54,6 +54,7 @@ class CalibrationOptions:
     num_quantized_bins: int = 128  # int8 levels on one side of zero the entropy search compresses into
     percentile: float = 99.999  # share of |values| kept by the percentile method
     batch_size: int = 16  # images per calibration run (memory, not results)
+    chunk: int = 32  # images whose activations ORT holds at once (~40 MB each for the seed CNN at 256 px)
 
 
 class CalibrationError(DfxError):
@@ -127,8 +128,11 @@ def calibrate(model_path: str | os.PathLike, images: np.ndarray, options: Calibr
             calibrate_method=method,
             extra_options=extra,
         )
-        reader = ArrayReader(images, input_name, options.batch_size)
-        calibrator.collect_data(reader)
+        # ORT keeps every activation of everything one collect_data call reads, then merges
+        # them into ranges/histograms; feeding chunks bounds memory (512 images at 256 px
+        # would be ~20 GB at once). Histograms and min/max merge across calls.
+        for start in range(0, len(images), options.chunk):
+            calibrator.collect_data(ArrayReader(images[start : start + options.chunk], input_name, options.batch_size))
         if options.method == "entropy":
             ranges = _entropy_ranges(calibrator.collector.histogram_dict, options.num_quantized_bins)
         else:

@@ -19,8 +19,9 @@ from dfx.runtime.base import Runner, run_batches
 HINTS = {
     "fp32": "the ONNX conversion is not faithful: try another --opset, and report it with the model",
     "fp16": "the model overflows or underflows float16 somewhere: serve the fp32 or int8 form instead",
-    "int8": "try another --calib-method (entropy, percentile, minmax) or more calibration images "
-    "(--calib-count 1024, or --calib DATA closer to what you scan)",
+    "int8": "try another --calib-method (entropy, percentile, minmax), more calibration images "
+    "(--calib-count 1024, or --calib DATA closer to what you scan), or keep more leading "
+    "convolutions float (--int8-float-convs N; calibration.json lists what each choice measured)",
 }
 
 

@@ -39,7 +39,7 @@ def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def auc(labels, scores) -> float:
     """Area under the ROC curve (ties count one half). NaN when one class is missing."""
     y, s = _arrays(labels, scores)
-    if y.min(initial=0) == y.max(initial=0):
+    if y.size == 0 or y.min() == y.max():  # one class only
         return float("nan")
     fpr, tpr, _ = roc_curve(y, s)
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoid rule
@@ -61,7 +61,7 @@ def average_precision(labels, scores) -> float:
 def equal_error_rate(labels, scores) -> float:
     """The rate where false positives equal false negatives (interpolated on the ROC)."""
     y, s = _arrays(labels, scores)
-    if y.min(initial=0) == y.max(initial=0):
+    if y.size == 0 or y.min() == y.max():  # one class only
         return float("nan")
     fpr, tpr, _ = roc_curve(y, s)
     fnr = 1 - tpr
@@ -77,7 +77,7 @@ def equal_error_rate(labels, scores) -> float:
 def tpr_at_fpr(labels, scores, max_fpr: float = 0.01) -> float:
     """Highest TPR among thresholds whose FPR stays at or below `max_fpr`."""
     y, s = _arrays(labels, scores)
-    if y.min(initial=0) == y.max(initial=0):
+    if y.size == 0 or y.min() == y.max():  # one class only
         return float("nan")
     fpr, tpr, _ = roc_curve(y, s)
     return float(tpr[fpr <= max_fpr + 1e-12].max())

@@ -43,6 +43,8 @@ HISTORY_PNG = "history.png"
 # (spread exactly 0, or float noise around it). Measured: the seed CNN at initialisation gives
 # a spread of ~1e-3..1e-2 on 64-256 px images, so 1e-6 only flags real collapses.
 COLLAPSE_STD = 1e-6
+# A trained detector's logits stay within tens; beyond this the weights have blown up.
+DIVERGED_LOGIT = 1e4
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ def collapse_reason(logits: np.ndarray) -> str | None:
     logits = np.asarray(logits, dtype=np.float64)
     if not np.all(np.isfinite(logits)):
         return "the model outputs NaN or infinity"
+    peak = float(np.abs(logits).max(initial=0.0))
+    if peak > DIVERGED_LOGIT:
+        return f"the model's outputs diverged (|logit| up to {peak:.3g})"
     spread = float(logits.std())
     if spread < COLLAPSE_STD * max(1.0, float(np.abs(logits).mean())):
         return f"the model gives the same output for every image (logit {logits.mean():.4g}, spread {spread:.2g})"
@@ -198,7 +203,7 @@ def train(config: TrainConfig) -> Bundle:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         "optimizer": "adam",
         "loss": "binary_crossentropy_from_logits",
-        "class_weights": data_mod.class_weights(train_arrays.y),
+        "class_weights": {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
         "best_epoch": monitor.best_epoch,
         "seconds": round(time.time() - started, 1),

@@ -1,0 +1,75 @@
+"""`dfx eval` and dfx.trainer.evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dfx import datasets
+from dfx.bundle import Bundle
+
+pytest.importorskip("tensorflow", reason="the Keras reference runner needs tensorflow")
+
+
+def test_eval_val_split_matches_training_metrics(trained_bundle):
+    from dfx.trainer.evaluate import EvalConfig, evaluate
+
+    report = evaluate(EvalConfig(bundle=str(trained_bundle), split="val", backend="keras", progress=False))
+    recorded = Bundle.open(trained_bundle).manifest["metrics"]["val"]
+    assert report["images"] == recorded["images"]
+    assert report["auc"] == pytest.approx(recorded["auc"], abs=1e-4)
+    assert report["confusion"] == recorded["confusion"]
+    assert report["backend"] == "keras" and report["errors"]["count"] == 0
+    assert set(report["per_generator"]) == {"camera", "scan", "tconv", "upconv"}
+
+
+def test_cli_json_has_the_seed_metrics_and_writes_a_plot(trained_bundle, synth_data, tmp_path, capsys):
+    from dfx.cli import main
+
+    plot = tmp_path / "roc.png"
+    code = main(["eval", str(trained_bundle), str(synth_data), "--backend", "keras", "--json", "--plot", str(plot)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "per_generator",
+                "average_precision", "eer", "tpr_at_1pct_fpr", "confusion"):
+        assert key in report
+    assert report["images"] == 400 and report["split"] == "all"
+    assert report["auc"] >= 0.9
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_table_and_unreadable_images_are_reported(trained_bundle, synth_data, tmp_path, capsys):
+    from dfx.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    (data / "fake" / "tconv" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (data / "real" / "camera" / "empty.png").write_bytes(b"")
+    assert main(["eval", str(trained_bundle), str(data), "--backend", "keras"]) == 0
+    captured = capsys.readouterr()
+    assert "unreadable: 2 image(s)" in captured.out and "broken.jpg" in captured.out
+    assert "fake/tconv" in captured.out and "real/camera" in captured.out
+    assert "400 images" in captured.out
+
+
+def test_labels_file_and_val_split(trained_bundle, synth_data, tmp_path):
+    from dfx.trainer.evaluate import EvalConfig, evaluate
+
+    samples = datasets.discover(synth_data)[::5]
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("path\tlabel\n" + "".join(f"{s.path}\t{'fake' if s.label else 'real'}\n" for s in samples))
+    report = evaluate(EvalConfig(bundle=str(trained_bundle), data=str(labels), backend="keras", progress=False))
+    assert report["images"] == len(samples)
+    assert set(report["per_generator"]) == {"real", "fake"}
+
+
+def test_eval_errors_are_clear(trained_bundle, tmp_path, capsys):
+    from dfx.cli import main
+
+    assert main(["eval", str(tmp_path / "nope"), str(tmp_path)]) == 2
+    assert "no bundle" in capsys.readouterr().err
+    (tmp_path / "real").mkdir()
+    assert main(["eval", str(trained_bundle), str(tmp_path), "--backend", "keras"]) == 2
+    assert "error" in capsys.readouterr().err

@@ -223,7 +223,7 @@ def measure_inference(
             "images_per_s": round(len(times) * len(batch) / total, 2) if total > 0 else 0.0,
             **_percentiles(times),
             "batches": len(times),
-            "seconds": round(total, 3),
+            "seconds": round(total, 6),
         }
     return stats
 

@@ -1,0 +1,106 @@
+"""OpenVinoRunner: the parity checker (dfx.parity.compare vs Keras, export tolerances) on each of
+its compile modes, its per-shape compile cache, and its behaviour without the extra."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dfx.bundle import Bundle
+from dfx.runtime import openvino
+from test_runners import check_parity, reference  # noqa: F401  (the shared checker and its Keras reference fixture)
+
+needs_openvino = pytest.mark.skipif(not openvino.available(), reason="openvino is not installed (pip install 'dfx[openvino]')")
+ROLES = {"fp32": "onnx-fp32", "int8": "onnx-int8"}
+
+
+def ov_runner(bundle: Bundle, precision: str, **options) -> openvino.OpenVinoRunner:
+    path = str(bundle.file(bundle.files_with_role(ROLES[precision])[0]))
+    return openvino.OpenVinoRunner(path, precision=precision, input_size=bundle.input_size, **options)
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"static_batch": False}, {"uint8_input": False, "hint": "THROUGHPUT", "threads": 1}],
+    ids=["default", "dynamic-batch", "float-input-throughput"],
+)
+def test_parity_against_keras(exported_bundle, reference, precision, options):  # noqa: F811
+    bundle = Bundle.open(exported_bundle)
+    report = check_parity(ov_runner(bundle, precision, **options), f"openvino-{precision}", reference, bundle.threshold)
+    if precision == "fp32":
+        assert report["max_abs_diff"] <= 1e-4
+
+
+@needs_openvino
+def test_int8_matches_onnx_runtime_on_the_same_file(exported_bundle, reference):  # noqa: F811
+    """No second calibration: OpenVINO runs the very Q/DQ file ORT runs, so the logits agree
+    far more closely than either agrees with Keras."""
+    from dfx.runtime.ort import OrtRunner
+
+    bundle = Bundle.open(exported_bundle)
+    images = reference[0][:32]
+    with ov_runner(bundle, "int8") as ov, OrtRunner(str(bundle.file("model.int8.onnx")), precision="int8") as ort:
+        ov_logits, ort_logits = ov.infer(images), ort.infer(images)
+    spread = float(np.ptp(ort_logits))
+    assert spread > 0
+    assert np.max(np.abs(ov_logits - ort_logits)) <= 0.05 * spread + 1e-3
+
+
+@needs_openvino
+def test_compiles_once_per_batch_shape_and_bounds_the_cache(exported_bundle, reference):  # noqa: F811
+    bundle = Bundle.open(exported_bundle)
+    images = reference[0]
+    runner = ov_runner(bundle, "fp32", max_shapes=2)
+    with runner:
+        first = runner.infer(images[:4])
+        compiled = runner._compiled[4][0]
+        assert np.array_equal(runner.infer(images[:4]), first)
+        assert runner._compiled[4][0] is compiled  # the same shape reuses its compiled model
+        runner.infer(images[:3])
+        runner.infer(images[:5])
+        assert list(runner._compiled) == [3, 5]  # least recently used shape (4) dropped
+        np.testing.assert_allclose(runner.infer(images[:4]), first, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="takes"):
+            runner.infer(np.zeros((1, 7, 7, 3), np.uint8))
+    assert not runner._compiled and not runner.is_active
+    assert runner.describe()["backend"] == "openvino"
+
+
+@needs_openvino
+def test_unreadable_model_is_a_runner_error(tmp_path):
+    from dfx.runtime.base import RunnerError
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(RunnerError, match="OpenVINO cannot read"):
+        openvino.OpenVinoRunner(str(bad)).activate()
+
+
+def test_without_the_extra_nothing_breaks_until_used(tmp_path):
+    """With openvino blocked: importing works, available() is False, activation names the extra."""
+    code = (
+        "import sys; sys.modules['openvino'] = None\n"
+        "from dfx.runtime import openvino\n"
+        "from dfx.errors import MissingExtraError\n"
+        "assert openvino.available() is False\n"
+        "runner = openvino.OpenVinoRunner('model.onnx', precision='int8')\n"
+        "try:\n"
+        "    runner.activate()\n"
+        "except MissingExtraError as exc:\n"
+        "    print(exc.hint)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'dfx[openvino]'" in done.stdout
+
+
+def test_rejects_bad_options():
+    with pytest.raises(ValueError, match="precision"):
+        openvino.OpenVinoRunner("m.onnx", precision="int4")
+    with pytest.raises(ValueError, match="hint"):
+        openvino.OpenVinoRunner("m.onnx", hint="FASTEST")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ def test_layout_counts_and_determinism(tmp_path):
     generate(tmp_path / "b", n=20, size=32, seed=3, progress=False)
     for s in samples:
         other = s.path.replace(str(tmp_path / "a"), str(tmp_path / "b"))
-        assert open(s.path, "rb").read() == open(other, "rb").read()
+        assert Path(s.path).read_bytes() == Path(other).read_bytes()
     assert load_image(samples[0].path, 32).shape == (32, 32, 3)
 
 

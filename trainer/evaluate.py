@@ -131,7 +131,7 @@ def evaluate(config: EvalConfig) -> dict:
             "data": str(Path(config.data).resolve()) if config.data else bundle.manifest.get("data", {}).get("root"),
             "bundle": str(bundle.root.resolve()),
             "backend": getattr(runner, "backend", "?"),
-            "precision": getattr(runner, "precision", "?"),
+            "model_precision": getattr(runner, "precision", "?"),  # fp32/fp16/int8; "precision" is the metric
             "runner_reason": reason,
             "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
@@ -143,7 +143,7 @@ def evaluate(config: EvalConfig) -> dict:
 def format_report(report: dict) -> str:
     """A human-readable table of the report."""
     lines = [
-        f"{report['images']} images ({report['split']} split of {report['data']}), backend {report['backend']} {report['precision']}",
+        f"{report['images']} images ({report['split']} split of {report['data']}), backend {report['backend']} {report['model_precision']}",
         f"threshold {report['threshold']:.4g} (logit, {report['threshold_method']})",
         "",
         f"{'group':<22}{'n':>6}{'acc':>8}{'prec':>8}{'recall':>8}{'f1':>8}{'spec':>8}{'auc':>8}{'ap':>8}{'eer':>8}{'tpr@1%':>8}",

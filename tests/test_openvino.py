@@ -26,8 +26,8 @@ def ov_runner(bundle: Bundle, precision: str, **options) -> openvino.OpenVinoRun
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"static_batch": False}, {"uint8_input": False, "hint": "THROUGHPUT", "threads": 1}],
-    ids=["default", "dynamic-batch", "float-input-throughput"],
+    [{}, {"static_batch": False}, {"uint8_input": False, "hint": "THROUGHPUT", "threads": 1}, {"sub_batch": 5}],
+    ids=["default", "dynamic-batch", "float-input-throughput", "chunks-of-5"],
 )
 def test_parity_against_keras(exported_bundle, reference, precision, options):  # noqa: F811
     bundle = Bundle.open(exported_bundle)
@@ -104,3 +104,5 @@ def test_rejects_bad_options():
         openvino.OpenVinoRunner("m.onnx", precision="int4")
     with pytest.raises(ValueError, match="hint"):
         openvino.OpenVinoRunner("m.onnx", hint="FASTEST")
+    with pytest.raises(ValueError, match="sub_batch"):
+        openvino.OpenVinoRunner("m.onnx", sub_batch=0)

@@ -78,7 +78,7 @@ def register(sub) -> None:
         "eval",
         help="measure a bundle on labelled data (overall and per generator)",
         description="Accuracy, precision, recall, F1, specificity, AUC-ROC, average precision, equal error rate, "
-        "TPR at 1%% FPR and the confusion matrix at the bundle's threshold, overall and per generator/source. "
+        "TPR at 1% FPR and the confusion matrix at the bundle's threshold, overall and per generator/source. "
         "Images that fail to decode are counted and listed, not fatal.",
     )
     ev.add_argument("bundle", metavar="BUNDLE", help="bundle folder (from dfx train)")

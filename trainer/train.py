@@ -148,6 +148,7 @@ def train(config: TrainConfig) -> Bundle:
     learning_rate = config.learning_rate
     Monitor = _make_monitor_class()
     monitor = None
+    interrupted = False
     for attempt in range(config.max_restarts + 1):
         seed = config.seed + 1000 * attempt
         keras.utils.set_random_seed(seed)
@@ -163,7 +164,15 @@ def train(config: TrainConfig) -> Bundle:
         print(f"attempt {attempt + 1}: seed {seed}, peak learning rate {learning_rate:.3g}, "
               f"{len(train_arrays.y)} train / {len(val_arrays.y)} val images at {config.size} px ({config.fit})", file=sys.stderr)
         dataset = data_mod.train_dataset(train_arrays, config.batch_size, augment, seed)
-        model.fit(dataset, epochs=config.epochs, callbacks=[monitor], shuffle=False, verbose=_verbosity(config.progress))
+        try:
+            model.fit(dataset, epochs=config.epochs, callbacks=[monitor], shuffle=False, verbose=_verbosity(config.progress))
+        except KeyboardInterrupt:
+            if monitor.best_weights is None:
+                raise
+            # Ctrl-C ends training, not the run: the bundle is written from the best epoch so far.
+            interrupted = True
+            print(f"\ninterrupted: writing the bundle from the best epoch so far ({monitor.best_epoch})", file=sys.stderr)
+            break
         if monitor.collapse is None:
             break
         record["collapsed"] = True
@@ -211,6 +220,7 @@ def train(config: TrainConfig) -> Bundle:
         "class_weights": {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
         "best_epoch": monitor.best_epoch,
+        "interrupted": interrupted,  # stopped with Ctrl-C before early stopping or the last epoch
         "seconds": round(time.time() - started, 1),
     }
     tools = tool_versions("tensorflow", "keras", "numpy", "pillow")

@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="timed seconds per setting, cut into --rounds slices")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--precision", choices=("fp32", "int8"), default="int8")
-    parser.add_argument("--only", help="comma-separated setting names to keep (default: all)")
+    parser.add_argument("--only", help="semicolon-separated setting names to keep (default: all)")
     args = parser.parse_args()
 
     from dfx.benchmarks.harness import BenchConfig, _input_batch, measure_inference
@@ -42,7 +42,7 @@ def main() -> None:
         "chunks of 16": {"sub_batch": 16},
     }
     if args.only:
-        keep = [k.strip() for k in args.only.split(",")]
+        keep = [k.strip() for k in args.only.split(";")]
         settings = {k: v for k, v in settings.items() if k in keep or k.startswith("default")}
     runners = {f"ort-cpu {args.precision}": OrtRunner(path, precision=args.precision, input_size=bundle.input_size)}
     runners.update({name: OpenVinoRunner(path, precision=args.precision, input_size=bundle.input_size, **opts) for name, opts in settings.items()})

@@ -246,6 +246,17 @@ def measure_machine(seconds: float = 1.0, threads: int | None = None) -> Machine
     )
 
 
+def best_of(*measured: MachineRates) -> MachineRates:
+    """The higher of each rate over several measurements: a roof is what the machine can reach."""
+    int8 = [m.int8_ops for m in measured if m.int8_ops]
+    return MachineRates(
+        fp32_flops=max(m.fp32_flops for m in measured),
+        int8_ops=max(int8) if int8 else None,
+        bandwidth=max(m.bandwidth for m in measured),
+        how={**measured[0].how, "repeats": f"best of {len(measured)} measurements (before and after the rows)"},
+    )
+
+
 def attainable(cost: GraphCost, rates: MachineRates, precision: str, batch: int) -> float:
     """Attainable images per second for a row: min(compute roof, memory roof) / work per image."""
     ops_rate = min(rates.peak(precision), cost.intensity(batch) * rates.bandwidth)

@@ -101,3 +101,11 @@ def test_machine_rates_are_measured():
     rates = roofline.measure_machine(seconds=0.05)
     assert rates.fp32_flops > 1e8 and rates.int8_ops and rates.int8_ops > 1e8 and rates.bandwidth > 1e8
     assert set(rates.as_dict()) >= {"fp32_gflops", "int8_gops", "bandwidth_gb_s", "how"}
+
+
+def test_best_of_keeps_each_highest_rate():
+    a = roofline.MachineRates(fp32_flops=5.0, int8_ops=None, bandwidth=9.0, how={"fp32": "x"})
+    b = roofline.MachineRates(fp32_flops=7.0, int8_ops=3.0, bandwidth=1.0)
+    best = roofline.best_of(a, b)
+    assert (best.fp32_flops, best.int8_ops, best.bandwidth) == (7.0, 3.0, 9.0)
+    assert best.how["fp32"] == "x" and "best of 2" in best.how["repeats"]

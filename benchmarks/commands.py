@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", metavar="DIR", help="also time decode + inference through the `dfx scan` pipeline on these files, and dfx scan's peak memory")
     p.add_argument("--e2e-batch-size", type=int, default=32, metavar="N", help="batch size of the end-to-end rows (default 32)")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
-    p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~4 s of microbenchmarks)")
+    p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~8 s of microbenchmarks, run before and after the rows)")
     p.add_argument("--json", metavar="FILE", help="write rows, machine, software and limits to FILE as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of images/s (needs matplotlib)")
     p.set_defaults(handler=bench_command)

@@ -116,7 +116,6 @@ def train(config: TrainConfig) -> Bundle:
     from dfx.trainer import augment as augment_mod
     from dfx.trainer import data as data_mod
     from dfx.trainer import models
-    from dfx.trainer.history import save_history
 
     if config.fit not in ("resize", "crop"):
         raise DfxError(f"--fit must be resize or crop, not {config.fit!r}")
@@ -189,6 +188,22 @@ def train(config: TrainConfig) -> Bundle:
     model.set_weights(monitor.best_weights)  # restore the best epoch (early stopping)
     _save_model(model, checkpoint)
 
+    return write_bundle(
+        bundle, model, config, train_arrays, val_arrays, attempts,
+        best_epoch=monitor.best_epoch, best_auc=monitor.best_auc, interrupted=interrupted, seconds=time.time() - started,
+    )
+
+
+def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_arrays, attempts: list[dict], *,
+                 best_epoch: int | None, best_auc: float, interrupted: bool, seconds: float) -> Bundle:
+    """Finish a bundle from a trained model: threshold and metrics on the validation split,
+    history JSON + plot, data record, training record, hashes. Expects model.keras saved."""
+    from dfx.trainer import data as data_mod
+    from dfx.trainer.history import save_history
+
+    real = list(config.real) if config.real else None
+    fake = list(config.fake) if config.fake else None
+    errors = train_arrays.errors + val_arrays.errors
     logits = data_mod.predict_logits(model, val_arrays.x)
     y = val_arrays.y
     threshold = choose_threshold(y, logits, config.target_fpr)
@@ -198,8 +213,8 @@ def train(config: TrainConfig) -> Bundle:
     threshold["val_tpr"] = val_metrics["recall"]
 
     history = {
-        "best_epoch": monitor.best_epoch,
-        "best_val_auc": monitor.best_auc,
+        "best_epoch": best_epoch,
+        "best_val_auc": best_auc,
         "attempts": attempts,
     }
     save_history(history, bundle.root / HISTORY_JSON, bundle.root / HISTORY_PNG)
@@ -219,9 +234,9 @@ def train(config: TrainConfig) -> Bundle:
         "loss": "binary_crossentropy_from_logits",
         "class_weights": {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
-        "best_epoch": monitor.best_epoch,
+        "best_epoch": best_epoch,
         "interrupted": interrupted,  # stopped with Ctrl-C before early stopping or the last epoch
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(seconds, 1),
     }
     tools = tool_versions("tensorflow", "keras", "numpy", "pillow")
     bundle.add_file(MODEL_FILE, role="keras", tools=tools)

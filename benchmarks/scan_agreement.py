@@ -1,7 +1,7 @@
 """How often `dfx scan` rows agree with the Keras model's own decisions (issue 4's done check).
 
     dfx scan BUNDLE DATA --out rows.jsonl --precision int8
-    python benchmarks/scan_agreement.py BUNDLE rows.jsonl [--json report.json]
+    python benchmarks/scan_agreement.py BUNDLE rows.jsonl [more-rows.jsonl ...] [--json report.json]
 
 For every scored row it decodes the image through the same pixel path (dfx.images), runs the
 bundle's Keras model (KerasRunner, needs tensorflow), and compares decisions at the threshold
@@ -29,7 +29,10 @@ def _label(path: str) -> int | None:
     return None
 
 
-def agreement(bundle_dir: str, rows_path: str, threshold: float | None = None, batch_size: int = 32) -> dict:
+def agreement(bundle_dir: str, rows_path: str, threshold: float | None = None, batch_size: int = 32,
+              cache: dict[str, float] | None = None) -> dict:
+    """Parity report of one rows file against Keras; `cache` (path -> Keras logit) is shared
+    between rows files so Keras runs once per image."""
     from dfx import parity
     from dfx.bundle import Bundle
     from dfx.images import load_image
@@ -47,12 +50,15 @@ def agreement(bundle_dir: str, rows_path: str, threshold: float | None = None, b
     decided = np.array([r.decision == "fake" for r in scored])
     if not np.array_equal(decided, logits >= threshold):
         raise SystemExit("the rows were scored at another threshold: pass the scan's --threshold")
-    keras_logits = np.zeros(len(scored), np.float64)
-    with KerasRunner(str(bundle.file("model.keras")), input_size=bundle.input_size, batch_size=batch_size) as keras:
-        for start in range(0, len(scored), batch_size):
-            chunk = scored[start : start + batch_size]
-            pixels = np.stack([load_image(r.path, bundle.input_size, bundle.fit) for r in chunk])
-            keras_logits[start : start + len(chunk)] = keras.infer(pixels)
+    cache = {} if cache is None else cache
+    missing = [r.path for r in scored if r.path not in cache]
+    if missing:
+        with KerasRunner(str(bundle.file("model.keras")), input_size=bundle.input_size, batch_size=batch_size) as keras:
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start : start + batch_size]
+                pixels = np.stack([load_image(path, bundle.input_size, bundle.fit) for path in chunk])
+                cache.update(zip(chunk, keras.infer(pixels).tolist()))
+    keras_logits = np.array([cache[r.path] for r in scored], np.float64)
     labels = [_label(r.path) for r in scored]
     label_array = np.array(labels) if all(v is not None for v in labels) else None
     form = f"{scored[0].backend}-{scored[0].precision}"
@@ -65,22 +71,24 @@ def agreement(bundle_dir: str, rows_path: str, threshold: float | None = None, b
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle", help="the bundle the rows were scanned with")
-    parser.add_argument("rows", help="the scan's --out file (.jsonl or .csv)")
+    parser.add_argument("rows", nargs="+", help="the scan's --out file(s) (.jsonl or .csv)")
     parser.add_argument("--threshold", type=float, help="the --threshold the scan used, if it overrode the bundle's")
     parser.add_argument("--min", type=float, default=0.98, help="agreement needed for exit status 0 (default 0.98)")
     parser.add_argument("--json", metavar="FILE", help="also write the full report here")
     args = parser.parse_args(argv)
-    report = agreement(args.bundle, args.rows, args.threshold)
+    cache: dict[str, float] = {}
+    reports = [agreement(args.bundle, rows, args.threshold, cache=cache) for rows in args.rows]
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    summary = {k: report[k] for k in ("form", "rows", "scored", "errors", "agreement", "max_abs_diff", "threshold") if k in report}
-    for key in ("auc", "auc_keras"):
-        if key in report:
-            summary[key] = round(report[key], 4)
-    print(json.dumps(summary))
-    disagree = int(round((1 - report["agreement"]) * report["images"]))
-    print(f"agreement {report['agreement']:.2%} on {report['images']} images ({disagree} disagree)", file=sys.stderr)
-    return 0 if report["agreement"] >= args.min else 1
+        Path(args.json).write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
+    for report in reports:
+        summary = {k: report[k] for k in ("rows_file", "form", "rows", "scored", "errors", "agreement", "max_abs_diff", "threshold") if k in report}
+        for key in ("auc", "auc_keras"):
+            if key in report:
+                summary[key] = round(report[key], 4)
+        print(json.dumps(summary))
+        disagree = int(round((1 - report["agreement"]) * report["images"]))
+        print(f"{report['form']}: agreement {report['agreement']:.2%} on {report['images']} images ({disagree} disagree)", file=sys.stderr)
+    return 0 if all(r["agreement"] >= args.min for r in reports) else 1
 
 
 if __name__ == "__main__":

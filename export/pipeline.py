@@ -273,8 +273,9 @@ def _previous_selection(bundle: Bundle, key: str) -> dict | None:
         report = json.loads(path.read_text()) if bundle.has(CALIBRATION_REPORT) else None
     except (OSError, ValueError):
         return None
-    if report and report.get("cache", {}).get("key") == key and isinstance(report.get("float_convs"), dict):
-        return report["float_convs"]
+    selection = report.get("float_convs") if report and report.get("cache", {}).get("key") == key else None
+    if isinstance(selection, dict) and selection.get("trials"):  # an automatic choice, not a --int8-float-convs
+        return selection
     return None
 
 

@@ -54,6 +54,11 @@ def test_saved_model_reproduces_the_recorded_validation_metrics(trained_bundle):
     model = keras.saving.load_model(bundle.file("model.keras"), compile=False)
     assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 1)
     assert getattr(model, "optimizer", None) is None  # saved without optimizer state
+    import zipfile
+
+    with zipfile.ZipFile(bundle.file("model.keras")) as archive:
+        weights = archive.getinfo("model.weights.h5").file_size
+    assert weights < 8_000_000  # 1.57 M float32 parameters, no Adam moments
     _, val = datasets.splits_from_record(bundle.manifest["data"])
     arrays = load_arrays(val, bundle.input_size, bundle.fit, progress=False)
     logits = predict_logits(model, arrays.x)

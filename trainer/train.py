@@ -269,7 +269,9 @@ def _save_model(model, path: Path) -> None:
     """Save weights and architecture without optimizer state (smaller; loads with compile=False)."""
     import keras
 
-    clean = keras.models.clone_model(model)
+    # Not clone_model: in Keras 3 the clone shares the compiled optimizer, which save() would
+    # store (3x the file). A model rebuilt from its config was never compiled.
+    clean = keras.Model.from_config(model.get_config())
     clean.set_weights(model.get_weights())
     clean.save(path)
 

@@ -10,6 +10,11 @@ import numpy as np
 from dfx.errors import require
 from dfx.runtime.base import Runner, RunnerError, Source
 
+# On the CPU a batch runs in chunks of at most this many images. Throughput there is flat past
+# batch 8 (benchmarks/README.md), while memory is not: at 256 px one float activation of the
+# first conv is 32 x 256 x 256 x 32 x 4 B = 268 MB at batch 32, and `dfx scan` peaked at 1.3 GB.
+CPU_CHUNK = 8
+
 
 class OrtRunner(Runner):
     """Runs an ONNX model whose input is float32 NHWC RGB in 0..255 and whose output is (N, 1)."""
@@ -22,6 +27,7 @@ class OrtRunner(Runner):
         input_size: tuple[int, int] | None = None,
         threads: int | None = None,
         name: str | None = None,
+        cpu_chunk: int = CPU_CHUNK,
     ):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
@@ -29,6 +35,7 @@ class OrtRunner(Runner):
         self.backend = f"ort-{device}"
         self.precision = precision
         self.threads = threads
+        self.cpu_chunk = max(1, int(cpu_chunk))
         super().__init__(source, input_size=input_size, name=name or f"ort-{device}-{precision}")
         self._session: Any = None
 
@@ -39,6 +46,9 @@ class OrtRunner(Runner):
         # Physical cores: ORT's default of all logical cores oversubscribes hyper-threads.
         options.intra_op_num_threads = self.threads or _physical_cores()
         options.log_severity_level = 3
+        # The memory-pattern planner pre-allocates for the largest batch seen and keeps it; with
+        # chunked CPU batches that buys nothing and costs hundreds of MB.
+        options.enable_mem_pattern = self.device != "cpu"
         if self.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RunnerError(
@@ -70,9 +80,13 @@ class OrtRunner(Runner):
         return batch.astype(np.float16 if self._input_type == "tensor(float16)" else np.float32)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        feed = self._feed(batch)
         if self.device == "cpu":
-            return self._session.run([self._output_name], {self._input_name: feed})[0]
+            chunks = [
+                self._session.run([self._output_name], {self._input_name: self._feed(batch[i : i + self.cpu_chunk])})[0]
+                for i in range(0, len(batch), self.cpu_chunk)
+            ]
+            return np.concatenate(chunks)
+        feed = self._feed(batch)
         # CUDA: bind the host input once and let ORT copy it in; the output stays on the
         # device until one copy back, instead of ORT's default staging through extra buffers.
         binding = self._binding

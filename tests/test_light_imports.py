@@ -5,33 +5,16 @@ install that fixes it. Each check runs in a fresh interpreter with those modules
 from __future__ import annotations
 
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from _blocked import run_blocked
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_dispatch", "pycuda", "tf2onnx")
 
-BLOCKER = textwrap.dedent(
-    f"""
-    import sys
-    BLOCKED = {BLOCKED!r}
-
-    class Blocker:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
-            return None
-
-    sys.meta_path.insert(0, Blocker())
-    """
-)
-
-
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return run_blocked(code, BLOCKED)
 
 
 def _runtime_modules() -> list[str]:

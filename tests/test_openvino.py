@@ -3,8 +3,6 @@ its compile modes, its per-shape compile cache, and its behaviour without the ex
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -83,18 +81,21 @@ def test_unreadable_model_is_a_runner_error(tmp_path):
 
 def test_without_the_extra_nothing_breaks_until_used(tmp_path):
     """With openvino blocked: importing works, available() is False, activation names the extra."""
-    code = (
-        "import sys; sys.modules['openvino'] = None\n"
-        "from dfx.runtime import openvino\n"
-        "from dfx.errors import MissingExtraError\n"
-        "assert openvino.available() is False\n"
-        "runner = openvino.OpenVinoRunner('model.onnx', precision='int8')\n"
-        "try:\n"
-        "    runner.activate()\n"
-        "except MissingExtraError as exc:\n"
-        "    print(exc.hint)\n"
+    from _blocked import run_blocked
+
+    done = run_blocked(
+        """
+        from dfx.runtime import openvino
+        from dfx.errors import MissingExtraError
+        assert openvino.available() is False
+        runner = openvino.OpenVinoRunner('model.onnx', precision='int8')
+        try:
+            runner.activate()
+        except MissingExtraError as exc:
+            print(exc.hint)
+        """,
+        blocked=("openvino",),
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "pip install 'dfx[openvino]'" in done.stdout
 

@@ -144,20 +144,20 @@ def test_trt_runner_refuses_bytes_the_manifest_does_not_vouch_for(tmp_path):
 def test_runtime_imports_without_optional_frameworks():
     """The runtime (and `dfx scan --help`) never needs tensorflow, TensorRT, a CUDA binding,
     OpenVINO or even ONNX Runtime just to be imported."""
-    import subprocess
-    import sys
+    from _blocked import run_blocked
 
-    blocked = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino", "tensorrt", "tensorrt_lean", "cuda", "pycuda")
-    code = (
-        "import sys\n"
-        f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "import dfx.runtime.cuda, dfx.runtime.trt, dfx.runtime.ort, dfx.runtime.select, dfx.runtime.pipeline\n"
-        "import dfx.runtime.results, dfx.runtime.detector, dfx.runtime.commands\n"
-        "from dfx.runtime import cuda\n"
-        "assert cuda.probe()[0] is False\n"
-        "from dfx.cli import main\n"
-        "try:\n    main(['scan', '--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
+    done = run_blocked(
+        """
+        import dfx.runtime.cuda, dfx.runtime.trt, dfx.runtime.ort, dfx.runtime.select, dfx.runtime.pipeline
+        import dfx.runtime.results, dfx.runtime.detector, dfx.runtime.commands
+        from dfx.runtime import cuda
+        assert cuda.probe()[0] is False
+        from dfx.cli import main
+        try:
+            main(['scan', '--help'])
+        except SystemExit as exc:
+            assert exc.code == 0
+        """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--resume" in done.stdout

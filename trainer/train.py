@@ -303,7 +303,8 @@ def _make_monitor_class():
             self._started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            logits = predict_logits(self.model, self.val.x)
+            # float64: a diverging float32 network's logits (~1e30) overflow when squared for std
+            logits = np.asarray(predict_logits(self.model, self.val.x), np.float64)
             reason = collapse_reason(logits)
             finite = np.isfinite(logits).all()
             val_auc = metrics.auc(self.val.y, logits) if finite else 0.5

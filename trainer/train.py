@@ -8,14 +8,17 @@ activations and a global-average-pooled head. Measured on ../shared/data/faces, 
 (centre crop, same settings) it sat at AUC 0.5 with a constant output for 8 epochs. The first
 large Adam steps push every ReLU of a layer below zero ("dying ReLUs"); from then on the
 pooled features are all zero, the logit is the bias alone, no gradient reaches the
-convolutions and the network never recovers. The default recipe therefore
+convolutions and the network never recovers. With all-positive [0, 1] inputs every weight of a
+first-layer filter gets a gradient of the same sign, which makes that push easy. So:
 
-1. lowers the peak learning rate (3e-4 instead of 1e-3) and warms it up linearly from zero
-   over the first epochs, then decays it (cosine), so the first steps are small;
-2. clips each gradient's global norm (1.0), so one bad batch cannot take a huge step;
-3. checks the validation logits after each of the first `guard_epochs` epochs and, when
-   they are constant or not finite (a dead network), restarts from a fresh initialisation
-   with a new seed and a lower learning rate, up to `max_restarts` times.
+1. the model rescales its input to [-1, 1] (dfx.trainer.models.seed_cnn, centre=True): the
+   layers are the seed's, only the rescaling constant differs;
+2. the learning rate (the seed's 1e-3 at its peak) warms up linearly from zero over the first
+   epochs, then decays (cosine), so the first steps are small;
+3. each gradient's global norm is clipped (1.0), so one bad batch cannot take a huge step;
+4. the validation logits are checked after each of the first `guard_epochs` epochs and, when
+   they are (nearly) constant, diverged or not finite (a dead network), training restarts from
+   a fresh initialisation with a new seed and a lower learning rate, up to `max_restarts` times.
 
 Every attempt is recorded in the manifest and in the history, so a restart is never silent.
 """

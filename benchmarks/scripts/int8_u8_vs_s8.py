@@ -1,10 +1,10 @@
 """Side experiment: is ONNX Runtime CPU faster on uint8 (u8s8) than on the bundle's signed int8
-(s8s8, what TensorRT needs) Q/DQ file? Quantizes the bundle's model.onnx with uint8 activations
+(s8s8, what TensorRT needs) Q/DQ file, and is OpenVINO (when installed)? Quantizes the bundle's model.onnx with uint8 activations
 (MinMax on a few images, same float layers as the export keeps: first conv and the logit layer),
 then times both files interleaved on ORT CPU. A measurement for a design decision, not a product
 path: the u8 file it writes is scratch.
 
-    python benchmarks/scripts/int8_u8_vs_s8.py BUNDLE IMAGES_DIR [--batch 8] [--seconds 10]
+    python benchmarks/scripts/int8_u8_vs_s8.py BUNDLE IMAGES_DIR [--batch 32] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 
 def main() -> None:
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -29,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")
     parser.add_argument("images")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
 
@@ -57,22 +56,27 @@ def main() -> None:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     nodes_to_exclude=convs[:1] + dense, extra_options={"WeightSymmetric": True})
 
-    def rate(path: str) -> float:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        batch = x[: args.batch]
-        session.run(None, {"images": batch})
-        start, done = time.perf_counter(), 0
-        while time.perf_counter() - start < args.seconds:
-            session.run(None, {"images": batch})
-            done += len(batch)
-        return done / (time.perf_counter() - start)
+    from dfx.runtime.openvino import OpenVinoRunner, available
+    from dfx.runtime.ort import OrtRunner
 
-    forms = {"fp32": str(bundle.file("model.onnx")), "int8 s8s8 (bundle)": str(bundle.file("model.int8.onnx")), "int8 u8s8 (scratch)": str(u8)}
+    def rate(runner) -> float:
+        """images/s of the dfx runner (what `dfx scan` runs) on one batch, for --seconds."""
+        batch = x[: args.batch].astype(np.uint8)
+        with runner:
+            runner.infer(batch)
+            start, done = time.perf_counter(), 0
+            while time.perf_counter() - start < args.seconds:
+                runner.infer(batch)
+                done += len(batch)
+            return done / (time.perf_counter() - start)
+
+    files_ = {"fp32": str(bundle.file("model.onnx")), "int8 s8s8 (bundle)": str(bundle.file("model.int8.onnx")), "int8 u8s8 (scratch)": str(u8)}
     for round_ in range(2):  # interleaved twice
-        for name, path in forms.items():
-            print(f"round {round_ + 1}  {name:<22} {rate(path):7.1f} images/s  (ORT CPU, batch {args.batch})")
+        for name, path in files_.items():
+            precision = "fp32" if name == "fp32" else "int8"
+            print(f"round {round_ + 1}  ORT {name:<22} {rate(OrtRunner(path, precision=precision)):7.1f} images/s  (batch {args.batch})", flush=True)
+            if available() and name != "fp32":
+                print(f"round {round_ + 1}  OV  {name:<22} {rate(OpenVinoRunner(path, precision=precision)):7.1f} images/s  (batch {args.batch})", flush=True)
 
 
 if __name__ == "__main__":

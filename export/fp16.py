@@ -55,22 +55,13 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         if value.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
         half_name = f"{value.name}__fp16"
-        for node in graph.node:
-            for j, name in enumerate(node.input):
-                if name == value.name:
-                    node.input[j] = half_name
+        _rename_tensor(graph, value.name, half_name)
         casts_in.append(helper.make_node("Cast", [value.name], [half_name], to=TensorProto.FLOAT16, name=f"{value.name}_to_fp16"))
     for value in graph.output:
         if value.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
         half_name = f"{value.name}__fp16"
-        for node in graph.node:
-            for j, name in enumerate(node.output):
-                if name == value.name:
-                    node.output[j] = half_name
-            for j, name in enumerate(node.input):  # an output also read inside the graph
-                if name == value.name:
-                    node.input[j] = half_name
+        _rename_tensor(graph, value.name, half_name)  # its producer, and readers inside the graph
         casts_out.append(helper.make_node("Cast", [half_name], [value.name], to=TensorProto.FLOAT, name=f"{value.name}_to_fp32"))
     nodes = casts_in + list(graph.node) + casts_out
     del graph.node[:]
@@ -86,3 +77,12 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         "io_dtype": "float32",
         "clipped_weights": clipped,  # weights beyond float16's range, clipped to +-65504
     }
+
+
+def _rename_tensor(graph, old: str, new: str) -> None:
+    """Point every node input and output named `old` at `new` instead."""
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for j, name in enumerate(names):
+                if name == old:
+                    names[j] = new

@@ -104,6 +104,17 @@ class Runner:
         return {"backend": self.backend, "precision": self.precision, "name": self.name}
 
 
+def physical_cores() -> int:
+    """Physical cores, the default thread count of the CPU runners: hyper-threads share one
+    core's vector units and slow conv kernels down."""
+    try:
+        import psutil  # optional
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
 def run_batches(runner: Runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits for an (N, H, W, 3) uint8 array, fed to an active runner in batches."""
     parts = [runner.infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]

@@ -17,14 +17,13 @@ Speed choices (measured on a 2-vCPU host, seed CNN at 256 px; see benchmarks/REA
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, RunnerError, Source
+from dfx.runtime.base import Runner, RunnerError, Source, physical_cores
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -164,12 +163,3 @@ class OpenVinoRunner(Runner):
         info.update(hint=self.hint, threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
         return info
 
-
-def physical_cores() -> int:
-    """Physical cores: hyper-threads share one core's vector units and slow conv kernels down."""
-    try:
-        import psutil  # optional
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1

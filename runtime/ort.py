@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, RunnerError, Source
+from dfx.runtime.base import Runner, RunnerError, Source, physical_cores
 
 # On the CPU a batch runs in chunks of at most this many images. Throughput there is flat past
 # batch 8 (benchmarks/README.md), while memory is not: at 256 px one float activation of the
@@ -44,7 +43,7 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Physical cores: ORT's default of all logical cores oversubscribes hyper-threads.
-        options.intra_op_num_threads = self.threads or _physical_cores()
+        options.intra_op_num_threads = self.threads or physical_cores()
         options.log_severity_level = 3
         # The memory-pattern planner pre-allocates for the largest batch seen and keeps it; with
         # chunked CPU batches that buys nothing and costs hundreds of MB.
@@ -101,11 +100,3 @@ class OrtRunner(Runner):
         self._session = None
         self._binding = None
 
-
-def _physical_cores() -> int:
-    try:
-        import psutil  # optional
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1

@@ -24,7 +24,8 @@ def main() -> None:
 
     from dfx.benchmarks.harness import BenchConfig, _input_batch, measure_inference
     from dfx.bundle import Bundle
-    from dfx.runtime.openvino import OpenVinoRunner, physical_cores
+    from dfx.runtime.base import physical_cores
+    from dfx.runtime.openvino import OpenVinoRunner
     from dfx.runtime.ort import OrtRunner
 
     bundle = Bundle.open(args.bundle)

@@ -153,7 +153,10 @@ def make_runner(bundle: Bundle, name: str, threads: int | None) -> Runner:
     from dfx.runtime.select import choose_runner
 
     if name == "keras":
-        return KerasPredictRunner(os.fspath(bundle.file(bundle.files_with_role("keras")[0])), input_size=bundle.input_size)
+        keras_file = bundle.files_with_role("keras")[0]
+        runner = KerasPredictRunner(os.fspath(bundle.file(keras_file)), input_size=bundle.input_size)
+        runner.model_file = keras_file  # type: ignore[attr-defined]
+        return runner
     backend, precision = BACKENDS[name]
     runner, _ = choose_runner(bundle, backend, precision, threads=threads)
     return runner
@@ -445,6 +448,7 @@ def _row(name: str, runner: Runner, batch: int, mode: str, stat: dict[str, Any])
         "backend_name": name,
         "backend": runner.backend,
         "precision": runner.precision,
+        "file": getattr(runner, "model_file", None),  # the bundle file it ran (CPU int8: the uint8 twin)
         "batch": batch,
         **stat,
         "ratio_vs_keras": None,

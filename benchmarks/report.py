@@ -55,6 +55,9 @@ def text(result: dict[str, Any]) -> str:
     from dfx.benchmarks import machine
 
     parts = [machine.describe(result["machine"]), "", table(result["rows"])]
+    files = {r["backend_name"]: r["file"] for r in result["rows"] if r.get("file")}
+    if files:
+        parts.append("files: " + "; ".join(f"{name} {file}" for name, file in files.items()))
     if result.get("skipped"):
         parts.append("")
         parts.extend(f"skipped {name}: {why}" for name, why in result["skipped"].items())

@@ -8,9 +8,11 @@ DESCRIPTION = """\
 Turn a trained bundle into its optimized forms and prove each one against the Keras model.
 
 Always writes model.onnx (FP32, checked against Keras at max |logit difference| <= 1e-4).
---fp16 adds model.fp16.onnx (float16 weights, float32 input/output); --int8 adds
-model.int8.onnx, a symmetric Q/DQ model calibrated on real and GAN images, plus
-calibration.json. --engine builds TensorRT engines from them on a GPU host.
+--fp16 adds model.fp16.onnx (float16 weights, float32 input/output); --int8 calibrates once
+on real and GAN images and writes two Q/DQ files from those ranges: model.int8.onnx
+(symmetric int8, what TensorRT builds from) and model.int8.cpu.onnx (uint8 activations, the
+fast form for ONNX Runtime CPU and OpenVINO), plus calibration.json.
+--engine builds TensorRT engines from them on a GPU host.
 Every run writes parity.json: each form against Keras on the validation split (max and
 mean logit difference, decision agreement at the bundle threshold, AUC, best threshold).
 Exit status: 0 all forms within tolerance, 1 a form missed its tolerance, 2 an error."""
@@ -35,7 +37,8 @@ def register(sub) -> None:
     )
     p.add_argument("bundle", metavar="BUNDLE", help="the bundle folder `dfx train` wrote")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for TensorRT and ONNX Runtime CUDA)")
-    p.add_argument("--int8", action="store_true", help="also write the calibrated INT8 Q/DQ model.int8.onnx and calibration.json")
+    p.add_argument("--int8", action="store_true", help="also write the calibrated INT8 Q/DQ files model.int8.onnx (TensorRT) and "
+                   "model.int8.cpu.onnx (CPU), and calibration.json")
     g = p.add_argument_group("INT8 calibration")
     g.add_argument("--calib", metavar="DATA", help="calibration images: a real/ + fake/ folder or a labels file "
                    "(default: the bundle's own training split, as the manifest records it)")
@@ -48,11 +51,11 @@ def register(sub) -> None:
     g.add_argument("--recalibrate", action="store_true",
                    help="ignore a matching calibration cache in the bundle and read the images again")
     g.add_argument("--quantize-first-conv", action="store_true",
-                   help="let the automatic choice quantize the first convolution too. By default it stays float: "
-                   "it reads raw pixels, where GAN traces are a pixel value or two, and symmetric int8 halves "
-                   "that resolution")
+                   help="let the automatic choice for model.int8.onnx quantize the first convolution too. By "
+                   "default it stays float there: it reads raw pixels, where GAN traces are a pixel value or two, "
+                   "and symmetric int8 halves that resolution (the uint8 CPU file always tries it)")
     g.add_argument("--int8-float-convs", type=int, default=None, metavar="N",
-                   help="keep the first N convolutions float instead of choosing N automatically (the fewest "
+                   help="keep the first N convolutions float in both INT8 files instead of choosing N automatically (the fewest "
                    "whose int8 model agrees with fp32 on the calibration images)")
     g = p.add_argument_group("parity")
     g.add_argument("--parity", metavar="DATA", help="parity images: a real/ + fake/ folder or a labels file "

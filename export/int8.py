@@ -1,6 +1,7 @@
-"""Calibrated INT8: an FP32 ONNX -> symmetric Q/DQ ONNX for ONNX Runtime (CPU) and TensorRT 10/11.
+"""Calibrated INT8: an FP32 ONNX -> Q/DQ ONNX files, one calibration, two layouts.
 
-The file is where the INT8 precision lives (TensorRT 11 builds strongly typed networks only):
+`model.int8.onnx` is where the INT8 precision lives for TensorRT 10/11 (TensorRT 11 builds
+strongly typed networks only):
 
 - activations and weights int8 with zero point 0 (ActivationSymmetric, WeightSymmetric);
 - weights per output channel; biases left in float (QuantizeBias=False): TensorRT fuses a
@@ -9,11 +10,18 @@ The file is where the INT8 precision lives (TensorRT 11 builds strongly typed ne
 - Q/DQ pairs are not shared between consumers (DedicatedQDQPair) so TensorRT can fuse each
   one into the layer that reads it.
 
+`model.int8.cpu.onnx` is its twin for CPUs (ONNX Runtime and OpenVINO), from the very same
+ranges: activations uint8 with a zero point, weights as above, int32 biases and Q/DQ pairs
+shared between consumers, the form ONNX Runtime fuses into its QLinearConv kernels. On x86
+without VNNI both runtimes' fast int8 kernels multiply uint8 by int8; given the symmetric file,
+ONNX Runtime falls back to slower kernels (measured: benchmarks/scripts/int8_u8_vs_s8.py). A ReLU output
+also gets all 256 levels over [0, t] instead of the 128 of the symmetric form, which is why
+the twin can usually quantize the first convolution as well.
+
 Layers left unquantized (the pooling between Q/DQ pairs, the final logit layer) stay float32
-in this file, so ONNX Runtime CPU can run it as is; TensorRT builds it strongly typed and
-follows those types. We chose not to emit a mixed INT8 + FP16 file: those layers are a
-negligible share of the work (max/average pooling and one dot product per image), and one
-file for both runtimes is what we verify on the CPU.
+in both files; TensorRT builds the strongly typed network and follows those types. We chose
+not to emit a mixed INT8 + FP16 file: those layers are a negligible share of the work (max /
+average pooling and one dot product per image).
 
 The tensor ranges are computed here, not inside `quantize_static`. In ONNX Runtime 1.32
 `quantize_static(calibrate_method=Entropy)` builds its histograms with 128 bins, and with 128
@@ -23,10 +31,12 @@ equals MinMax. Even with 2048 bins ORT's entropy search runs on a signed histogr
 after a ReLU dominate the divergence; on our CNN it clipped ReLU outputs to a fifth of their
 range and shifted logits by ~2.5. So "entropy" here is TensorRT's classic calibration
 (Migacz, GTC 2017, as in pytorch-quantization): a 2048-bin histogram of |x| collected by ORT's
-histogram collector, the zero bin damped, and the clipping threshold among bins 128..2048 that
+histogram collector, the zero bin damped, and the clipping threshold t among bins 128..2048 that
 minimises the KL divergence between the clipped distribution and its 128-level quantization.
-We save the ranges with ORT's own cache format and hand that cache to `quantize_static`,
-which then skips its calibration; the same cache file lets a rebuild skip the images.
+Every method stores [max(min, -t), min(max, t)] (the observed range, clipped): the symmetric
+file widens it to [-t, t], the uint8 twin uses it as it is. We save the ranges with ORT's own
+cache format and hand that cache to `quantize_static`, which then skips its calibration; the
+same cache file lets a rebuild skip the images.
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ import numpy as np
 from dfx.errors import DfxError, require
 
 METHODS = ("entropy", "percentile", "minmax")
-ALGORITHM = "dfx-int8-2"  # part of the calibration cache key: bump when range computation changes
+ACTIVATION_TYPES = ("int8", "uint8")  # TensorRT's symmetric file, the CPU twin
+ALGORITHM = "dfx-int8-3"  # part of the calibration cache key: bump when range computation changes
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,10 @@ def calibrate(model_path: str | os.PathLike, images: np.ndarray, options: Calibr
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     method, extra = {
-        "minmax": (CalibrationMethod.MinMax, {"symmetric": True}),
+        # Observed [min, max]; the symmetric file widens it to [-max|x|, max|x|] itself.
+        "minmax": (CalibrationMethod.MinMax, {"symmetric": False}),
         # Entropy collects the same |x| histograms as percentile; the threshold search is ours.
+        # ORT's symmetric percentile already clips [-t, t] to the observed [min, max].
         "entropy": (
             CalibrationMethod.Percentile,
             {"symmetric": True, "num_bins": options.num_bins, "percentile": options.percentile},
@@ -142,15 +155,17 @@ def calibrate(model_path: str | os.PathLike, images: np.ndarray, options: Calibr
 
 
 def _entropy_ranges(histograms: dict, num_quantized_bins: int) -> Any:
-    """TensorsData (method Entropy) of symmetric [-t, t] ranges from |x| histograms."""
+    """TensorsData (method Entropy) of KL-clipped ranges from |x| histograms (see the module docstring)."""
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
     data = {}
-    for name, (hist, edges, *_rest) in histograms.items():
-        threshold = entropy_threshold(np.asarray(hist, np.float64), np.asarray(edges), num_quantized_bins)
-        t = np.array(threshold, dtype=np.float32)
-        data[name] = TensorData(lowest=-t, highest=t, hist=np.asarray(hist), hist_edges=np.asarray(edges, np.float32))
+    for name, (hist, edges, observed_min, observed_max, *_rest) in histograms.items():
+        t = entropy_threshold(np.asarray(hist, np.float64), np.asarray(edges), num_quantized_bins)
+        # [-t, t] clipped to what was seen: a ReLU output keeps [0, t] for the uint8 twin.
+        low = np.array(min(0.0, max(float(observed_min), -t)), dtype=np.float32)
+        high = np.array(max(0.0, min(float(observed_max), t)), dtype=np.float32)
+        data[name] = TensorData(lowest=low, highest=high, hist=np.asarray(hist), hist_edges=np.asarray(edges, np.float32))
     return TensorsData(CalibrationMethod.Entropy, data)
 
 
@@ -199,8 +214,12 @@ def quantize(
     method: str,
     keep_output_float: bool = True,
     float_convs: int = 1,
+    activations: str = "int8",
 ) -> dict:
     """Write the Q/DQ model from a pre-processed FP32 ONNX and a saved range cache.
+
+    `activations` "int8": the symmetric file TensorRT needs (zero points 0); "uint8": the CPU
+    twin (zero point per tensor, the u8 x s8 kernels of ONNX Runtime and OpenVINO).
 
     `keep_output_float` leaves the node that produces the logit unquantized: quantizing the
     logit itself to 256 levels would move decisions that sit near the threshold, for a
@@ -212,6 +231,9 @@ def quantize(
     non-negative values) halves that resolution; the early feature maps carry the same faint
     traces. The pipeline picks N by measurement (see `select_float_convs` in pipeline.py).
     """
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
+    symmetric = activations == "int8"
     require("onnxruntime", "cpu", "INT8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -221,10 +243,13 @@ def quantize(
         "percentile": CalibrationMethod.Percentile,
     }[method]
     extra_options = {
-        "ActivationSymmetric": True,
+        "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,
-        "QuantizeBias": False,
-        "DedicatedQDQPair": True,
+        # TensorRT fuses a float bias and one Q/DQ pair per consumer (see the module docstring);
+        # ONNX Runtime CPU only fuses DQ -> Conv -> Q into its int8 QLinearConv when the bias
+        # is int32, so the CPU twin quantizes it and shares pairs.
+        "QuantizeBias": not symmetric,
+        "DedicatedQDQPair": symmetric,
     }
     excluded = _output_producers(preprocessed) if keep_output_float else []
     excluded += [n for n in leading_nodes(preprocessed, float_convs) if n not in excluded]
@@ -236,7 +261,7 @@ def quantize(
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=False,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate_method,
             extra_options=extra_options,
@@ -246,9 +271,9 @@ def quantize(
     return {
         "route": "onnxruntime.quantization.quantize_static (QDQ) after quant_pre_process",
         "format": "QDQ",
-        "activations": "int8 symmetric (zero point 0), per tensor",
+        "activations": "int8 symmetric (zero point 0), per tensor" if symmetric else "uint8 with zero point, per tensor",
         "weights": "int8 symmetric (zero point 0), per channel",
-        "biases": "float",
+        "biases": "float" if symmetric else "int32",
         "calibration_method": method,
         "options": extra_options,
         "float_convs": float_convs,
@@ -308,6 +333,14 @@ def _output_producers(model_path: str | os.PathLike) -> list[str]:
     model = onnx.load(os.fspath(model_path), load_external_data=False)
     outputs = {v.name for v in model.graph.output}
     return [n.name for n in model.graph.node if outputs & set(n.output) and n.name]
+
+
+def count_qdq(path: str | os.PathLike) -> dict:
+    """Q/DQ node counts of the uint8 twin (its zero points are free, so nothing to check)."""
+    import onnx
+
+    nodes = onnx.load(os.fspath(path), load_external_data=False).graph.node
+    return {op: sum(n.op_type == op for n in nodes) for op in ("QuantizeLinear", "DequantizeLinear")}
 
 
 def count_convs(model_path: str | os.PathLike) -> int:

@@ -26,8 +26,10 @@ from dfx.export import data as export_data
 from dfx.export import int8, onnx_export, parity_report
 from dfx.export.onnx_export import FP32_TOLERANCE
 
-FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8"}
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "cpu-int8": "model.int8.cpu.onnx"}
+ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
+# The INT8 files and their activation type: TensorRT's symmetric int8, the CPU's uint8 twin.
+INT8_FORMS = {"int8": "int8", "cpu-int8": "uint8"}
 CALIBRATION_REPORT = "calibration.json"
 PARITY_REPORT = "parity.json"
 CACHE_DIR = "calibration-cache"
@@ -161,6 +163,8 @@ def _validation_images(bundle: Bundle, config: ExportConfig, log: Callable[[str]
 
 
 def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validation, log) -> None:
+    """One calibration, two files: model.int8.onnx (symmetric, for TensorRT) and its uint8
+    twin model.int8.cpu.onnx (for ONNX Runtime CPU and OpenVINO); see export/int8.py."""
     size, fit = bundle.input_size, bundle.fit
     options = int8.CalibrationOptions(method=config.calib_method)
     samples, source = export_data.resolve(bundle, config.calib, "train")
@@ -172,8 +176,8 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     key = _cache_key(source_id, options, chosen, size, fit)
     cache_name = f"{CACHE_DIR}/{config.calib_method}-{key[:16]}.json"
     cache_path = bundle.root / cache_name
-    previous = _previous_selection(bundle, key)
-    int8_path = bundle.root / FILES["int8"]
+    previous = _previous_report(bundle, key)
+    written = {}
     with tempfile.TemporaryDirectory(prefix="dfx-int8-") as tmp:
         pre = Path(tmp) / "model.pre.onnx"
         int8.preprocess(fp32_path, pre)
@@ -189,20 +193,30 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             ranges = int8.calibrate(pre, calib_set.images, options)
             log(f"  {len(ranges.keys())} tensor ranges in {time.perf_counter() - start:.1f} s")
             int8.save_ranges(ranges, cache_path)
-        if config.float_convs is not None:
-            selection = {"float_convs": config.float_convs, "how": "--int8-float-convs", "trials": []}
-        elif previous is not None and hit:
-            selection = {**previous, "how": previous["how"] + " (reused with the cache)"}
-        else:
-            if calib_set is None:
-                calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
-            selection = _select_float_convs(bundle, pre, fp32_path, cache_path, calib_set, config, log)
-        details = int8.quantize(pre, int8_path, cache_path, config.calib_method, float_convs=selection["float_convs"])
-    counts = int8.check_symmetric(int8_path)
-    quant = _run(_ort(int8_path, "int8", size, config), validation.images, config.batch_size)
-    diff = float(np.max(np.abs(quant - ort_val), initial=0.0))
-    log(f"  int8 vs fp32 (ORT): max |diff| {diff:.3g}; first {selection['float_convs']} conv(s) float; "
-        f"{counts['QuantizeLinear']} Q / {counts['DequantizeLinear']} DQ nodes")
+        for form, activations in INT8_FORMS.items():
+            reused = _previous_selection(previous, form) if hit else None
+            if config.float_convs is not None:
+                selection = {"float_convs": config.float_convs, "how": "--int8-float-convs", "trials": []}
+            elif reused is not None:
+                selection = {**reused, "how": reused["how"] + " (reused with the cache)"}
+            else:
+                if calib_set is None:
+                    calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
+                # The uint8 twin has the resolution to try the first conv; the symmetric file
+                # starts at one float conv unless --quantize-first-conv.
+                first = 0 if activations == "uint8" or config.quantize_first_conv else 1
+                log(f"{FILES[form]} ({activations} activations):")
+                selection = _select_float_convs(pre, fp32_path, cache_path, calib_set, config, bundle, activations, first, log)
+            path = bundle.root / FILES[form]
+            details = int8.quantize(pre, path, cache_path, config.calib_method, float_convs=selection["float_convs"],
+                                    activations=activations)
+            counts = int8.check_symmetric(path) if activations == "int8" else int8.count_qdq(path)
+            quant = _run(_ort(path, "int8", size, config), validation.images, config.batch_size)
+            diff = float(np.max(np.abs(quant - ort_val), initial=0.0))
+            log(f"  {FILES[form]} vs fp32 (ORT): max |diff| {diff:.3g}; first {selection['float_convs']} conv(s) float; "
+                f"{counts['QuantizeLinear']} Q / {counts['DequantizeLinear']} DQ nodes")
+            written[form] = {"file": FILES[form], "float_convs": selection, "quantization": details, "qdq_nodes": counts,
+                             "validation": {"against": "onnx-fp32", "max_abs_diff": diff, "images": validation.source}}
 
     used = calib_set.samples if calib_set is not None else chosen
     report = {
@@ -215,40 +229,41 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         "skipped": calib_set.skipped if calib_set is not None else [],
         "files": [s.path for s in used],
         "cache": {"file": cache_name, "key": key, "hit": hit},
-        "float_convs": selection,
-        "quantization": details,
-        "qdq_nodes": counts,
+        "forms": {form: {k: v for k, v in entry.items() if k != "validation"} for form, entry in written.items()},
         "ranges": int8.ranges_table(ranges),
         "tools": tool_versions("onnxruntime", "onnx"),
     }
     (bundle.root / CALIBRATION_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     bundle.add_file(cache_name, role="calibration-cache", tools=tool_versions("onnxruntime"))
     bundle.add_file(CALIBRATION_REPORT, role="calibration-report")
-    tools = details.pop("tools", None) or tool_versions("onnxruntime", "onnx")
-    bundle.add_file(FILES["int8"], role=ROLES["int8"], tools=tools, source=FILES["fp32"], **details,
-                    calibration={"report": CALIBRATION_REPORT, "images": len(used), "cache_key": key},
-                    validation={"against": "onnx-fp32", "max_abs_diff": diff, "images": validation.source})
+    for form, entry in written.items():
+        details = dict(entry["quantization"])
+        tools = details.pop("tools", None) or tool_versions("onnxruntime", "onnx")
+        bundle.add_file(FILES[form], role=ROLES[form], tools=tools, source=FILES["fp32"], **details,
+                        calibration={"report": CALIBRATION_REPORT, "images": len(used), "cache_key": key},
+                        validation=entry["validation"])
     bundle.save()
 
 
-def _select_float_convs(bundle: Bundle, pre: Path, fp32_path: Path, cache_path: Path, calib_set, config: ExportConfig, log) -> dict:
-    """How many leading convolutions stay float: the fewest (from 1, or 0 with
-    --quantize-first-conv) whose int8 model agrees with FP32 on the *calibration* images
-    (never the parity set, which judges the result) within SELECT_MIN_AGREEMENT and
-    SELECT_MAX_AUC_DROP. Early layers see the faint pixel-level GAN traces, where int8's
-    resolution hurts most; later layers are where the work is, and stay int8."""
+def _select_float_convs(pre: Path, fp32_path: Path, cache_path: Path, calib_set, config: ExportConfig, bundle: Bundle,
+                        activations: str, first: int, log) -> dict:
+    """How many leading convolutions stay float: the fewest (from `first`) whose int8 model
+    agrees with FP32 on the *calibration* images (never the parity set, which judges the
+    result) within SELECT_MIN_AGREEMENT and SELECT_MAX_AUC_DROP. Early layers see the faint
+    pixel-level GAN traces, where int8's resolution hurts most; later layers are where the
+    work is, and stay int8."""
     from dfx.parity import compare
 
     size, threshold = bundle.input_size, bundle.threshold
     images, labels = calib_set.images, calib_set.labels
     reference = _run(_ort(fp32_path, "fp32", size, config), images, config.batch_size)
     total = int8.count_convs(pre)
-    first = 0 if config.quantize_first_conv else min(1, total)
+    first = min(first, total)
     trials = []
     with tempfile.TemporaryDirectory(prefix="dfx-int8-select-") as tmp:
         trial_path = Path(tmp) / "trial.onnx"
         for k in range(first, total + 1):
-            int8.quantize(pre, trial_path, cache_path, config.calib_method, float_convs=k)
+            int8.quantize(pre, trial_path, cache_path, config.calib_method, float_convs=k, activations=activations)
             logits = _run(_ort(trial_path, "int8", size, config), images, config.batch_size)
             result = compare("int8", reference, logits, labels if len(set(labels.tolist())) == 2 else None, threshold)
             trial = {"float_convs": k, "agreement": result["agreement"], "max_abs_diff": result["max_abs_diff"],
@@ -266,14 +281,20 @@ def _select_float_convs(bundle: Bundle, pre: Path, fp32_path: Path, cache_path: 
             "targets": {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP}, "trials": trials}
 
 
-def _previous_selection(bundle: Bundle, key: str) -> dict | None:
-    """The float-conv choice of the last calibration with this same cache key, if any."""
+def _previous_report(bundle: Bundle, key: str) -> dict | None:
+    """The last calibration report, when it was made with this same cache key."""
     path = bundle.root / CALIBRATION_REPORT
     try:
         report = json.loads(path.read_text()) if bundle.has(CALIBRATION_REPORT) else None
     except (OSError, ValueError):
         return None
-    selection = report.get("float_convs") if report and report.get("cache", {}).get("key") == key else None
+    return report if isinstance(report, dict) and report.get("cache", {}).get("key") == key else None
+
+
+def _previous_selection(report: dict | None, form: str) -> dict | None:
+    """The automatic float-conv choice this form got from the same calibration, if any."""
+    entry = ((report or {}).get("forms") or {}).get(form) or {}
+    selection = entry.get("float_convs")
     if isinstance(selection, dict) and selection.get("trials"):  # an automatic choice, not a --int8-float-convs
         return selection
     return None
@@ -297,8 +318,8 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
     log(f"parity against Keras on {len(images.images)} images from {images.source}")
     reference = _run(keras_runner, images.images, config.batch_size)
     forms = {
-        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, n, size, config))
-        for name in ("fp32", "fp16", "int8")
+        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, n.rsplit("-", 1)[-1], size, config))
+        for name in ("fp32", "fp16", "int8", "cpu-int8")
         if bundle.has(FILES[name])
     }
     results = parity_report.measure(reference, forms, images.images, labels, bundle.threshold, config.batch_size, log)

@@ -1,9 +1,11 @@
 """OpenVINO Runner: the bundle's FP32 and INT8 (Q/DQ) ONNX files, as they are, on Intel/AMD CPUs.
 
-OpenVINO reads the very same `model.onnx` / `model.int8.onnx` that ONNX Runtime runs: no second
-export and no second calibration. Its CPU plugin turns the Q/DQ pairs into int8 kernels and
-fuses Conv+ReLU+MaxPool chains more aggressively than ONNX Runtime's CPU provider, which is
-why it is dfx's fastest CPU path.
+OpenVINO reads the very same ONNX files that ONNX Runtime runs: `model.onnx`, and for INT8
+`model.int8.cpu.onnx` (the uint8 twin `dfx export` writes beside TensorRT's symmetric
+`model.int8.onnx`, from the same calibration), or `model.int8.onnx` itself in a bundle without
+the twin. No conversion to OpenVINO's format and no second calibration. Its CPU plugin turns the
+Q/DQ pairs into int8 kernels and fuses Conv+ReLU+MaxPool chains, which makes it dfx's fastest
+CPU path (benchmarks/README.md has the ratios this machine measured).
 
 Speed choices (measured on a 2-vCPU host, seed CNN at 256 px; see benchmarks/README.md):
 - one compiled model per batch shape served (static shapes let the plugin pick its blocked

@@ -13,6 +13,13 @@ from dfx.runtime.base import Runner, RunnerError, Source, physical_cores
 # batch 8 (benchmarks/README.md), while memory is not: at 256 px one float activation of the
 # first conv is 32 x 256 x 256 x 32 x 4 B = 268 MB at batch 32, and `dfx scan` peaked at 1.3 GB.
 CPU_CHUNK = 8
+# ORT's QDQ propagation moves each QuantizeLinear up over the MaxPool before it. Where that pool
+# follows a float conv (the INT8 files keep the first conv float), the pool then runs as ORT's
+# generic 8-bit MaxPool in NCHW on the largest feature map: at 256 px a third of the INT8 time.
+# Without it the pool stays in the float conv's blocked layout and the logits are bit-identical
+# (max commutes with a monotone quantizer); measured on the faces bundle, batch 8, 2 vCPU:
+# 80 -> 119 images/s (benchmarks/README.md).
+CPU_DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
 class OrtRunner(Runner):
@@ -58,8 +65,9 @@ class OrtRunner(Runner):
         else:
             providers = ["CPUExecutionProvider"]
         model = self._load_source()
+        disabled = CPU_DISABLED_OPTIMIZERS if self.device == "cpu" else None
         try:
-            self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(model, sess_options=options, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise RunnerError(f"ONNX Runtime cannot load {model if isinstance(model, str) else 'the model'}: {exc}") from exc
         inputs = self._session.get_inputs()

@@ -6,7 +6,8 @@
    version (INT8 before FP16), whose sha256 the manifest vouches for;
 2. ONNX Runtime CUDA (FP16 ONNX when the bundle has it, else FP32);
 3. on a CPU: OpenVINO when installed (INT8 first), else ONNX Runtime CPU (INT8 where the
-   bundle has it, else FP32);
+   bundle has it, else FP32); both read `model.int8.cpu.onnx`, the uint8 twin of the
+   TensorRT INT8 file, when the bundle has it;
 4. the Keras model itself, for a bundle that was not exported yet (needs tensorflow).
 
 An engine that was built for another GPU or TensorRT version, or whose bytes the manifest does
@@ -37,6 +38,10 @@ PREFERENCE = {
     "keras": ("fp32",),
 }
 ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8"}
+# CPU backends read the uint8-activation twin of the INT8 file when the bundle has one (bundles
+# exported before it existed have only the symmetric file, which they also run).
+CPU_INT8_ROLE = "onnx-cpu-int8"
+CPU_BACKENDS = ("ort-cpu", "openvino")
 
 
 class SelectError(DfxError):
@@ -175,11 +180,15 @@ def _precisions(backend: str, precision: str | None) -> tuple[str, ...]:
     return (precision,) if precision in PREFERENCE[backend] else ()
 
 
-def _onnx_file(bundle: Bundle, precisions: tuple[str, ...]) -> tuple[str, str] | None:
+def _onnx_file(bundle: Bundle, precisions: tuple[str, ...], backend: str) -> tuple[str, str] | None:
     for precision in precisions:
-        names = bundle.files_with_role(ONNX_ROLES[precision])
-        if names:
-            return names[0], precision
+        roles = [ONNX_ROLES[precision]]
+        if precision == "int8" and backend in CPU_BACKENDS:
+            roles.insert(0, CPU_INT8_ROLE)  # the uint8 twin: the CPU's fast int8 kernels
+        for role in roles:
+            names = bundle.files_with_role(role)
+            if names:
+                return names[0], precision
     return None
 
 
@@ -269,7 +278,7 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) ->
             found = (names[0], "fp32")
             notes.append("the bundle has no ONNX model (run `dfx export`)" if backend == "auto" else "")
         else:
-            found = _onnx_file(bundle, precisions)
+            found = _onnx_file(bundle, precisions, name)
             if found is None:
                 notes.append(f"the bundle has no {'/'.join(precisions)} ONNX for {name}")
                 continue
@@ -300,4 +309,5 @@ def choose_runner(
     chosen, why = plan(bundle, backend, precision)
     runner = _make_runner(bundle, chosen, threads)
     runner.model_sha256 = chosen.sha256  # type: ignore[attr-defined]  # carried into result rows
+    runner.model_file = chosen.file  # type: ignore[attr-defined]  # which file of the bundle, for reports
     return runner, f"{chosen.backend} {why}"

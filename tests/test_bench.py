@@ -37,6 +37,9 @@ def test_rows_cover_every_backend_and_batch_with_sane_values(bench):
         assert row["ratio_vs_keras"] == pytest.approx(row["images_per_s"] / next(
             k["images_per_s"] for k in rows if k["backend_name"] == "keras" and k["batch"] == row["batch"]), rel=0.01)
     assert {r["precision"] for r in rows if r["backend_name"] == "ort-int8"} == {"int8"}
+    # Each row names the file it ran: the CPU's int8 rows run the uint8 twin, not TensorRT's file.
+    files = {r["backend_name"]: r["file"] for r in rows if r["mode"] == "inference"}
+    assert files["ort-int8"] == "model.int8.cpu.onnx" and files["ort-fp32"] == "model.onnx" and files["keras"] == "model.keras"
     assert all(r["ratio_vs_keras"] == 1.0 for r in rows if r["backend_name"] == "keras")
 
 
@@ -80,6 +83,7 @@ def test_outputs_table_json_and_plot(bench, tmp_path):
     result, backends = bench
     text = report.text(result)
     assert "ort-int8" in text and "images/s" in text and "GMAC" in text and "peak RSS" in text
+    assert "ort-int8 model.int8.cpu.onnx" in text
     report.write_json(result, tmp_path / "bench.json")
     loaded = json.loads((tmp_path / "bench.json").read_text())
     assert len(loaded["rows"]) == len(result["rows"]) and loaded["roofline"]["machine"]

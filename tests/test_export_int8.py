@@ -1,4 +1,5 @@
-"""INT8: symmetric Q/DQ for ORT and TensorRT, calibration report, cache, and real entropy."""
+"""INT8: symmetric Q/DQ for TensorRT, its uint8 CPU twin from the same ranges, calibration
+report, cache, and real entropy."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def test_entropy_ranges_differ_from_minmax_on_skewed_activations(tmp_path):
     # Entropy clips the outliers: its range is far tighter than the full min/max.
     assert max(entropy["x"]) < 0.5 * top
     assert max(percentile["x"]) < top
+    # The data is non-negative (a ReLU output): no method gives it a negative low end (the old
+    # symmetric [-t, t]), so the uint8 twin spends all 256 levels on [0, t]; the symmetric file
+    # widens the range to [-t, t] itself.
+    for ranges in (minmax, entropy, percentile):
+        assert 0.0 <= ranges["x"][0] <= 1e-3
     # The ORT pitfall this guards against: entropy with 128 bins searches nothing and
     # returns the full range, i.e. MinMax.
     pitfall = _calibrate_skewed(tmp_path, "entropy", num_bins=128)
@@ -86,7 +92,7 @@ def test_int8_model_is_symmetric_per_channel_with_float_biases(exported_bundle):
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert len(convs) == 5
     # The leading convs read raw pixels / faint traces and stay float (chosen by measurement).
-    selection = json.loads((exported_bundle / "calibration.json").read_text())["float_convs"]
+    selection = json.loads((exported_bundle / "calibration.json").read_text())["forms"]["int8"]["float_convs"]
     k = selection["float_convs"]
     assert 1 <= k < len(convs), selection  # the first stays float; most of the work is int8
     assert selection["trials"] and selection["trials"][-1]["float_convs"] == k
@@ -152,10 +158,68 @@ def test_calibration_cache_skips_the_images(exported_bundle, tmp_path, monkeypat
     assert second["cache"]["hit"] is True
     assert second["ranges"] == first["ranges"]
     assert any("reusing" in m for m in messages)
-    # The rebuilt model is the same quantized model (same scales, same float-conv choice).
-    assert second["float_convs"]["float_convs"] == first["float_convs"]["float_convs"]
-    scales = [
-        {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer if "scale" in t.name}
-        for path in (copy / "model.int8.onnx", exported_bundle / "model.int8.onnx")
-    ]
-    assert scales[0] and scales[0] == scales[1]
+    # The rebuilt models are the same quantized models (same scales, same float-conv choice).
+    for form, name in (("int8", "model.int8.onnx"), ("cpu-int8", "model.int8.cpu.onnx")):
+        assert second["forms"][form]["float_convs"]["float_convs"] == first["forms"][form]["float_convs"]["float_convs"]
+        scales = [
+            {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer if "scale" in t.name}
+            for path in (copy / name, exported_bundle / name)
+        ]
+        assert scales[0] and scales[0] == scales[1]
+
+
+def _activation_quantizers(path: Path) -> dict[str, tuple[float, int, int]]:
+    """{quantized tensor: (scale, zero point, zero point's ONNX type)} of a Q/DQ file's
+    QuantizeLinear nodes (activations; weights are stored already quantized)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            scale = float(numpy_helper.to_array(inits[node.input[1]]))
+            zero = inits[node.input[2]]
+            found[node.input[0]] = (scale, int(numpy_helper.to_array(zero)), zero.data_type)
+    return found
+
+
+def test_cpu_twin_is_uint8_from_the_same_ranges(exported_bundle):
+    """model.int8.cpu.onnx: uint8 activations with zero points, int8 per-channel weights, and
+    every activation range the very one the symmetric TensorRT file widened to [-t, t]."""
+    from onnx import TensorProto, numpy_helper
+
+    from dfx.bundle import Bundle
+
+    twin = _activation_quantizers(exported_bundle / "model.int8.cpu.onnx")
+    symmetric = _activation_quantizers(exported_bundle / "model.int8.onnx")
+    assert twin and all(dtype == TensorProto.UINT8 for _, _, dtype in twin.values())
+    report = json.loads((exported_bundle / "calibration.json").read_text())
+    thresholds = [max(-low, high) for low, high in report["ranges"].values()]  # each tensor's t
+
+    def calibrated(t: float) -> bool:
+        return any(abs(t - c) <= 0.01 * c + 1e-6 for c in thresholds)
+
+    for name, (scale, zero, _) in twin.items():
+        low, high = -zero * scale, (255 - zero) * scale  # the range the uint8 quantizer covers
+        assert calibrated(max(-low, high)), name
+    for name, (scale, _, _) in symmetric.items():
+        assert calibrated(scale * 127), name  # the symmetric file: [-t, t] of the same ranges
+    shared = set(twin) & set(symmetric)
+    assert shared
+    relu_outputs = [n for n in shared if twin[n][1] == 0]
+    assert relu_outputs, "ReLU outputs should get zero point 0: all 256 levels on [0, t]"
+    # Weights: int8, zero 0, one scale per output channel.
+    model = onnx.load(str(exported_bundle / "model.int8.cpu.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    weight_dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                  and inits[n.input[0]].data_type == TensorProto.INT8]
+    assert weight_dqs
+    for node in weight_dqs:
+        assert not np.any(numpy_helper.to_array(inits[node.input[2]]))
+    selection = report["forms"]["cpu-int8"]["float_convs"]
+    assert selection["trials"][0]["float_convs"] == 0  # the uint8 file tries quantizing every conv
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert sum(conv.input[1] in inits for conv in convs) == selection["float_convs"]  # float weights: float convs
+    entry = Bundle.open(exported_bundle).manifest["files"]["model.int8.cpu.onnx"]
+    assert entry["role"] == "onnx-cpu-int8" and entry["activations"].startswith("uint8")

@@ -12,16 +12,17 @@ from dfx.runtime import openvino
 from test_runners import check_parity, reference  # noqa: F401  (the shared checker and its Keras reference fixture)
 
 needs_openvino = pytest.mark.skipif(not openvino.available(), reason="openvino is not installed (pip install 'dfx[openvino]')")
-ROLES = {"fp32": "onnx-fp32", "int8": "onnx-int8"}
+# form -> the bundle role of its file: fp32, TensorRT's symmetric int8, the CPU's uint8 twin
+ROLES = {"fp32": "onnx-fp32", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
 
 
-def ov_runner(bundle: Bundle, precision: str, **options) -> openvino.OpenVinoRunner:
-    path = str(bundle.file(bundle.files_with_role(ROLES[precision])[0]))
-    return openvino.OpenVinoRunner(path, precision=precision, input_size=bundle.input_size, **options)
+def ov_runner(bundle: Bundle, form: str, **options) -> openvino.OpenVinoRunner:
+    path = str(bundle.file(bundle.files_with_role(ROLES[form])[0]))
+    return openvino.OpenVinoRunner(path, precision=form.rsplit("-", 1)[-1], input_size=bundle.input_size, **options)
 
 
 @needs_openvino
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "cpu-int8"])
 @pytest.mark.parametrize(
     "options",
     [{}, {"static_batch": False}, {"uint8_input": False, "hint": "THROUGHPUT", "threads": 1}, {"sub_batch": 5}],
@@ -35,14 +36,16 @@ def test_parity_against_keras(exported_bundle, reference, precision, options):  
 
 
 @needs_openvino
-def test_int8_matches_onnx_runtime_on_the_same_file(exported_bundle, reference):  # noqa: F811
+@pytest.mark.parametrize("form", ["int8", "cpu-int8"])
+def test_int8_matches_onnx_runtime_on_the_same_file(exported_bundle, reference, form):  # noqa: F811
     """No second calibration: OpenVINO runs the very Q/DQ file ORT runs, so the logits agree
     far more closely than either agrees with Keras."""
     from dfx.runtime.ort import OrtRunner
 
     bundle = Bundle.open(exported_bundle)
     images = reference[0][:32]
-    with ov_runner(bundle, "int8") as ov, OrtRunner(str(bundle.file("model.int8.onnx")), precision="int8") as ort:
+    path = str(bundle.file(bundle.files_with_role(ROLES[form])[0]))
+    with ov_runner(bundle, form) as ov, OrtRunner(path, precision="int8") as ort:
         ov_logits, ort_logits = ov.infer(images), ort.infer(images)
     spread = float(np.ptp(ort_logits))
     assert spread > 0

@@ -59,7 +59,7 @@ def ort(bundle: Bundle, role: str, precision: str, device: str = "cpu") -> Runne
     return OrtRunner(str(bundle.file(bundle.files_with_role(role)[0])), device=device, precision=precision, input_size=bundle.input_size)
 
 
-@pytest.mark.parametrize("role, precision", [("onnx-fp32", "fp32"), ("onnx-int8", "int8")])
+@pytest.mark.parametrize("role, precision", [("onnx-fp32", "fp32"), ("onnx-int8", "int8"), ("onnx-cpu-int8", "int8")])
 def test_ort_cpu(exported_bundle, reference, role, precision):
     bundle = Bundle.open(exported_bundle)
     report = check_parity(ort(bundle, role, precision), f"ort-cpu-{precision}", reference, bundle.threshold)
@@ -67,15 +67,21 @@ def test_ort_cpu(exported_bundle, reference, role, precision):
         assert report["max_abs_diff"] <= 1e-4
 
 
-@pytest.mark.parametrize("role, precision", [("onnx-fp32", "fp32"), ("onnx-int8", "int8")])
-def test_openvino(exported_bundle, reference, role, precision):
-    from dfx.runtime import openvino
+@pytest.mark.parametrize("role", ["onnx-int8", "onnx-cpu-int8"])
+def test_ort_cpu_int8_logits_are_those_of_a_default_session(exported_bundle, reference, role):
+    """The CPU runner turns off ORT's QDQ propagation (for speed); that must not move a logit."""
+    import onnxruntime
 
-    if not openvino.available():
-        pytest.skip("openvino is not installed (pip install 'dfx[openvino]')")
     bundle = Bundle.open(exported_bundle)
-    runner = openvino.OpenVinoRunner(str(bundle.file(bundle.files_with_role(role)[0])), precision=precision, input_size=bundle.input_size)
-    check_parity(runner, f"openvino-{precision}", reference, bundle.threshold)
+    path = str(bundle.file(bundle.files_with_role(role)[0]))
+    images = reference[0][:16]
+    default = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    expected = default.run(None, {default.get_inputs()[0].name: images.astype(np.float32)})[0].reshape(-1)
+    with ort(bundle, role, "int8") as runner:
+        np.testing.assert_allclose(runner.infer(images), expected, rtol=0, atol=1e-5)
+
+
+# OpenVINO goes through the same checker in test_openvino.py (every compile mode, every file).
 
 
 def test_chosen_runner_passes_too(exported_bundle, reference):

@@ -27,8 +27,25 @@ def test_auto_on_cpu_takes_int8_and_says_why(exported_bundle):
     if runner.backend == "ort-cpu":
         assert "openvino" in reason  # says why OpenVINO was not taken
     bundle = Bundle.open(exported_bundle)
-    assert runner.model_sha256 == bundle.sha256("model.int8.onnx")
+    assert runner.model_sha256 == bundle.sha256("model.int8.cpu.onnx")  # the CPU's uint8 twin
+    assert "model.int8.cpu.onnx" in reason
     assert not runner.is_active  # choosing loads nothing
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_cpu_int8_reads_the_uint8_twin_and_falls_back_without_it(exported_bundle, tmp_path, backend):
+    """CPU backends take model.int8.cpu.onnx; a bundle exported before the twin existed (or
+    that lost it) still runs its symmetric model.int8.onnx. TensorRT never reads the twin."""
+    if backend == "openvino" and not select.openvino_status()[0]:
+        pytest.skip("openvino is not installed (pip install 'dfx[openvino]')")
+    assert select.plan(Bundle.open(exported_bundle), backend, "int8")[0].file == "model.int8.cpu.onnx"
+    copy = Path(shutil.copytree(exported_bundle, tmp_path / "bundle"))
+    bundle = Bundle.open(copy)
+    del bundle.manifest["files"]["model.int8.cpu.onnx"]
+    (copy / "model.int8.cpu.onnx").unlink()
+    bundle.save()
+    chosen, why = select.plan(Bundle.open(copy), backend, "int8")
+    assert chosen.file == "model.int8.onnx" and "model.int8.onnx" in why
 
 
 def test_explicit_backend_and_precision(exported_bundle):

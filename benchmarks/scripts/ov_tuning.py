@@ -29,8 +29,8 @@ def main() -> None:
     from dfx.runtime.ort import OrtRunner
 
     bundle = Bundle.open(args.bundle)
-    role = {"fp32": "onnx-fp32", "int8": "onnx-int8"}[args.precision]
-    path = str(bundle.file(bundle.files_with_role(role)[0]))
+    roles = {"fp32": ["onnx-fp32"], "int8": ["onnx-cpu-int8", "onnx-int8"]}[args.precision]  # the CPU twin first
+    path = str(bundle.file(next(n for role in roles for n in bundle.files_with_role(role))))
     cores = physical_cores()
     settings = {
         "default (LATENCY, static, uint8 in)": {},

@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     print(quick_summary(bundle, batch_size=32, duration=2.0), flush=True)
     print(f"\nDemo finished in {time.perf_counter() - started:.0f} s. Everything is under {out}/:")
     print(f"  {data}/            synthetic images (real/ and fake/<generator>/)")
-    print(f"  {bundle}/          the bundle: manifest.json, model.keras, model.onnx, model.fp16.onnx, model.int8.onnx,")
-    print("                     calibration.json, parity.json, history.json/.png")
+    print(f"  {bundle}/          the bundle: manifest.json, model.keras, model.onnx, model.fp16.onnx,")
+    print("                     model.int8.onnx (TensorRT), model.int8.cpu.onnx (CPU), calibration.json, parity.json,")
+    print("                     history.json/.png")
     print(f"  {scan}     one row per image")
     print("This model has seen only synthetic data. To screen real faces, train on real data: see README.")
     return 0

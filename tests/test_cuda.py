@@ -88,3 +88,36 @@ def test_gpu_round_trip_streams_events():
         api.host_free(host)
         api.host_free(back)
         api.stream_destroy(stream)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason=f"no GPU: {GPU_REASON}")
+def test_gpu_graph_capture_replays_the_copies():
+    """The CUDA-graph helpers TrtRunner uses: capture H2D + D2H on a stream, then each launch
+    re-runs both copies on whatever the pinned input holds by then."""
+    api = cuda.api()
+    stream = api.stream_create()
+    host = api.host_alloc((2, 4, 4, 3), np.float32)
+    back = api.host_alloc((2, 4, 4, 3), np.float32)
+    dev = api.device_alloc(host.nbytes)
+    graph = None
+    try:
+        host.array[...] = 1.0
+        back.array[...] = 0.0
+        api.graph_begin_capture(stream)
+        api.memcpy_htod_async(dev, host, host.nbytes, stream)
+        api.memcpy_dtoh_async(back, dev, host.nbytes, stream)
+        graph = api.graph_end_capture(stream)
+        assert not back.array.any()  # capturing records the copies, it does not run them
+        for value in (2.0, 7.0):
+            host.array[...] = value
+            api.graph_launch(graph, stream)
+            api.stream_synchronize(stream)
+            np.testing.assert_array_equal(back.array, np.full(back.array.shape, value, np.float32))
+    finally:
+        if graph is not None:
+            api.graph_destroy(graph)
+        api.device_free(dev)
+        api.host_free(host)
+        api.host_free(back)
+        api.stream_destroy(stream)

@@ -17,8 +17,10 @@ Handles are opaque objects of the binding; `stream_handle` gives the raw ``cudaS
 int (what TensorRT's ``execute_async_v3`` takes) and device buffers expose `.ptr` (an int
 device address, what ``set_tensor_address`` takes).
 
-Only the no-driver path (probe -> (False, reason)) has run on the machine this was written on;
-the rest follows the cuda-python 12/13 and pycuda 2024 APIs and runs in the `gpu` tests.
+The cuda-python path ran on an NVIDIA H100 (cuda-bindings 13.3.1): the probe and the `gpu`
+tests of tests/test_cuda.py (pinned round trip on a stream with events, graph capture and
+replay). The pycuda path follows the pycuda 2024 API and has not run (pycuda was not available
+on any machine this was developed on).
 """
 
 from __future__ import annotations

@@ -183,6 +183,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         int8.preprocess(fp32_path, pre)
         hit = cache_path.is_file() and not config.recalibrate
         calib_set = None
+        calib_fp32 = None  # fp32 logits on the calibration images: both float-conv searches compare to them
         if hit:
             log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
             ranges = int8.load_ranges(cache_path)
@@ -202,11 +203,13 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             else:
                 if calib_set is None:
                     calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
+                if calib_fp32 is None:
+                    calib_fp32 = _run(_ort(fp32_path, "fp32", size, config), calib_set.images, config.batch_size)
                 # The uint8 twin has the resolution to try the first conv; the symmetric file
                 # starts at one float conv unless --quantize-first-conv.
                 first = 0 if activations == "uint8" or config.quantize_first_conv else 1
                 log(f"{FILES[form]} ({activations} activations):")
-                selection = _select_float_convs(pre, fp32_path, cache_path, calib_set, config, bundle, activations, first, log)
+                selection = _select_float_convs(pre, calib_fp32, cache_path, calib_set, config, bundle, activations, first, log)
             path = bundle.root / FILES[form]
             details = int8.quantize(pre, path, cache_path, config.calib_method, float_convs=selection["float_convs"],
                                     activations=activations)
@@ -245,7 +248,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     bundle.save()
 
 
-def _select_float_convs(pre: Path, fp32_path: Path, cache_path: Path, calib_set, config: ExportConfig, bundle: Bundle,
+def _select_float_convs(pre: Path, reference: np.ndarray, cache_path: Path, calib_set, config: ExportConfig, bundle: Bundle,
                         activations: str, first: int, log) -> dict:
     """How many leading convolutions stay float: the fewest (from `first`) whose int8 model
     agrees with FP32 on the *calibration* images (never the parity set, which judges the
@@ -255,8 +258,7 @@ def _select_float_convs(pre: Path, fp32_path: Path, cache_path: Path, calib_set,
     from dfx.parity import compare
 
     size, threshold = bundle.input_size, bundle.threshold
-    images, labels = calib_set.images, calib_set.labels
-    reference = _run(_ort(fp32_path, "fp32", size, config), images, config.batch_size)
+    images, labels = calib_set.images, calib_set.labels  # `reference`: fp32 logits on these images
     total = int8.count_convs(pre)
     first = min(first, total)
     trials = []

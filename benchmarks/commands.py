@@ -7,9 +7,6 @@ import sys
 
 from dfx.errors import DfxError
 
-BACKEND_HELP = "keras, ort-fp32, ort-int8, ov-fp32, ov-int8, ort-cuda-fp32, ort-cuda-fp16, trt-fp16, trt-int8"
-
-
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -21,6 +18,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from dfx.benchmarks.harness import BACKENDS, BenchConfig
+
+    d = BenchConfig.__dataclass_fields__  # defaults shown in --help come from the config
     p = sub.add_parser(
         "bench",
         help="measure images/s and latency of every backend against the Keras model",
@@ -30,15 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "graph's work per image and the fraction of the machine's attainable rate each backend reaches.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (exported with `dfx export` for the ONNX rows)")
-    p.add_argument("--backends", metavar="LIST", help=f"comma-separated subset to run (default: all this machine can): {BACKEND_HELP}")
-    p.add_argument("--batch-sizes", type=_int_list, default=(1, 8, 32, 128), metavar="LIST", help="images per inference call (default 1,8,32,128)")
+    p.add_argument("--backends", metavar="LIST", help=f"comma-separated subset to run (default: all this machine can): {', '.join(BACKENDS)}")
+    batch_sizes = d["batch_sizes"].default
+    p.add_argument("--batch-sizes", type=_int_list, default=batch_sizes, metavar="LIST",
+                   help=f"images per inference call (default {','.join(map(str, batch_sizes))})")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--duration", type=float, default=4.0, metavar="S", help="timed seconds per backend and batch size (default 4)")
+    budget.add_argument("--duration", type=float, default=d["duration"].default, metavar="S",
+                        help="timed seconds per backend and batch size (default %(default)g)")
     budget.add_argument("--iters", type=int, metavar="N", help="timed batches per backend and batch size, instead of --duration")
-    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed batches per backend and batch size first (default 2)")
-    p.add_argument("--rounds", type=int, default=4, metavar="N", help="slices each row is cut into, taken in turn by all backends (default 4)")
+    p.add_argument("--warmup", type=int, default=d["warmup"].default, metavar="N",
+                   help="untimed batches per backend and batch size first (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=d["rounds"].default, metavar="N",
+                   help="slices each row is cut into, taken in turn by all backends (default %(default)s)")
     p.add_argument("--images", metavar="DIR", help="also time decode + inference through the `dfx scan` pipeline on these files, and dfx scan's peak memory")
-    p.add_argument("--e2e-batch-size", type=int, default=32, metavar="N", help="batch size of the end-to-end rows (default 32)")
+    p.add_argument("--e2e-batch-size", type=int, default=d["e2e_batch_size"].default, metavar="N",
+                   help="batch size of the end-to-end rows (default %(default)s)")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
     p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~8 s of microbenchmarks, run before and after the rows)")
     p.add_argument("--json", metavar="FILE", help="write rows, machine, software and limits to FILE as JSON")
@@ -49,10 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def bench_command(args: argparse.Namespace) -> int:
     from dfx.benchmarks import harness, report
 
-    if args.iters is not None and args.iters < 1:
-        raise DfxError("--iters must be >= 1")
-    if args.duration <= 0:
-        raise DfxError("--duration must be > 0")
+    # --iters and --duration are checked by harness.run, for library callers too.
     if args.rounds < 1 or args.warmup < 0 or args.e2e_batch_size < 1:
         raise DfxError("--rounds and --e2e-batch-size must be >= 1, --warmup >= 0")
     config = harness.BenchConfig(

@@ -28,6 +28,10 @@ examples:
 
 
 def register(sub) -> None:
+    from dfx.export.int8 import METHODS
+    from dfx.export.pipeline import ExportConfig
+
+    d = ExportConfig.__dataclass_fields__  # defaults shown in --help come from the config
     p = sub.add_parser(
         "export",
         help="export a bundle to ONNX, FP16, calibrated INT8 and TensorRT, with a parity report",
@@ -42,12 +46,13 @@ def register(sub) -> None:
     g = p.add_argument_group("INT8 calibration")
     g.add_argument("--calib", metavar="DATA", help="calibration images: a real/ + fake/ folder or a labels file "
                    "(default: the bundle's own training split, as the manifest records it)")
-    g.add_argument("--calib-count", type=_positive, default=512, metavar="N",
-                   help="calibration images, balanced real/fake and spread across generators (default 512)")
-    g.add_argument("--calib-method", choices=("entropy", "percentile", "minmax"), default="entropy",
+    g.add_argument("--calib-count", type=_positive, default=d["calib_count"].default, metavar="N",
+                   help="calibration images, balanced real/fake and spread across generators (default %(default)s)")
+    g.add_argument("--calib-method", choices=METHODS, default=d["calib_method"].default,
                    help="how activation ranges are chosen: entropy (KL divergence on 2048-bin histograms, "
                    "the default), percentile (99.999%% of |values|) or minmax (the full observed range)")
-    g.add_argument("--calib-seed", type=int, default=0, metavar="N", help="which images the balanced sample draws (default 0)")
+    g.add_argument("--calib-seed", type=int, default=d["calib_seed"].default, metavar="N",
+                   help="which images the balanced sample draws (default %(default)s)")
     g.add_argument("--recalibrate", action="store_true",
                    help="ignore a matching calibration cache in the bundle and read the images again")
     g.add_argument("--quantize-first-conv", action="store_true",
@@ -60,10 +65,10 @@ def register(sub) -> None:
     g = p.add_argument_group("parity")
     g.add_argument("--parity", metavar="DATA", help="parity images: a real/ + fake/ folder or a labels file "
                    "(default: the bundle's validation split)")
-    g.add_argument("--parity-count", type=_positive, default=2000, metavar="N",
-                   help="at most this many parity images, a balanced sample (default 2000)")
+    g.add_argument("--parity-count", type=_positive, default=d["parity_count"].default, metavar="N",
+                   help="at most this many parity images, a balanced sample (default %(default)s)")
     g = p.add_argument_group("ONNX")
-    g.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 13..18 (default 17)")
+    g.add_argument("--opset", type=int, default=d["opset"].default, metavar="N", help="ONNX opset, 13..18 (default %(default)s)")
     g = p.add_argument_group("TensorRT (GPU hosts)")
     g.add_argument("--engine", action="store_true",
                    help="build TensorRT engines from the --fp16/--int8 ONNX files (strongly typed; needs an NVIDIA GPU "
@@ -71,10 +76,12 @@ def register(sub) -> None:
     g.add_argument("--lean", action="store_true",
                    help="build version-compatible engines without the lean runtime, so the small tensorrt_lean "
                    "package can serve them")
-    g.add_argument("--max-batch", type=_positive, default=128, metavar="N", help="largest batch an engine accepts (default 128)")
+    g.add_argument("--max-batch", type=_positive, default=d["max_batch"].default, metavar="N",
+                   help="largest batch an engine accepts (default %(default)s)")
     g.add_argument("--opt-batch", type=_positive, default=None, metavar="N",
                    help="batch size TensorRT tunes kernels for (default min(32, --max-batch))")
-    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="inference batch during export (default 32)")
+    p.add_argument("--batch-size", type=_positive, default=d["batch_size"].default, metavar="N",
+                   help="inference batch during export (default %(default)s)")
     p.set_defaults(handler=run)
 
 

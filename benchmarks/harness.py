@@ -389,7 +389,7 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
             runner.activate()
             runners[name] = runner
         except Exception as exc:
-            rows.append(_error_row(name, None, "inference", f"cannot start: {type(exc).__name__}: {exc}"))
+            rows.append(_error_row(name, "inference", f"cannot start: {type(exc).__name__}: {exc}"))
     try:
         batch_sizes = sorted(set(config.batch_sizes))
         total = len(batch_sizes) * max(config.rounds, 1) * len(runners)
@@ -442,7 +442,6 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
 
 
 def _row(name: str, runner: Runner, batch: int, mode: str, stat: dict[str, Any]) -> dict[str, Any]:
-    backend, precision = BACKENDS[name]
     return {
         "mode": mode,  # "inference": pixels already in memory; "e2e": JPEG files through dfx scan's pipeline
         "backend_name": name,
@@ -455,7 +454,7 @@ def _row(name: str, runner: Runner, batch: int, mode: str, stat: dict[str, Any])
     }
 
 
-def _error_row(name: str, runner: Runner | None, mode: str, error: str, batch: int | None = None) -> dict[str, Any]:
+def _error_row(name: str, mode: str, error: str, batch: int | None = None) -> dict[str, Any]:
     backend, precision = BACKENDS[name]
     return {"mode": mode, "backend_name": name, "backend": backend, "precision": precision, "batch": batch, "error": error, "ratio_vs_keras": None}
 

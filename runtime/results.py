@@ -148,16 +148,3 @@ def _from_dict(row: dict[str, Any]) -> Result:
         model_sha256=str(row.get("model_sha256") or ""),
         error=text(row.get("error")),
     )
-
-
-def summarize(results: Iterable[Result]) -> dict[str, int]:
-    counts = {"images": 0, "fake": 0, "real": 0, "errors": 0}
-    for r in results:
-        counts["images"] += 1
-        if r.error is not None:
-            counts["errors"] += 1
-        elif r.decision == "fake":
-            counts["fake"] += 1
-        else:
-            counts["real"] += 1
-    return counts

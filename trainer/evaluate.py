@@ -2,8 +2,8 @@
 specificity, AUC-ROC) plus average precision, EER, TPR at 1 % FPR and the confusion matrix,
 overall and per generator/source.
 
-Inference goes through a Runner (dfx.runtime.select.choose_runner when present, else the
-Keras reference runner), fed by dfx.images.load_image: the same pixels as serving.
+Inference goes through the Runner dfx.runtime.select.choose_runner picks (as `dfx scan` does),
+fed by dfx.images.load_image: the same pixels as serving.
 """
 
 from __future__ import annotations
@@ -59,22 +59,6 @@ def select_samples(bundle: Bundle, config: EvalConfig) -> list[datasets.Sample]:
     return samples
 
 
-def open_runner(bundle: Bundle, backend: str, precision: str | None):
-    """(runner, reason). Uses dfx.runtime.select when it exists; otherwise the Keras reference."""
-    try:
-        from dfx.runtime.select import choose_runner
-    except ImportError:
-        choose_runner = None
-    if choose_runner is not None:
-        return choose_runner(bundle, backend, precision)
-    if backend not in ("auto", "keras"):
-        raise DfxError(f"backend {backend!r} is not available in this install", hint="use --backend keras")
-    from dfx.runtime.keras import KerasRunner
-
-    path = str(bundle.file("model.keras"))
-    return KerasRunner(path, input_size=bundle.input_size), "Keras reference model (dfx.runtime.select not installed)"
-
-
 def score(bundle: Bundle, samples: list[datasets.Sample], runner, *, batch_size: int = 32, workers: int | None = None, progress: bool = True):
     """(logits for the images that decoded, their samples, [(path, reason)] for those that did not)."""
     from tqdm import tqdm
@@ -113,7 +97,9 @@ def evaluate(config: EvalConfig) -> dict:
     ROC curve points (under "roc") for plotting."""
     bundle = Bundle.open(config.bundle)
     samples = select_samples(bundle, config)
-    runner, reason = open_runner(bundle, config.backend, config.precision)
+    from dfx.runtime.select import choose_runner
+
+    runner, reason = choose_runner(bundle, config.backend, config.precision)
     logits, kept, errors = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers, progress=config.progress)
     if errors:
         print(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)

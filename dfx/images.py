@@ -78,6 +78,41 @@ def load_image(source: ImageSource, size: int | tuple[int, int], fit: str = "res
         raise ImageError(name, f"cannot decode image ({exc})") from exc
 
 
+def load_many(
+    sources: list[ImageSource], size: int | tuple[int, int], fit: str = "resize", *,
+    workers: int | None = None, desc: str | None = None, progress: bool = True, leave: bool = True,
+) -> tuple[np.ndarray, list[int], list[ImageError]]:
+    """Decode many sources with `load_image` on a pool of threads (Pillow releases the GIL
+    while it decodes). Returns (uint8 (N, H, W, 3) of those that decoded, their indices in
+    `sources`, the ImageError of each that did not), all in input order. An unreadable image
+    is reported, never fatal: one broken file must not cost the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    height, width = _as_hw(size)
+
+    def one(source: ImageSource) -> np.ndarray | ImageError:
+        try:
+            return load_image(source, (height, width), fit)
+        except ImageError as exc:
+            return exc
+
+    pixels = np.empty((len(sources), height, width, 3), np.uint8)  # filled in place: no second copy
+    kept: list[int] = []
+    errors: list[ImageError] = []
+    with ThreadPoolExecutor(max_workers=workers or 4) as pool:
+        decoded = pool.map(one, sources)
+        bar = tqdm(decoded, total=len(sources), desc=desc, unit="img", disable=None if progress else True, leave=leave)
+        for index, result in enumerate(bar):
+            if isinstance(result, ImageError):
+                errors.append(result)
+                continue
+            pixels[len(kept)] = result
+            kept.append(index)
+    return pixels[: len(kept)], kept, errors
+
+
 def to_rgb(source: ImageSource) -> "PIL.Image.Image":  # noqa: F821
     """Decode any source into an upright 8-bit RGB PIL image (EXIF orientation applied)."""
     from PIL import Image

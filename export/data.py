@@ -15,7 +15,7 @@ import numpy as np
 from dfx import datasets
 from dfx.bundle import Bundle
 from dfx.datasets import DatasetError, Sample
-from dfx.images import ImageError, load_image
+from dfx.images import load_many
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,11 @@ def resolve(bundle: Bundle, data: str | os.PathLike | None, split: str) -> tuple
 
 
 def load(samples: list[Sample], size: tuple[int, int], fit: str, source: str, progress: str | None = None) -> ImageSet:
-    """Decode samples; undecodable files are skipped and listed, never fatal."""
-    from tqdm import tqdm
-
-    images, kept, skipped = [], [], []
-    for sample in tqdm(samples, desc=progress, unit="img", disable=None if progress else True, leave=False):
-        try:
-            images.append(load_image(sample.path, size, fit))
-            kept.append(sample)
-        except ImageError as exc:
-            skipped.append(str(exc))
-    array = np.stack(images) if images else np.zeros((0, size[0], size[1], 3), np.uint8)
+    """Decode samples (threaded); undecodable files are skipped and listed, never fatal."""
+    images, keep, failures = load_many([s.path for s in samples], size, fit, desc=progress, progress=bool(progress), leave=False)
+    kept = [samples[i] for i in keep]
     labels = np.asarray([s.label for s in kept], np.int64)
-    return ImageSet(array, labels, kept, source, skipped)
+    return ImageSet(images, labels, kept, source, [str(exc) for exc in failures])
 
 
 def noise_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:

@@ -118,3 +118,14 @@ def test_iter_image_files(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = images.iter_image_files([tmp_path / "a", tmp_path / "a" / "notes.txt"])
     assert [p.replace(str(tmp_path), "") for p in found] == ["/a/1.jpg", "/a/b/2.PNG", "/a/notes.txt"]
+
+
+def test_load_many_keeps_order_and_reports_the_unreadable():
+    rng = np.random.default_rng(0)
+    good = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(3)]
+    sources = [good[0], b"not an image", good[1], b"", good[2]]
+    pixels, kept, errors = images.load_many(sources, (16, 16), "resize", workers=3, progress=False)
+    assert kept == [0, 2, 4] and pixels.shape == (3, 16, 16, 3) and pixels.dtype == np.uint8
+    for row, index in enumerate(kept):
+        np.testing.assert_array_equal(pixels[row], load_image(sources[index], (16, 16), "resize"))
+    assert [e.reason for e in errors] == ["not an image (unknown format)", "empty file"]

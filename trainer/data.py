@@ -3,13 +3,12 @@ arrays in memory, and feed them through tf.data with augmentation and class bala
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from dfx.datasets import Sample
-from dfx.images import ImageError, load_image
+from dfx.images import load_many
 
 
 @dataclass
@@ -23,31 +22,12 @@ class Arrays:
 
 
 def load_arrays(samples: list[Sample], size: tuple[int, int], fit: str, *, workers: int | None = None, progress: bool = True, desc: str = "decode") -> Arrays:
-    """Decode every sample with load_image. Unreadable images are skipped and reported, never
-    fatal: one broken file must not cost a training run."""
-    from tqdm import tqdm
-
-    def one(sample: Sample):
-        try:
-            return load_image(sample.path, size, fit), None
-        except ImageError as exc:
-            return None, exc.reason
-
-    height, width = size
-    x = np.empty((len(samples), height, width, 3), np.uint8)
-    keep: list[int] = []
-    errors: list[tuple[str, str]] = []
-    # PIL releases the GIL while decoding, so threads overlap the decode work.
-    with ThreadPoolExecutor(max_workers=workers or 4) as pool:
-        results = pool.map(one, samples)
-        for i, (pixels, reason) in enumerate(tqdm(results, total=len(samples), desc=desc, unit="img", disable=None if progress else True)):
-            if pixels is None:
-                errors.append((samples[i].path, reason))
-                continue
-            x[len(keep)] = pixels
-            keep.append(i)
+    """Decode every sample with load_image (threaded). Unreadable images are skipped and
+    reported, never fatal: one broken file must not cost a training run."""
+    x, keep, failures = load_many([s.path for s in samples], size, fit, workers=workers, desc=desc, progress=progress)
     kept = [samples[i] for i in keep]
-    return Arrays(x[: len(keep)], np.array([s.label for s in kept], np.int64), kept, errors)
+    errors = [(exc.source, exc.reason) for exc in failures]
+    return Arrays(x, np.array([s.label for s in kept], np.int64), kept, errors)
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:

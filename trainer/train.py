@@ -37,6 +37,7 @@ import numpy as np
 from dfx import datasets, metrics
 from dfx.bundle import Bundle, tool_versions
 from dfx.errors import DfxError, require
+from dfx.images import FIT_POLICIES
 
 MODEL_FILE = "model.keras"
 HISTORY_JSON = "history.json"
@@ -120,7 +121,7 @@ def train(config: TrainConfig) -> Bundle:
     from dfx.trainer import data as data_mod
     from dfx.trainer import models
 
-    if config.fit not in ("resize", "crop"):
+    if config.fit not in FIT_POLICIES:
         raise DfxError(f"--fit must be resize or crop, not {config.fit!r}")
     if config.augment not in augment_mod.AUGMENT_MODES:
         raise DfxError(f"--augment must be one of {', '.join(augment_mod.AUGMENT_MODES)}")

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dfx.bundle import Bundle
+from dfx.bundle import ONNX_ROLES, Bundle
 from dfx.errors import DfxError
 from dfx.runtime.base import Runner
 
@@ -434,7 +434,7 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
 
         rates = roofline.best_of(rates_before, _measure_rates(config))  # type: ignore[arg-type]
         result["roofline"] = add_roofline(bundle, rows, rates)
-    if files and config.scan_memory and importlib.util.find_spec("onnxruntime") is not None and bundle.files_with_role("onnx-fp32"):
+    if files and config.scan_memory and importlib.util.find_spec("onnxruntime") is not None and bundle.files_with_role(ONNX_ROLES["fp32"]):
         log("dfx bench: measuring dfx scan peak memory in a fresh process")
         result["scan_memory"] = measure_scan_memory(bundle_dir, files, batch_size=config.e2e_batch_size)
     result["machine"]["load_average_end"] = machine.load_average()
@@ -505,8 +505,8 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], rates: Any) -> dict
     from dfx.benchmarks import roofline
 
     costs: dict[str, Any] = {}
-    for precision, role in (("fp32", "onnx-fp32"), ("fp16", "onnx-fp16"), ("int8", "onnx-int8")):
-        names = bundle.files_with_role(role)
+    for precision in ("fp32", "fp16", "int8"):
+        names = bundle.files_with_role(ONNX_ROLES[precision])
         if names:
             try:
                 costs[precision] = roofline.graph_cost(bundle.file(names[0]), bundle.input_size)

@@ -24,6 +24,8 @@ FORMAT = "dfx-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = ("real", "fake")  # index = model target; the logit scores "fake"
+# The manifest role of each ONNX form: export writes them, the runtime and the bench look them up.
+ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
 
 
 class BundleError(DfxError):

@@ -27,6 +27,11 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def precision_of(form: str) -> str:
+    """The precision a form name ends with: "int8" for "int8", "cpu-int8" or "trt-int8"."""
+    return form.rsplit("-", 1)[-1]
+
+
 class ParityError(DfxError):
     """A model form misses its tolerance. Carries the measured report."""
 
@@ -46,8 +51,7 @@ def compare(form: str, reference: np.ndarray, logits: np.ndarray, labels: np.nda
     logits = np.asarray(logits, np.float64).ravel()
     if reference.shape != logits.shape:
         raise ValueError(f"{form}: {logits.size} logits for {reference.size} reference logits")
-    precision = form.rsplit("-", 1)[-1]
-    tol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    tol = TOLERANCES.get(precision_of(form), TOLERANCES["fp32"])
     diff = np.abs(logits - reference)
     agreement = float(np.mean((logits >= threshold) == (reference >= threshold)))
     report: dict = {

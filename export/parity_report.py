@@ -26,7 +26,7 @@ HINTS = {
 
 
 def hint_for(form: str) -> str:
-    return HINTS.get(form.rsplit("-", 1)[-1], HINTS["fp32"])
+    return HINTS.get(parity.precision_of(form), HINTS["fp32"])
 
 
 def measure(

@@ -20,14 +20,14 @@ from typing import Callable
 import numpy as np
 
 from dfx import datasets
-from dfx.bundle import Bundle, BundleError, tool_versions
+from dfx.bundle import ONNX_ROLES, Bundle, BundleError, tool_versions
 from dfx.datasets import DatasetError
 from dfx.export import data as export_data
 from dfx.export import int8, onnx_export, parity_report
 from dfx.export.onnx_export import FP32_TOLERANCE
+from dfx.parity import precision_of
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "cpu-int8": "model.int8.cpu.onnx"}
-ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
 # The INT8 files and their activation type: TensorRT's symmetric int8, the CPU's uint8 twin.
 INT8_FORMS = {"int8": "int8", "cpu-int8": "uint8"}
 CALIBRATION_REPORT = "calibration.json"
@@ -115,7 +115,7 @@ def _export_onnx_forms(bundle: Bundle, config: ExportConfig, keras_runner, log) 
         hint="try another --opset; the Keras model may use a layer tf2onnx converts approximately",
     )
     log(f"  ONNX vs Keras on {len(validation.images)} {validation.source}: max |diff| {diff:.2e} (<= {FP32_TOLERANCE:g})")
-    bundle.add_file(FILES["fp32"], role=ROLES["fp32"], tools=details.pop("tools"), **details,
+    bundle.add_file(FILES["fp32"], role=ONNX_ROLES["fp32"], tools=details.pop("tools"), **details,
                     validation=_validation_entry(diff, FP32_TOLERANCE, "keras", validation))
     bundle.save()
 
@@ -131,7 +131,7 @@ def _export_onnx_forms(bundle: Bundle, config: ExportConfig, keras_runner, log) 
         diff = onnx_export.validate("ONNX fp16", ort_val, half, tolerance, validation.source,
                                     hint="the model leaves float16's range; serve fp32 or int8")
         log(f"  fp16 vs fp32 (ORT): max |diff| {diff:.2e} (<= {tolerance:.3g})")
-        bundle.add_file(FILES["fp16"], role=ROLES["fp16"], tools=tool_versions("onnx"), source=FILES["fp32"],
+        bundle.add_file(FILES["fp16"], role=ONNX_ROLES["fp16"], tools=tool_versions("onnx"), source=FILES["fp32"],
                         **details, validation=_validation_entry(diff, tolerance, "onnx-fp32", validation))
         bundle.save()
 
@@ -242,7 +242,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     for form, entry in written.items():
         details = dict(entry["quantization"])
         tools = details.pop("tools", None) or tool_versions("onnxruntime", "onnx")
-        bundle.add_file(FILES[form], role=ROLES[form], tools=tools, source=FILES["fp32"], **details,
+        bundle.add_file(FILES[form], role=ONNX_ROLES[form], tools=tools, source=FILES["fp32"], **details,
                         calibration={"report": CALIBRATION_REPORT, "images": len(used), "cache_key": key},
                         validation=entry["validation"])
     bundle.save()
@@ -320,7 +320,7 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
     log(f"parity against Keras on {len(images.images)} images from {images.source}")
     reference = _run(keras_runner, images.images, config.batch_size)
     forms = {
-        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, n.rsplit("-", 1)[-1], size, config))
+        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, precision_of(n), size, config))
         for name in ("fp32", "fp16", "int8", "cpu-int8")
         if bundle.has(FILES[name])
     }

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dfx.bundle import Bundle, BundleError
+from dfx.bundle import ONNX_ROLES, Bundle, BundleError
 from dfx.errors import DfxError
 from dfx.runtime.base import Runner
 
@@ -37,10 +37,9 @@ PREFERENCE = {
     "ort-cpu": ("int8", "fp32", "fp16"),
     "keras": ("fp32",),
 }
-ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8"}
 # CPU backends read the uint8-activation twin of the INT8 file when the bundle has one (bundles
 # exported before it existed have only the symmetric file, which they also run).
-CPU_INT8_ROLE = "onnx-cpu-int8"
+CPU_INT8_ROLE = ONNX_ROLES["cpu-int8"]
 CPU_BACKENDS = ("ort-cpu", "openvino")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dfx.bundle import Bundle
+from dfx.parity import precision_of
 from dfx.runtime import openvino
 from test_runners import check_parity, reference  # noqa: F401  (the shared checker and its Keras reference fixture)
 
@@ -18,7 +19,7 @@ ROLES = {"fp32": "onnx-fp32", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
 
 def ov_runner(bundle: Bundle, form: str, **options) -> openvino.OpenVinoRunner:
     path = str(bundle.file(bundle.files_with_role(ROLES[form])[0]))
-    return openvino.OpenVinoRunner(path, precision=form.rsplit("-", 1)[-1], input_size=bundle.input_size, **options)
+    return openvino.OpenVinoRunner(path, precision=precision_of(form), input_size=bundle.input_size, **options)
 
 
 @needs_openvino

@@ -27,10 +27,10 @@ def main() -> None:
     from dfx.runtime.base import physical_cores
     from dfx.runtime.openvino import OpenVinoRunner
     from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.select import plan
 
     bundle = Bundle.open(args.bundle)
-    roles = {"fp32": ["onnx-fp32"], "int8": ["onnx-cpu-int8", "onnx-int8"]}[args.precision]  # the CPU twin first
-    path = str(bundle.file(next(n for role in roles for n in bundle.files_with_role(role))))
+    path = str(bundle.file(plan(bundle, "openvino", args.precision)[0].file))  # the file `dfx scan` would run
     cores = physical_cores()
     settings = {
         "default (LATENCY, static, uint8 in)": {},

@@ -14,7 +14,7 @@ strongly typed networks only):
 ranges: activations uint8 with a zero point, weights as above, int32 biases and Q/DQ pairs
 shared between consumers, the form ONNX Runtime fuses into its QLinearConv kernels. On x86
 without VNNI both runtimes' fast int8 kernels multiply uint8 by int8; given the symmetric file,
-ONNX Runtime falls back to slower kernels (measured: benchmarks/scripts/int8_u8_vs_s8.py). A ReLU output
+ONNX Runtime falls back to slower kernels (measured: benchmarks/scripts/int8_cpu_threads.py). A ReLU output
 also gets all 256 levels over [0, t] instead of the 128 of the symmetric form, which is why
 the twin can usually quantize the first convolution as well.
 

@@ -13,10 +13,10 @@ strongly typed networks only):
 `model.int8.cpu.onnx` is its twin for CPUs (ONNX Runtime and OpenVINO), from the very same
 ranges: activations uint8 with a zero point, weights as above, int32 biases and Q/DQ pairs
 shared between consumers, the form ONNX Runtime fuses into its QLinearConv kernels. On x86
-without VNNI both runtimes' fast int8 kernels multiply uint8 by int8; given the symmetric file,
-ONNX Runtime falls back to slower kernels (measured: benchmarks/scripts/int8_cpu_threads.py). A ReLU output
-also gets all 256 levels over [0, t] instead of the 128 of the symmetric form, which is why
-the twin can usually quantize the first convolution as well.
+without VNNI both runtimes' fast int8 kernels multiply uint8 by int8; given the symmetric
+file, ONNX Runtime falls back to slower kernels (measured: benchmarks/scripts/int8_cpu_threads.py).
+A ReLU output also gets all 256 levels over [0, t] instead of the 128 of the symmetric form,
+which is why the twin's float-conv search starts from quantizing every conv.
 
 Layers left unquantized (the pooling between Q/DQ pairs, the final logit layer) stay float32
 in both files; TensorRT builds the strongly typed network and follows those types. We chose

@@ -33,6 +33,7 @@ import numpy as np
 from dfx.bundle import ONNX_ROLES, Bundle
 from dfx.errors import DfxError
 from dfx.runtime.base import Runner
+from dfx.runtime.keras import KerasRunner
 
 # bench backend name -> (dfx.runtime.select backend, precision). "keras" is handled apart.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -98,29 +99,12 @@ def normalize(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-class KerasPredictRunner(Runner):
-    """The Keras reference as users call it: `model.predict(x, batch_size=len(x), verbose=0)`."""
-
-    backend = "keras"
-    precision = "fp32"
-
-    def __init__(self, source: str, input_size: tuple[int, int] | None = None):
-        super().__init__(source, input_size=input_size, name="keras-predict")
-        self._model: Any = None
-
-    def _activate(self) -> None:
-        from dfx.errors import require
-
-        require("tensorflow", "train", "the Keras reference runner")
-        import keras
-
-        self._model = keras.saving.load_model(self._load_source(), compile=False)
+class KerasPredictRunner(KerasRunner):
+    """The Keras reference as users call it: `model.predict(x, batch_size=len(x), verbose=0)`
+    (KerasRunner itself uses predict_on_batch for small batches)."""
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._model.predict(batch.astype(np.float32), batch_size=len(batch), verbose=0)
-
-    def _deactivate(self) -> None:
-        self._model = None
 
 
 def plan_backends(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
@@ -154,7 +138,7 @@ def make_runner(bundle: Bundle, name: str, threads: int | None) -> Runner:
 
     if name == "keras":
         keras_file = bundle.files_with_role("keras")[0]
-        runner = KerasPredictRunner(os.fspath(bundle.file(keras_file)), input_size=bundle.input_size)
+        runner = KerasPredictRunner(os.fspath(bundle.file(keras_file)), input_size=bundle.input_size, name="keras-predict")
         runner.model_file = keras_file  # type: ignore[attr-defined]
         return runner
     backend, precision = BACKENDS[name]

@@ -47,14 +47,10 @@ def cpu_flags() -> list[str]:
 
 def cores() -> tuple[int, int]:
     """(physical, logical) cores available to this process."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        import psutil
+    from dfx.runtime.base import physical_cores
 
-        physical = psutil.cpu_count(logical=False) or logical
-    except ImportError:
-        physical = logical
-    return min(physical, logical), logical
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(physical_cores(), logical), logical
 
 
 def memory_gb() -> float | None:

@@ -14,11 +14,6 @@ FIXTURE_CALIB_COUNT = 256
 FIXTURE_CALIB_METHOD = "entropy"
 
 
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 @pytest.fixture(scope="session")
 def exported_bundle(trained_bundle, synth_data, tmp_path_factory) -> Path:
     """A copy of trained_bundle with model.onnx, model.fp16.onnx, model.int8.onnx,
@@ -26,7 +21,7 @@ def exported_bundle(trained_bundle, synth_data, tmp_path_factory) -> Path:
     pytest.importorskip("tf2onnx", reason="export needs tf2onnx (pip install 'dfx[export]')")
     from dfx.export.pipeline import ExportConfig, export_bundle
 
-    out = copy_bundle(Path(trained_bundle), tmp_path_factory.mktemp("exported") / "bundle")
+    out = Path(shutil.copytree(trained_bundle, tmp_path_factory.mktemp("exported") / "bundle"))
     # Parity on all 400 synthetic images, not the 80 of the validation split: there one flipped
     # decision is 1.25% and the int8 bar (98%) would hinge on a single image.
     config = ExportConfig(

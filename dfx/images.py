@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -22,11 +23,32 @@ from dfx.errors import DfxError
 
 FIT_POLICIES = ("resize", "crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# The Pillow decoders dfx lets near untrusted bytes. Every other plugin (EPS hands data to
+# Ghostscript, and dozens of rarely-fuzzed legacy formats) is refused: less attack surface.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 # Guards against hostile or broken inputs. 40 MP covers any camera photo; a "decompression
-# bomb" declares far more pixels than its bytes would suggest.
+# bomb" declares far more pixels than its bytes would suggest. One limit for every source kind,
+# checked on the header before any pixel is decoded; DFX_MAX_PIXELS overrides it.
 MAX_PIXELS = 40_000_000
+PIXEL_LIMIT_ENV = "DFX_MAX_PIXELS"
 MAX_FILE_BYTES = 64 * 1024 * 1024
+_MAX_REASON = 240  # characters of an underlying library's message kept in a reason
+
+# First bytes of each format in IMAGE_FORMATS: folder walks recognise images by content, so an
+# upload stored under a bare hash name is scanned, not skipped.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+SNIFF_BYTES = 16
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -58,24 +80,74 @@ def describe(source: object) -> str:
     return f"<{type(source).__name__}>"
 
 
+def pixel_limit() -> int:
+    """The largest image (width × height) dfx decodes: $DFX_MAX_PIXELS, else MAX_PIXELS."""
+    text = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        # A configuration mistake, not a bad input: ValueError, like an unknown fit policy.
+        raise ValueError(f"{PIXEL_LIMIT_ENV} must be a positive number of pixels, not {text!r}")
+    return value
+
+
+def too_large_reason(pixels: int, limit: int, dims: str = "") -> str:
+    """The one message for an image over the pixel limit, whichever source or check found it."""
+    shown = f"{dims} = {pixels:,} pixels" if dims else f"{pixels:,} pixels"
+    return f"image too large ({shown}; the limit is {limit:,} pixels, set {PIXEL_LIMIT_ENV} to change it)"
+
+
+def sniff(head: bytes) -> str | None:
+    """The format (a name in IMAGE_FORMATS) that these first bytes announce, or None."""
+    for magic, fmt in _SIGNATURES:
+        if head.startswith(magic):
+            return fmt
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def sniff_file(path: str | os.PathLike) -> str | None:
+    """sniff() on a regular file's first bytes; None for anything unreadable or not a regular
+    file (a FIFO or device would block or never end)."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as handle:
+            return sniff(handle.read(SNIFF_BYTES))
+    except OSError:
+        return None
+
+
 def load_image(source: ImageSource, size: int | tuple[int, int], fit: str = "resize") -> np.ndarray:
     """Decode `source` and fit it to `size` (H, W). Returns uint8 (H, W, 3), C-contiguous.
 
     `source` may be a path, encoded bytes, a PIL image or an array (H×W, H×W×1/3/4; uint8,
-    uint16, or float in [0, 1]). Raises ImageError with the source and the reason on any
-    unreadable, truncated, empty or oversized input.
+    uint16, or float in [0, 1]). Any input that cannot become pixels (unreadable, truncated,
+    empty, malformed, over the pixel limit) raises ImageError with the source and a reason,
+    whatever Pillow or numpy raised underneath. ValueError only for a bad `fit`/`size` or
+    $DFX_MAX_PIXELS (the caller's mistake, not the input's).
     """
     if fit not in FIT_POLICIES:
         raise ValueError(f"fit must be one of {FIT_POLICIES}, not {fit!r}")
     height, width = _as_hw(size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, not {size!r}")
     name = describe(source)
+    pixel_limit()  # a bad $DFX_MAX_PIXELS is the caller's ValueError, never an input's ImageError
     image = to_rgb(source)
     try:
         if fit == "resize":
             return _resize(image, height, width)
         return _centre_crop(np.asarray(image), height, width)
-    except (OSError, ValueError) as exc:  # lazy decoders can fail late, in resize
-        raise ImageError(name, f"cannot decode image ({exc})") from exc
+    except Exception as exc:  # lazy decoders can fail late, in resize: still the input's fault
+        raise ImageError(name, _decode_reason(exc, getattr(image, "format", None))) from exc
 
 
 def load_many(
@@ -118,11 +190,24 @@ def to_rgb(source: ImageSource) -> "PIL.Image.Image":  # noqa: F821
     from PIL import Image
 
     name = describe(source)
+    pixel_limit()  # raises ValueError on a bad $DFX_MAX_PIXELS, before any input is blamed
     if isinstance(source, np.ndarray):
-        return Image.fromarray(_array_to_rgb8(source, name), "RGB")
+        try:
+            return Image.fromarray(_array_to_rgb8(source, name), "RGB")
+        except ImageError:
+            raise
+        except Exception as exc:  # odd strides, object arrays, ...: still one error type
+            raise ImageError(name, _decode_reason(exc, "array")) from exc
     if isinstance(source, Image.Image):
-        return _pil_to_rgb(source, name)
+        try:
+            return _pil_to_rgb(source, name)
+        except ImageError:
+            raise
+        except Exception as exc:  # a caller's lazily opened image decodes here
+            raise ImageError(name, _decode_reason(exc, source.format)) from exc
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > MAX_FILE_BYTES:
+            raise ImageError(name, f"input too large ({len(source)} bytes > {MAX_FILE_BYTES})")
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
         data = _read_file(Path(source), name)
@@ -133,27 +218,53 @@ def to_rgb(source: ImageSource) -> "PIL.Image.Image":  # noqa: F821
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # Reads the header only; pixels are decoded by load(), after the size check.
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             _check_pixels(image.size, name)
             image.load()
+            return _pil_to_rgb(image, name)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(name, f"image too large ({exc})") from exc
+        # Pillow's own (higher) bomb guard fired first: same message as ours, with our limit.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageError(name, too_large_reason(int(found.group(1)) if found else 0, pixel_limit())) from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageError(name, "not an image (unknown format)") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # PIL raises OSError("image file is truncated ...") for cut-off files.
-        raise ImageError(name, f"cannot decode image ({exc})") from exc
-    return _pil_to_rgb(image, name)
+        fmt = sniff(data[:SNIFF_BYTES])
+        reason = f"cannot decode image (not a valid {fmt} file)" if fmt else "not an image (unknown format)"
+        raise ImageError(name, reason) from exc
+    except Exception as exc:  # crafted files reach TypeErrors etc. deep in Pillow: one error type
+        raise ImageError(name, _decode_reason(exc, sniff(data[:SNIFF_BYTES]))) from exc
+
+
+def _decode_reason(exc: BaseException, fmt: str | None) -> str:
+    """A reason a person can act on, from whatever a decoder raised."""
+    detail = " ".join(str(exc).split())[:_MAX_REASON] or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return "cannot decode image (out of memory while decoding)"
+    if isinstance(exc, (OSError, ValueError, SyntaxError, EOFError)):
+        # Pillow's usual words for broken data, e.g. "image file is truncated (3 bytes not processed)".
+        return f"cannot decode image ({detail})"
+    # Anything else means the decoder met a structure it did not expect: a crafted or corrupt file.
+    return f"cannot decode image (malformed {fmt or 'image'} data: {type(exc).__name__}: {detail})"
 
 
 def _read_file(path: Path, name: str) -> bytes:
+    import stat
+
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(name, f"file too large ({size} bytes > {MAX_FILE_BYTES})")
-        return path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(name)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise ImageError(name, "not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageError(name, f"file too large ({info.st_size} bytes > {MAX_FILE_BYTES})")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows meanwhile
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(name, f"file too large (over {MAX_FILE_BYTES} bytes)")
+        return data
     except ImageError:
         raise
     except FileNotFoundError as exc:
@@ -168,16 +279,20 @@ def _check_pixels(size: tuple[int, int], name: str) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageError(name, f"image has no pixels ({width}x{height})")
-    if width * height > MAX_PIXELS:
-        raise ImageError(name, f"image too large ({width}x{height} > {MAX_PIXELS} pixels)")
+    limit = pixel_limit()
+    if width * height > limit:
+        raise ImageError(name, too_large_reason(width * height, limit, f"{width}x{height}"))
 
 
 def _pil_to_rgb(image: "PIL.Image.Image", name: str) -> "PIL.Image.Image":  # noqa: F821
     from PIL import Image, ImageOps
 
     _check_pixels(image.size, name)
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # animated GIF/WebP/TIFF: the first frame
+    # Animated GIF/WebP/TIFF: the first frame. Not via n_frames, which walks (and parses) every
+    # frame's header: a crafted TIFF's later frames raise TypeErrors there.
+    if image.tell() != 0:
+        image.seek(0)
+        _check_pixels(image.size, name)
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block must not cost the image; keep it as stored
@@ -249,19 +364,56 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def iter_image_files(paths: list[str | os.PathLike]) -> list[str]:
-    """Expand files and folders (recursively, sorted) into image paths.
+def parse_extensions(text: str | None) -> tuple[str, ...] | None:
+    """"jpg,.PNG, webp" -> (".jpg", ".png", ".webp"); None or "" -> None (no restriction)."""
+    if not text or not text.strip():
+        return None
+    found = tuple(dict.fromkeys("." + e.strip().lower().lstrip(".") for e in text.split(",") if e.strip().strip(".")))
+    if not found:
+        raise ValueError(f"no extension in {text!r}")
+    return found
 
-    Files named explicitly are kept whatever their suffix, so a bad file given on purpose
-    yields an error row instead of vanishing silently.
+
+def walk_images(
+    paths: list[str | os.PathLike], extensions: tuple[str, ...] | None = None
+) -> tuple[list[str], list[str]]:
+    """(inputs to scan, files skipped) for files and folders (folders walked recursively, sorted).
+
+    Files named explicitly are kept whatever they hold, so a bad file given on purpose yields
+    an error row instead of vanishing silently. Inside folders a file is scanned when its
+    suffix is an image suffix or, when the suffix says nothing, when its first bytes are an
+    image signature (uploads are often stored under bare hash names). `extensions` (e.g.
+    (".jpg", ".png")) restricts folder walks to exactly those suffixes, content unread. Every
+    other file (and anything not a regular file, such as a FIFO) is returned as skipped.
     """
+    import stat
+
     found: list[str] = []
+    skipped: list[str] = []
     for entry in paths:
         entry = os.fspath(entry)
-        if os.path.isdir(entry):
-            for folder, dirs, files in os.walk(entry):
-                dirs.sort()
-                found.extend(os.path.join(folder, f) for f in sorted(files) if is_image_path(f))
-        else:
+        if not os.path.isdir(entry):
             found.append(entry)
-    return found
+            continue
+        for folder, dirs, files in os.walk(entry):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                lower = name.lower()
+                if extensions is not None:
+                    keep = lower.endswith(extensions)
+                else:
+                    keep = lower.endswith(IMAGE_SUFFIXES) or sniff_file(path) is not None
+                if keep:
+                    try:
+                        keep = stat.S_ISREG(os.stat(path).st_mode)
+                    except OSError:
+                        keep = True  # vanished or unreadable: its error row says so
+                (found if keep else skipped).append(path)
+    return found, skipped
+
+
+def iter_image_files(paths: list[str | os.PathLike], extensions: tuple[str, ...] | None = None) -> list[str]:
+    """The inputs walk_images() would scan (files named explicitly always, folders by content or
+    suffix)."""
+    return walk_images(paths, extensions)[0]

@@ -16,9 +16,11 @@ flushed row by row): path, logit, probability, decision (fake/real), backend, pr
 model_sha256, error.
 
 Inputs: files named on the command line are always scanned (a bad one gets an error row).
-Inside folders (walked recursively, in sorted order) only files with an image suffix
-(.jpg .jpeg .png .webp .bmp .tif .tiff .gif) are scanned; other files are skipped and counted
-in the summary, so a stray README or .DS_Store never becomes an error row. Empty, truncated,
+Inside folders (walked recursively, in sorted order) a file is scanned when it has an image
+suffix (.jpg .jpeg .png .webp .bmp .tif .tiff .gif) or, whatever its name, when its first bytes
+are a JPEG, PNG, WebP, BMP, TIFF or GIF signature (uploads stored under bare hash names);
+--extensions restricts folders to the suffixes given. Other files are skipped and counted in
+the summary, so a stray README or .DS_Store never becomes an error row. Empty, truncated,
 non-image and oversized files become rows with their error; the scan goes on.
 """
 
@@ -55,34 +57,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Runtime CPU (INT8 where the bundle has it), else Keras; or force one",
     )
     p.add_argument("--precision", choices=PRECISIONS, help="force a model precision (default: the fastest the backend runs)")
-    p.add_argument("--batch", type=int, default=32, metavar="N", help="images per inference batch (default 32)")
+    p.add_argument("--batch", type=int, metavar="N", help="images per inference batch (default 32; --engine ray: 32 per CPU actor, 64 per GPU actor)")
     p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU backends: inference threads (default: physical cores)")
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's); logit >= it means fake")
+    p.add_argument("--extensions", metavar="EXT[,EXT...]", help="inside folders scan only files with these suffixes "
+                   "(e.g. jpg,png); default: image suffixes plus any file whose first bytes are an image")
     p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no backend line, progress bar or summary")
+    ray = p.add_argument_group("scale-out on Ray (pip install 'dfx[ray]'; see README, Scale-out: Ray)")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default): this process; ray: Ray Data "
+                     "on a cluster or this machine, --out is then a folder or bucket prefix of Parquet/JSONL shards, and PATH may "
+                     "be a URI (s3://, gs://...), a glob or @FILE (a manifest, one path/URI per line)")
+    ray.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="--engine ray: shard format (default parquet)")
+    ray.add_argument("--actors", type=int, metavar="N", help="--engine ray: inference actors (default: one per GPU, else the CPUs "
+                     "left after one decode task, divided by --threads)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a "
+                     "local Ray instance on this machine)")
     p.set_defaults(handler=scan_command)
-
-
-def _count_non_images(paths: list[str]) -> int:
-    from dfx.images import is_image_path
-
-    skipped = 0
-    for entry in paths:
-        if os.path.isdir(entry):
-            for _, _, files in os.walk(entry):
-                skipped += sum(1 for f in files if not is_image_path(f))
-    return skipped
 
 
 def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
-    from dfx.images import iter_image_files
+    from dfx.images import parse_extensions, walk_images
     from dfx.runtime.pipeline import iter_results
     from dfx.runtime.results import ResultWriter, output_format, read_results
     from dfx.runtime.select import choose_runner
 
+    if getattr(args, "engine", "local") == "ray":
+        from dfx.runtime.ray import scan_command as ray_scan_command
+
+        return ray_scan_command(args)
+    if args.batch is None:
+        args.batch = 32
     if args.batch < 1:
         raise DfxError(f"--batch must be >= 1, not {args.batch}")
     output_format(args.out)
@@ -90,8 +98,13 @@ def scan_command(args: argparse.Namespace) -> int:
         raise DfxError(f"{args.out} already exists", hint="pass --resume to finish that scan, or --overwrite to start over")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
+    try:
+        extensions = parse_extensions(getattr(args, "extensions", None))
+    except ValueError as exc:
+        raise DfxError(f"--extensions: {exc}", hint="give suffixes such as --extensions jpg,png") from exc
     bundle = Bundle.open(args.bundle)
-    files = list(dict.fromkeys(iter_image_files(args.paths)))  # a file named twice is scanned once
+    walked, non_images = walk_images(args.paths, extensions)
+    files = list(dict.fromkeys(walked))  # a file named twice is scanned once
     if not files:
         raise DfxError(f"no image files in {' '.join(args.paths)}", hint="dfx reads .jpg .jpeg .png .webp .bmp .tif .tiff .gif")
     earlier = read_results(args.out, repair=True) if args.resume else []  # repair: cut a half-written last row
@@ -140,7 +153,7 @@ def scan_command(args: argparse.Namespace) -> int:
         "images_per_s": round(counts["images"] / seconds, 1) if seconds > 0 else 0.0,
         "out": os.fspath(args.out),
         "skipped_done": len(files) - len(todo),
-        "skipped_non_image": _count_non_images(args.paths),
+        "skipped_non_image": len(non_images),
         "backend": runner.backend,
         "precision": runner.precision,
     }

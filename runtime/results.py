@@ -115,15 +115,23 @@ def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[Resul
                 continue
             try:
                 rows.append(_from_dict(json.loads(line)))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise DfxError(f"{path}:{number} is not a dfx result row ({exc})", hint="write to a new --out file") from exc
+            # RecursionError: absurdly nested JSON; OverflowError: a number no float holds.
+            except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+                raise DfxError(f"{path}:{number} is not a dfx result row ({_short(exc)})", hint="write to a new --out file") from exc
     else:
         reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames and "path" not in reader.fieldnames:
-            raise DfxError(f"{path} is not a dfx results CSV (no 'path' column)", hint="write to a new --out file")
-        for row in reader:
-            rows.append(_from_dict(row))
+        try:
+            if reader.fieldnames and "path" not in reader.fieldnames:
+                raise DfxError(f"{path} is not a dfx results CSV (no 'path' column)", hint="write to a new --out file")
+            for row in reader:
+                rows.append(_from_dict(row))
+        except (csv.Error, ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise DfxError(f"{path}:{reader.line_num} is not a dfx result row ({_short(exc)})", hint="write to a new --out file") from exc
     return rows
+
+
+def _short(exc: BaseException) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
 
 
 def done_paths(path: str | os.PathLike) -> set[str]:
@@ -131,15 +139,29 @@ def done_paths(path: str | os.PathLike) -> set[str]:
     return {r.path for r in read_results(path, repair=True)}
 
 
-def _from_dict(row: dict[str, Any]) -> Result:
+def _from_dict(row: Any) -> Result:
+    # A row is a flat object of strings and numbers; anything else is not ours (TypeError).
     def num(value: Any) -> float | None:
-        return None if value in (None, "") else float(value)
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(f"expected a number, got {type(value).__name__}")
+        return float(value)
 
     def text(value: Any) -> str | None:
-        return None if value in (None, "") else str(value)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(f"expected text, got {type(value).__name__}")
+        return str(value)
 
+    if not isinstance(row, dict):
+        raise TypeError(f"expected an object, got {type(row).__name__}")
+    path = row["path"]
+    if not isinstance(path, str) or not path:
+        raise TypeError("the row has no path")
     return Result(
-        path=str(row["path"]),
+        path=path,
         logit=num(row.get("logit")),
         probability=num(row.get("probability")),
         decision=text(row.get("decision")),

@@ -1,0 +1,274 @@
+"""Input doors under hostile input (issue #15): load_image raises only ImageError with a reason a
+person can act on, one pixel limit checked before decoding with one message, folder walks that
+recognise images by content, and a results file that --resume reads without surprises."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfx import images
+from dfx.errors import DfxError
+from dfx.images import ImageError, load_image
+
+
+def _ifd(entries: list[tuple[int, int, int, int]], next_offset: int) -> bytes:
+    out = struct.pack("<H", len(entries))
+    for tag, kind, count, value in sorted(entries):
+        out += struct.pack("<HHII", tag, kind, count, value)
+    return out + struct.pack("<I", next_offset)
+
+
+# A 1x1 8-bit grey TIFF: width, height, bits, compression, photometric, strip offset (the pixel
+# at byte 8), samples, rows per strip, strip byte count. Types: 3 SHORT, 4 LONG, 5 RATIONAL.
+_TIFF_1X1 = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+             (273, 4, 1, 8), (277, 3, 1, 1), (278, 3, 1, 1), (279, 4, 1, 1)]
+
+
+def tiff_second_frame_without_dimensions() -> bytes:
+    """Frame 0 is fine; frame 1 has no width/height. Pillow raised TypeError("Missing
+    dimensions") when load_image counted frames through `n_frames` (fuzzer find, issue #15)."""
+    first_ifd = 10
+    second_ifd = first_ifd + 2 + 12 * len(_TIFF_1X1) + 4
+    return b"II*\x00" + struct.pack("<I", first_ifd) + b"\x80\x00" + _ifd(_TIFF_1X1, second_ifd) + _ifd([(259, 3, 1, 1)], 0)
+
+
+def tiff_rational_strip_offset() -> bytes:
+    """StripOffsets stored as a RATIONAL: Pillow raised TypeError("'IFDRational' object cannot
+    be interpreted as an integer") while loading (fuzzer find, issue #15)."""
+    rational_at = 10 + 2 + 12 * len(_TIFF_1X1) + 4
+    entries = [(t, 5, c, rational_at) if t == 273 else (t, k, c, v) for t, k, c, v in _TIFF_1X1]
+    return b"II*\x00" + struct.pack("<I", 10) + b"\x80\x00" + _ifd(entries, 0) + struct.pack("<II", 8, 1)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 4x4 PNG whose header claims width x height (a decompression bomb's header)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 16
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
+    return bytes(data)
+
+
+def _encode(fmt: str, size: tuple[int, int] = (12, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+# ---- the two TIFF files the fuzzer found ----------------------------------------------------------
+
+
+def test_tiff_with_a_broken_second_frame_decodes_its_first_frame():
+    pixels = load_image(tiff_second_frame_without_dimensions(), 4, "crop")
+    assert pixels.shape == (4, 4, 3) and pixels[1, 1].tolist() == [0x80] * 3 and int(pixels.sum()) == 3 * 0x80  # grey, centred
+
+
+def test_tiff_broken_second_frame_through_a_pil_image():
+    image = Image.open(io.BytesIO(tiff_second_frame_without_dimensions()))
+    with pytest.raises(TypeError, match="Missing dimensions"):
+        image.n_frames  # what load_image used to ask: Pillow walks every frame's header
+    assert load_image(image, 4, "crop")[1, 1].tolist() == [0x80] * 3  # frame 0 is fine
+
+
+def test_tiff_rational_strip_offset_is_an_image_error():
+    with pytest.raises(ImageError) as info:
+        load_image(tiff_rational_strip_offset(), 4)
+    assert info.value.reason == (
+        "cannot decode image (malformed TIFF data: TypeError: 'IFDRational' object cannot be interpreted as an integer)"
+    )
+    assert info.value.source == f"<{len(tiff_rational_strip_offset())} bytes>"
+
+
+def test_the_same_bytes_from_a_file_name_the_file(tmp_path):
+    path = tmp_path / "upload.tif"
+    path.write_bytes(tiff_rational_strip_offset())
+    with pytest.raises(ImageError, match="IFDRational") as info:
+        load_image(path, 4)
+    assert info.value.source == str(path)
+
+
+def test_only_the_allowed_decoders_are_reached():
+    ppm = _encode("PPM")
+    assert Image.open(io.BytesIO(ppm)).format == "PPM"  # Pillow would decode it ...
+    with pytest.raises(ImageError, match=r"^<\d+ bytes>: not an image \(unknown format\)$"):
+        load_image(ppm, 4)  # ... dfx does not: every decoder is attack surface
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(eps, 4)  # EPS would hand the bytes to Ghostscript
+
+
+def test_a_signature_with_a_broken_body_says_which_format():
+    with pytest.raises(ImageError, match=r"not a valid PNG file"):
+        load_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 4)
+
+
+# ---- one pixel limit ------------------------------------------------------------------------------
+
+
+def _limit_message(pixels: int, dims: str, limit: int = images.MAX_PIXELS) -> str:
+    return images.too_large_reason(pixels, limit, dims)
+
+
+@pytest.mark.parametrize("width, height", [(10_000, 5_000), (20_000, 10_000), (100_000, 100_000)])
+def test_bombs_get_one_message_with_our_limit_before_decoding(width, height):
+    # 50 MP is ours alone to refuse; 200 MP passes Pillow's warning, 10 GP its hard error.
+    data = png_declaring(width, height)
+    began = time.perf_counter()
+    with pytest.raises(ImageError) as info:
+        load_image(data, 8)
+    assert time.perf_counter() - began < 1.0  # refused from the header, nothing decoded
+    assert info.value.reason == _limit_message(width * height, f"{width}x{height}") or (
+        # Pillow's hard limit fires inside Image.open, before the size is exposed: the count
+        # comes from its message, the words and the limit are ours.
+        info.value.reason == images.too_large_reason(width * height, images.MAX_PIXELS)
+    )
+    assert "40,000,000 pixels" in info.value.reason and "DFX_MAX_PIXELS" in info.value.reason
+    assert "178956970" not in info.value.reason and "bomb" not in info.value.reason.lower()
+
+
+def test_the_limit_is_the_same_for_arrays_pil_images_and_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFX_MAX_PIXELS", "100")
+    expected = _limit_message(11 * 10, "11x10", 100)
+    sources = [np.zeros((10, 11, 3), np.uint8), Image.new("RGB", (11, 10)), _encode("PNG", (11, 10))]
+    path = tmp_path / "x.jpg"
+    path.write_bytes(_encode("JPEG", (11, 10)))
+    for source in [*sources, path]:
+        with pytest.raises(ImageError) as info:
+            load_image(source, 4)
+        assert info.value.reason == expected, source
+    assert load_image(np.zeros((10, 10, 3), np.uint8), 4).shape == (4, 4, 3)  # exactly at the limit
+
+
+def test_the_limit_is_configurable_and_checked(monkeypatch):
+    data = png_declaring(10_000, 5_000)  # 50 MP: over the default
+    monkeypatch.setenv("DFX_MAX_PIXELS", "60_000_000")
+    with pytest.raises(ImageError, match="decode"):  # past the limit check: the 4x4 body is short
+        load_image(data, 8)
+    monkeypatch.setenv("DFX_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="DFX_MAX_PIXELS must be a positive number"):
+        load_image(data, 8)
+
+
+# ---- files that are not what they seem -------------------------------------------------------------
+
+
+def test_special_files_never_block(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo, 4)  # opening a FIFO for reading would wait for a writer forever
+    files, skipped = images.walk_images([tmp_path])
+    assert files == [] and skipped == [str(fifo)]
+
+
+def test_oversized_bytes_are_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 100)
+    with pytest.raises(ImageError, match=r"input too large \(\d+ bytes > 100\)"):
+        load_image(_encode("PNG", (64, 64)) + b"\x00" * 100, 4)
+
+
+# ---- content sniffing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_sniff_knows_every_format_dfx_reads(fmt):
+    assert images.sniff(_encode(fmt)[: images.SNIFF_BYTES]) == fmt
+    assert fmt in images.IMAGE_FORMATS
+
+
+def test_walk_finds_extensionless_uploads_and_counts_the_rest(tmp_path):
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / "3f9a0c").write_bytes(_encode("JPEG"))  # hash names, no suffix
+    (inbox / "sub" / "b71e").write_bytes(_encode("PNG"))
+    (inbox / "photo.webp").write_bytes(_encode("WEBP"))
+    (inbox / "empty.jpg").write_bytes(b"")  # image suffix: scanned, becomes an error row
+    (inbox / "notes.txt").write_text("hello")
+    (inbox / "d41d8c").write_bytes(b"\x00\x01 not an image")
+    files, skipped = images.walk_images([inbox])
+    rel = lambda paths: sorted(os.path.relpath(p, inbox) for p in paths)  # noqa: E731
+    assert rel(files) == ["3f9a0c", "empty.jpg", "photo.webp", "sub/b71e"]
+    assert rel(skipped) == ["d41d8c", "notes.txt"]
+    for path in files:
+        if not path.endswith("empty.jpg"):
+            assert load_image(path, 8).shape == (8, 8, 3)
+
+    only = images.parse_extensions("JPG, .webp")
+    assert only == (".jpg", ".webp")
+    files, skipped = images.walk_images([inbox], only)
+    assert rel(files) == ["empty.jpg", "photo.webp"]  # restricted: content is not read
+    assert rel(skipped) == ["3f9a0c", "d41d8c", "notes.txt", "sub/b71e"]
+    assert images.iter_image_files([inbox / "notes.txt"]) == [str(inbox / "notes.txt")]  # named: always
+
+
+def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
+    """dfx scan on a tiny ONNX bundle: a PNG stored without a suffix gets a score, a text file
+    is counted as skipped, and --extensions restricts the walk."""
+    from dfx.cli import main
+    from dfx.runtime.results import read_results
+    from _hardening_bundle import make_onnx_bundle
+
+    bundle = make_onnx_bundle(tmp_path / "bundle")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a1b2c3").write_bytes(_encode("PNG"))
+    (inbox / "x.jpg").write_bytes(_encode("JPEG"))
+    (inbox / "readme").write_text("not an image")
+    out = tmp_path / "rows.jsonl"
+    assert main(["scan", str(bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    rows = {Path(r.path).name: r for r in read_results(out)}
+    assert sorted(rows) == ["a1b2c3", "x.jpg"] and all(r.ok for r in rows.values())
+    err = capsys.readouterr().err
+    summary = [line for line in err.splitlines() if line.startswith("{")][-1]
+    assert '"skipped_non_image": 1' in summary
+    assert main(["scan", str(bundle), str(inbox), "--out", str(out), "--overwrite", "--backend", "ort-cpu",
+                 "--extensions", "jpg"]) == 0
+    assert [Path(r.path).name for r in read_results(out)] == ["x.jpg"]
+    assert '"skipped_non_image": 2' in capsys.readouterr().err
+
+
+# ---- the results file --resume reads ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"path": "a", "logit": 1e999999}\n',  # float overflow to inf is fine for json, not for int
+        '{"path": "a", "logit": ' + "9" * 400 + "}\n",  # an int too large for a float
+        "[" * 100_000 + "\n",  # nesting deep enough to exhaust the recursion limit
+        '"just a string"\n',
+        '{"path": {"nested": 1}}\n',
+    ],
+)
+def test_hostile_jsonl_rows_raise_only_dfx_errors(tmp_path, text):
+    from dfx.runtime.results import read_results
+
+    path = tmp_path / "r.jsonl"
+    path.write_text(text)
+    try:
+        read_results(path)
+    except DfxError as exc:
+        assert "is not a dfx result row" in str(exc)
+
+
+@pytest.mark.parametrize("text", ["path,logit\n" + "a" * 200_000 + ",1\n", "path,logit\n\"a\x00b\",1\n", "path\n\"unterminated\n"])
+def test_hostile_csv_raises_only_dfx_errors(tmp_path, text):
+    from dfx.runtime.results import read_results
+
+    path = tmp_path / "r.csv"
+    path.write_text(text)
+    try:
+        read_results(path)
+    except DfxError as exc:
+        assert str(path) in str(exc)

@@ -249,6 +249,13 @@ def _decode_reason(exc: BaseException, fmt: str | None) -> str:
     return f"cannot decode image (malformed {fmt or 'image'} data: {type(exc).__name__}: {detail})"
 
 
+def read_bytes(source: str | os.PathLike) -> bytes:
+    """A file's bytes under load_image's limits and errors (ImageError: no such file, too large,
+    ...). For readers that need the encoded bytes beside the pixels (C2PA provenance): read
+    once, then hand the same bytes to load_image and to the other reader."""
+    return _read_file(Path(source), describe(source))
+
+
 def _read_file(path: Path, name: str) -> bytes:
     import stat
 

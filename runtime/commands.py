@@ -7,13 +7,17 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from dfx.errors import DfxError
 
 SCAN_DESCRIPTION = """\
 Score images with a bundle's model and stream one row per input to --out (.jsonl or .csv,
 flushed row by row): path, logit, probability, decision (fake/real), backend, precision,
-model_sha256, error.
+model_sha256, error; then the C2PA provenance read from the same bytes (c2pa:
+none/valid/trusted/invalid, c2pa_failures, claim_generator, ai_declared, provenance_error; null
+without the c2pa extra or with --no-provenance) and the combined verdict (ai-declared, conflict,
+invalid-manifest, fake, real; the policy is in the README, "Provenance: C2PA").
 
 Inputs: files named on the command line are always scanned (a bad one gets an error row).
 Inside folders (walked recursively, in sorted order) a file is scanned when it has an image
@@ -66,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no backend line, progress bar or summary")
+    prov = p.add_argument_group("C2PA provenance (pip install 'dfx[c2pa]'; see README, Provenance: C2PA)")
+    prov.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
+    prov.add_argument("--trust-anchors", metavar="PEM", help="PEM file of trusted root certificates: manifests signed under "
+                      "them read `trusted` (without it at most `valid`)")
     ray = p.add_argument_group("scale-out on Ray (pip install 'dfx[ray]'; see README, Scale-out: Ray)")
     ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default): this process; ray: Ray Data "
                      "on a cluster or this machine, --out is then a folder or bucket prefix of Parquet/JSONL shards, and PATH may "
@@ -76,6 +84,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--ray-address", metavar="ADDR", help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a "
                      "local Ray instance on this machine)")
     p.set_defaults(handler=scan_command)
+
+
+def _provenance_reader(args: argparse.Namespace, say: Any) -> Any:
+    """The scan's C2PA reader, or None (off, or the c2pa extra missing: said once, not fatal)."""
+    import importlib.util
+
+    from dfx.runtime.provenance import ProvenanceReader
+
+    if getattr(args, "no_provenance", False):
+        return None
+    reader = ProvenanceReader.maybe(True, getattr(args, "trust_anchors", None))
+    if reader is None and importlib.util.find_spec("c2pa") is None:
+        say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
+    return reader
 
 
 def scan_command(args: argparse.Namespace) -> int:
@@ -112,6 +134,7 @@ def scan_command(args: argparse.Namespace) -> int:
     todo = [f for f in files if f not in done]
     runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {reason}")
+    provenance = _provenance_reader(args, say)
     if done:
         say(f"dfx scan: resuming: {len(files) - len(todo)} of {len(files)} inputs already in {args.out}")
         models = {r.model_sha256 for r in earlier if r.model_sha256}
@@ -121,6 +144,7 @@ def scan_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     counts = {"images": 0, "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real (ai-declared, conflict, ...)
     threshold = bundle.threshold if args.threshold is None else args.threshold
     with runner, ResultWriter(args.out, append=args.resume) as writer:
         began = time.perf_counter()
@@ -134,10 +158,13 @@ def scan_command(args: argparse.Namespace) -> int:
                 batch_size=args.batch,
                 workers=args.workers,
                 model_sha256=str(getattr(runner, "model_sha256", "")),
+                provenance=provenance,
             )
             for result in results:
                 writer.write(result)
                 counts["images"] += 1
+                if result.verdict not in (None, "fake", "real"):
+                    verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
                 if result.error is not None:
                     counts["errors"] += 1
                 else:
@@ -156,6 +183,8 @@ def scan_command(args: argparse.Namespace) -> int:
         "skipped_non_image": len(non_images),
         "backend": runner.backend,
         "precision": runner.precision,
+        "provenance": provenance is not None,
+        "verdicts": verdicts,
     }
     if sys.stderr.isatty():
         say(
@@ -163,6 +192,7 @@ def scan_command(args: argparse.Namespace) -> int:
             f"{counts['errors']} errors; {summary['images_per_s']} images/s -> {args.out}"
             + (f"; {summary['skipped_done']} already done" if summary["skipped_done"] else "")
             + (f"; {summary['skipped_non_image']} non-image files skipped" if summary["skipped_non_image"] else "")
+            + "".join(f"; {n} {verdict}" for verdict, n in sorted(verdicts.items()))
         )
     else:
         say(json.dumps(summary))

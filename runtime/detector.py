@@ -9,7 +9,9 @@
             elif result.is_fake:  ...                       # logit >= the bundle's threshold
 
 `predict` returns one Result per input, in order; `scan` yields them as batches finish (a lazy
-iterable is consumed as it goes). One Detector may be shared between threads: each call runs
+iterable is consumed as it goes). With the `c2pa` extra installed each Result also carries the
+input's C2PA provenance and the combined `verdict` (`provenance=False` skips reading;
+`trust_anchors=` a PEM file of trusted roots lets manifests read `trusted`). One Detector may be shared between threads: each call runs
 its own decode pool, and the Runner serialises access to the model.
 """
 
@@ -17,12 +19,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from dfx.bundle import Bundle
 from dfx.runtime.base import Runner
 from dfx.runtime.pipeline import iter_results
 from dfx.runtime.results import Result
+
+if TYPE_CHECKING:
+    from dfx.runtime.provenance import ProvenanceReader
 
 
 class Detector:
@@ -37,8 +42,14 @@ class Detector:
         threshold: float | None = None,
         batch_size: int = 32,
         workers: int | None = None,
+        provenance: "bool | ProvenanceReader" = True,
+        trust_anchors: str | os.PathLike | None = None,
     ):
+        from dfx.runtime.provenance import ProvenanceReader
+
         self.bundle = bundle
+        # C2PA reading: a reader, or None when off or the `c2pa` extra is missing.
+        self.provenance = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)
         self.runner = runner
         self.reason = reason  # why this backend was chosen, for logs
         self.threshold = bundle.threshold if threshold is None else float(threshold)  # on the logit
@@ -59,15 +70,20 @@ class Detector:
         batch_size: int = 32,
         workers: int | None = None,
         threads: int | None = None,
+        provenance: "bool | ProvenanceReader" = True,
+        trust_anchors: str | os.PathLike | None = None,
     ) -> "Detector":
         """Open (and verify) the bundle, choose a backend, activate it."""
         from dfx.runtime.select import choose_runner
 
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(bundle)
+        from dfx.runtime.provenance import ProvenanceReader
+
+        reader = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)
         runner, reason = choose_runner(bundle, backend, precision, threads=threads)
         runner.activate()
-        return cls(bundle, runner, reason, threshold=threshold, batch_size=batch_size, workers=workers)
+        return cls(bundle, runner, reason, threshold=threshold, batch_size=batch_size, workers=workers, provenance=reader or False)
 
     @property
     def backend(self) -> str:
@@ -92,6 +108,7 @@ class Detector:
             batch_size=self.batch_size,
             workers=self.workers,
             model_sha256=self.model_sha256,
+            provenance=self.provenance,
         )
 
     def predict(self, images: Iterable[Any] | Any) -> list[Result]:

@@ -14,6 +14,10 @@ Batches go through `runner.infer_many`, so a runner that overlaps batches (Tenso
 batch i+1, compute of i, copy out of i-1 on separate streams) keeps several in flight; other
 runners take them one `infer` at a time.
 
+Provenance (`provenance=` a dfx.runtime.provenance.ProvenanceReader): the decode worker reads a
+path's bytes once and hands the same bytes to the pixel path and the C2PA reader, so nothing is
+read or decoded twice; a row then carries the manifest's columns and the combined verdict.
+
 Nothing is lost: an input that cannot be decoded becomes an error row; a batch the runner fails
 on becomes error rows for that batch (for TensorRT, the few batches in flight with it), and the
 scan goes on with a fresh `infer_many` over the remaining batches.
@@ -31,6 +35,7 @@ import numpy as np
 from dfx.bundle import sigmoid
 from dfx.images import describe, load_image
 from dfx.runtime.base import Runner
+from dfx.runtime.provenance import NOT_READ, Provenance, ProvenanceReader, combined_verdict
 from dfx.runtime.results import Result
 
 
@@ -49,6 +54,23 @@ def _decode(source: Any, size: tuple[int, int], fit: str) -> np.ndarray | str:
         return reason if reason else f"{type(exc).__name__}: {exc}"
 
 
+def _decode_with_provenance(source: Any, size: tuple[int, int], fit: str, reader: ProvenanceReader) -> tuple[np.ndarray | str, Provenance]:
+    """(pixels or error text, provenance) from one read of the source's bytes. Never raises."""
+    from dfx.images import read_bytes
+
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            data: Any = read_bytes(source)
+        except Exception as exc:  # no such file, too large, ...: the pixel path's own error text
+            reason = getattr(exc, "reason", None)
+            return (reason if reason else f"{type(exc).__name__}: {exc}"), NOT_READ
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = source
+    else:
+        return _decode(source, size, fit), NOT_READ  # PIL images and arrays carry no manifest
+    return _decode(data, size, fit), reader.read(data)
+
+
 def iter_results(
     sources: Iterable[Any],
     runner: Runner,
@@ -59,11 +81,13 @@ def iter_results(
     batch_size: int = 32,
     workers: int | None = None,
     model_sha256: str = "",
+    provenance: ProvenanceReader | None = None,
 ) -> Iterator[Result]:
     """Yield one Result per source, in input order. `runner` must be active.
 
     `sources` may be a lazy iterable (it is consumed as the window frees up). `threshold` is on
-    the logit: logit >= threshold means "fake".
+    the logit: logit >= threshold means "fake". With a `provenance` reader each row also carries
+    the input's C2PA columns; `verdict` (dfx.runtime.provenance.combined_verdict) is always set.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -71,20 +95,22 @@ def iter_results(
     workers = workers or default_workers()
     backend, precision = runner.backend, runner.precision
 
-    def error_row(name: str, error: str) -> Result:
-        return Result(name, None, None, None, backend, precision, model_sha256, error)
+    def error_row(name: str, error: str, prov: Provenance) -> Result:
+        verdict = combined_verdict(None, prov.c2pa, prov.ai_declared)
+        return Result(name, None, None, None, backend, precision, model_sha256, error, verdict=verdict, **prov.columns())
 
     def rows(pending: Pending, logits: np.ndarray | None, failure: str = "") -> Iterator[Result]:
         scores = iter(logits.tolist()) if logits is not None else None
-        for name, px in pending:
+        for name, px, prov in pending:
             if isinstance(px, str):
-                yield error_row(name, px)
+                yield error_row(name, px, prov)
             elif scores is None:
-                yield error_row(name, failure)
+                yield error_row(name, failure, prov)
             else:
                 logit = float(next(scores))
                 decision = "fake" if logit >= threshold else "real"
-                yield Result(name, logit, sigmoid(logit), decision, backend, precision, model_sha256, None)
+                verdict = combined_verdict(decision, prov.c2pa, prov.ai_declared)
+                yield Result(name, logit, sigmoid(logit), decision, backend, precision, model_sha256, None, verdict=verdict, **prov.columns())
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfx-decode")
     queued: collections.deque[Pending] = collections.deque()  # batches handed to the runner, oldest first
@@ -96,15 +122,15 @@ def iter_results(
         for pending in groups:
             pulled[0] += 1
             queued.append(pending)
-            good = [px for _, px in pending if isinstance(px, np.ndarray)]
+            good = [px for _, px, _ in pending if isinstance(px, np.ndarray)]
             if good:
                 yield np.stack(good)
 
     def has_images(pending: Pending) -> bool:
-        return any(isinstance(px, np.ndarray) for _, px in pending)
+        return any(isinstance(px, np.ndarray) for _, px, _ in pending)
 
     try:
-        feed = stacks(_batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers))
+        feed = stacks(_batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers, provenance=provenance))
         while True:
             before = pulled[0]
             outputs = runner.infer_many(feed)
@@ -132,11 +158,12 @@ def iter_results(
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-Pending = list  # [(name, pixels uint8 (H, W, 3) | error text)] of one batch, in input order
+Pending = list  # [(name, pixels uint8 (H, W, 3) | error text, Provenance)] of one batch, in input order
 
 
 def _batches(
-    sources: Iterable[Any], executor: ThreadPoolExecutor, hw: tuple[int, int], fit: str, batch_size: int, window: int
+    sources: Iterable[Any], executor: ThreadPoolExecutor, hw: tuple[int, int], fit: str, batch_size: int, window: int,
+    provenance: ProvenanceReader | None = None,
 ) -> Iterator[Pending]:
     """Decode through the pool with at most `window` decodes in flight; group the results, in
     input order, into batches of `batch_size` images (error rows ride along in their place)."""
@@ -152,12 +179,15 @@ def _batches(
             except StopIteration:
                 exhausted = True
                 break
-            inflight.append((describe(source), executor.submit(_decode, source, hw, fit)))
+            if provenance is None:
+                inflight.append((describe(source), executor.submit(_decode, source, hw, fit)))
+            else:
+                inflight.append((describe(source), executor.submit(_decode_with_provenance, source, hw, fit, provenance)))
         if not inflight:
             break
         name, future = inflight.popleft()
-        pixels = future.result()
-        pending.append((name, pixels))
+        pixels, prov = future.result() if provenance is not None else (future.result(), NOT_READ)
+        pending.append((name, pixels, prov))
         if isinstance(pixels, np.ndarray):
             n_images += 1
         if n_images >= batch_size or n_images == 0:  # error rows with no image before them go now

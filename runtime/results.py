@@ -1,7 +1,10 @@
 """Scan results: one row per input, written as .jsonl or .csv and flushed row by row.
 
 A row is either a score (logit, probability, decision) or an error; never both, never
-missing. `--resume` reads back what an earlier (possibly killed) run wrote: a half-written last
+missing. Beside them, the input's C2PA provenance (c2pa, c2pa_failures, claim_generator,
+ai_declared, provenance_error; null when not read) and the combined `verdict`
+(dfx.runtime.provenance.combined_verdict); rows written before those columns existed read back
+with them null. `--resume` reads back what an earlier (possibly killed) run wrote: a half-written last
 line is cut off, so the resumed run appends whole rows only and nothing is duplicated.
 """
 
@@ -32,6 +35,13 @@ class Result:
     precision: str  # "fp32" | "fp16" | "int8"
     model_sha256: str  # hash of the model file that produced the score
     error: str | None = None  # why this input has no score
+    # C2PA provenance (dfx.runtime.provenance), null when not read (off, no `c2pa` extra, no bytes):
+    c2pa: str | None = None  # "none" | "valid" | "trusted" | "invalid"
+    c2pa_failures: str | None = None  # validation failure codes, "; "-joined, when invalid
+    claim_generator: str | None = None  # the active manifest's claim generator
+    ai_declared: bool | None = None  # the manifest (or a carried ingredient) declares AI; None: says nothing
+    verdict: str | None = None  # combined_verdict(): ai-declared | conflict | invalid-manifest | fake | real
+    provenance_error: str | None = None  # why the manifest could not be read
 
     @property
     def ok(self) -> bool:
@@ -67,6 +77,8 @@ class ResultWriter:
         self._handle: IO[str] = open(self.path, "a" if append else "w", newline="", encoding="utf-8")
         self.rows = 0
         if self.format == ".csv":
+            if has_rows:
+                _upgrade_csv_header(self.path, self._handle)
             self._csv = csv.DictWriter(self._handle, fieldnames=COLUMNS, lineterminator="\n")
             if not has_rows:
                 self._csv.writeheader()
@@ -93,6 +105,23 @@ class ResultWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _upgrade_csv_header(path: Path, handle: IO[str]) -> None:
+    """A CSV written before today's columns gets them (empty) before rows are appended, so a
+    resumed scan never writes rows under a header that does not match them."""
+    with open(path, newline="", encoding="utf-8") as existing:
+        header = next(csv.reader(existing), None)
+    if header is None or tuple(header) == COLUMNS:
+        return
+    rows = read_results(path)
+    handle.seek(0)
+    handle.truncate()
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.to_dict().items()})
+    handle.flush()
 
 
 def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[Result]:
@@ -155,6 +184,15 @@ def _from_dict(row: Any) -> Result:
             raise TypeError(f"expected text, got {type(value).__name__}")
         return str(value)
 
+    def flag(value: Any) -> bool | None:  # JSON true/false, CSV "True"/"False"
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() not in ("true", "false"):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return str(value).lower() == "true"
+
     if not isinstance(row, dict):
         raise TypeError(f"expected an object, got {type(row).__name__}")
     path = row["path"]
@@ -169,4 +207,10 @@ def _from_dict(row: Any) -> Result:
         precision=str(row.get("precision") or ""),
         model_sha256=str(row.get("model_sha256") or ""),
         error=text(row.get("error")),
+        c2pa=text(row.get("c2pa")),
+        c2pa_failures=text(row.get("c2pa_failures")),
+        claim_generator=text(row.get("claim_generator")),
+        ai_declared=flag(row.get("ai_declared")),
+        verdict=text(row.get("verdict")),
+        provenance_error=text(row.get("provenance_error")),
     )

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "dfx.trainer.commands",  # data synth, train, eval
     "dfx.export.commands",  # export
     "dfx.runtime.commands",  # scan
+    "dfx.runtime.c2pa_commands",  # c2pa sign, c2pa read
     "dfx.benchmarks.commands",  # bench
     "dfx.demo",  # demo
 )

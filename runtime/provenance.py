@@ -423,3 +423,21 @@ def read_detection(data: bytes, reader: ProvenanceReader | None = None) -> dict[
         if isinstance(assertion, dict) and assertion.get("label") == DETECTION_LABEL:
             return assertion.get("data")
     return None
+
+
+def sign_image(detector: Any, image: str | os.PathLike | bytes, identity: SigningIdentity, out: str | os.PathLike | None = None) -> tuple[bytes, Any]:
+    """Scan `image` (a path or encoded bytes) with `detector` (a dfx Detector) and sign its
+    finding into the image (sign_finding). Writes `out` when given; returns (signed bytes, the
+    detector's Result). The image is read once; its bytes feed both the detector and c2pa."""
+    from dfx.images import describe, read_bytes
+
+    name = describe(image)
+    data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else read_bytes(image)
+    result = detector.predict([data])[0]
+    if result.error is not None:
+        raise ProvenanceError(f"{name}: {result.error}")
+    title = os.path.basename(name) if isinstance(image, (str, os.PathLike)) else "image"
+    signed = sign_finding(data, result, detector.threshold, identity, title=title)
+    if out is not None:
+        Path(out).write_bytes(signed)
+    return signed, result

@@ -28,8 +28,16 @@ LABELS = ("real", "fake")  # index = model target; the logit scores "fake"
 ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
 
 
+# Bounds for manifests from elsewhere: a hostile one must not make a reader allocate gigabytes
+# (a 32-image batch at 2048 px is 400 MB of uint8) or read a file the size of a disk.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_INPUT_SIDE = 2048
+_HEX = frozenset("0123456789abcdef")
+
+
 class BundleError(DfxError):
-    """A bundle is missing, malformed, or a file does not match the manifest."""
+    """A bundle is missing, malformed, unsigned where a signature is required, or a file does
+    not match the manifest."""
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -51,6 +59,8 @@ class Bundle:
         self.root = Path(root)
         self.manifest = manifest
         self._verified: set[str] = set()
+        self._manifest_bytes: bytes | None = None  # exactly what was read (and what a signature covers)
+        self.signature = "unsigned"  # a status line: unsigned / signed, not checked / verified: ...
 
     # ---- creating and saving -------------------------------------------------------------
     @classmethod
@@ -92,12 +102,49 @@ class Bundle:
         return cls(root, manifest)
 
     def save(self) -> None:
-        """Write manifest.json atomically (a crash never leaves half a manifest)."""
+        """Write manifest.json atomically (a crash never leaves half a manifest). A signature of
+        the old manifest cannot hold for the new one, so it is removed: sign() again."""
+        from dfx.signing import SIGNATURE
+
         text = json.dumps(self.manifest, indent=2, sort_keys=False, default=_json_default)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             handle.write(text + "\n")
+        (self.root / SIGNATURE).unlink(missing_ok=True)
         os.replace(tmp, self.root / MANIFEST)
+        self._manifest_bytes = (text + "\n").encode()
+        self.signature = "unsigned"
+
+    def sign(self, private_key: Any) -> str:
+        """Sign manifest.json as it is on disk with an Ed25519/ECDSA key (a key object or a PEM
+        file path); writes manifest.sig and returns the key id."""
+        from dfx import signing
+
+        key = private_key if hasattr(private_key, "sign") else signing.load_private_key(private_key)
+        data = (self.root / MANIFEST).read_bytes()
+        doc = signing.sign_manifest(data, key)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.sig.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, self.root / signing.SIGNATURE)
+        self._manifest_bytes = data
+        self.signature = f"signed ({doc['algorithm']}, key {doc['key_id']})"
+        return doc["key_id"]
+
+    def require_signature(self, public_key: Any) -> str:
+        """Refuse this bundle (BundleError with the reason) unless manifest.sig is a valid
+        signature by `public_key` (a key object, PEM bytes or a PEM file path) over the manifest
+        exactly as it was read. Returns the status line, also kept in `self.signature`."""
+        from dfx import signing
+
+        data = self._manifest_bytes
+        if data is None:
+            data = (self.root / MANIFEST).read_bytes()
+        try:
+            self.signature = signing.verify_manifest(data, signing.read_signature(self.root), public_key)
+        except signing.SignatureError as exc:
+            raise BundleError(f"{self.root}: {exc}", hint=exc.hint) from exc
+        return self.signature
 
     def add_file(self, name: str, *, role: str, tools: dict[str, str] | None = None, **extra: Any) -> str:
         """Record `name` (relative to the bundle) with its sha256; returns the hash. Call save()."""
@@ -122,8 +169,14 @@ class Bundle:
 
     # ---- reading ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | os.PathLike, *, verify: bool = True) -> "Bundle":
-        """Open a bundle, check its format, and (by default) the sha256 of every listed file."""
+    def open(cls, root: str | os.PathLike, *, verify: bool = True, public_key: Any = None) -> "Bundle":
+        """Open a bundle, check its manifest, and (by default) the sha256 of every listed file.
+
+        With a trusted `public_key` (key object, PEM bytes or PEM file path) the manifest's
+        signature is checked first, on the bytes as read, before they are even parsed: an
+        unsigned or mismatching bundle is refused. Whatever the folder holds, the only error
+        raised is BundleError (MissingExtraError when a key is given without `cryptography`).
+        """
         root = Path(root)
         path = root / MANIFEST
         if not root.exists():
@@ -131,20 +184,39 @@ class Bundle:
         if not path.is_file():
             raise BundleError(f"{root} is not a dfx bundle: it has no {MANIFEST}", hint="train one with `dfx train`")
         try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{path} is not valid JSON ({exc})") from exc
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise BundleError(f"cannot read {path} ({exc.strerror or exc})") from exc
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is over {MAX_MANIFEST_BYTES} bytes; not a dfx manifest")
+        bundle = cls(root, {})
+        bundle._manifest_bytes = data
+        if public_key is not None:
+            bundle.require_signature(public_key)
+        else:
+            from dfx import signing
+
+            try:
+                bundle.signature = signing.describe_unchecked(signing.read_signature(root))
+            except signing.SignatureError as exc:
+                bundle.signature = f"unsigned ({exc})"
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise BundleError(f"{path} is not valid JSON ({str(exc)[:200]})") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise BundleError(f"{path} is not a dfx bundle manifest")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(
-                f"{root} has bundle format {version}; this dfx reads format {FORMAT_VERSION}",
+                f"{root} has bundle format {str(version)[:40]}; this dfx reads format {FORMAT_VERSION}",
                 hint="re-export the bundle with this version of dfx",
             )
-        bundle = cls(root, manifest)
+        check_manifest(manifest, path)
+        bundle.manifest = manifest
         if verify:
-            for name in manifest.get("files", {}):
+            for name in manifest["files"]:
                 bundle.verify(name)
         return bundle
 
@@ -161,7 +233,10 @@ class Bundle:
             return path
         if not path.is_file():
             raise BundleError(f"{self.root} is incomplete: {name} is listed in the manifest but missing")
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise BundleError(f"cannot read {path} ({exc.strerror or exc})") from exc
         if actual != entry["sha256"]:
             raise BundleError(
                 f"{path} does not match the manifest (sha256 {actual[:12]}… != {entry['sha256'][:12]}…); "
@@ -195,6 +270,71 @@ class Bundle:
 
     def files_with_role(self, role: str) -> list[str]:
         return [n for n, e in self.manifest["files"].items() if e.get("role") == role]
+
+
+def _safe_name(name: object) -> bool:
+    """A bundle-relative file name that stays inside the bundle: no absolute paths, no `..`,
+    no empty or odd parts (a manifest from elsewhere must not point a reader at /etc/...)."""
+    if not isinstance(name, str) or not name or len(name) > 255 or "\\" in name or "\x00" in name:
+        return False
+    parts = name.split("/")
+    return not name.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> None:
+    """Every field a reader relies on has the type and range it expects; else BundleError naming
+    the field. Readers can then index the manifest without meeting a TypeError."""
+    from dfx.images import FIT_POLICIES
+
+    def bad(field: str, why: str) -> BundleError:
+        return BundleError(f"{path}: {field} {why}", hint="the manifest was damaged or not written by dfx; re-export the bundle")
+
+    spec = manifest.get("input")
+    if not isinstance(spec, dict):
+        raise bad("input", "is missing")
+    for key in ("height", "width"):
+        value = spec.get(key)
+        if not _is_int(value) or not 1 <= value <= MAX_INPUT_SIDE:
+            raise bad(f"input.{key}", f"must be an integer in 1..{MAX_INPUT_SIDE}, not {str(value)[:40]}")
+    if spec.get("fit") not in FIT_POLICIES:
+        raise bad("input.fit", f"must be one of {', '.join(FIT_POLICIES)}")
+    threshold = manifest.get("threshold")
+    logit = threshold.get("logit") if isinstance(threshold, dict) else None
+    if not isinstance(logit, (int, float)) or isinstance(logit, bool) or not math.isfinite(logit):
+        raise bad("threshold.logit", "must be a finite number")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("files", "must be an object of file name -> entry")
+    for name, entry in files.items():
+        if not _safe_name(name):
+            raise bad(f"files[{name[:80]!r}]", "is not a plain relative path inside the bundle")
+        if not isinstance(entry, dict):
+            raise bad(f"files[{name!r}]", "must be an object")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+            raise bad(f"files[{name!r}].sha256", "must be 64 lowercase hex digits")
+        if not isinstance(entry.get("role", ""), str):
+            raise bad(f"files[{name!r}].role", "must be text")
+    engines = manifest.get("engines", [])
+    if not isinstance(engines, list):
+        raise bad("engines", "must be a list")
+    for i, entry in enumerate(engines):
+        if not isinstance(entry, dict):
+            raise bad(f"engines[{i}]", "must be an object")
+        for key in ("file", "precision", "compute_capability", "trt_version"):
+            if not isinstance(entry.get(key, ""), str) or len(entry.get(key, "")) > 255:
+                raise bad(f"engines[{i}].{key}", "must be short text")
+        if not _safe_name(entry.get("file", "")):
+            raise bad(f"engines[{i}].file", "is not a plain relative path inside the bundle")
+        batch = entry.get("max_batch", 32)
+        if not _is_int(batch) or not 1 <= batch <= 4096:
+            raise bad(f"engines[{i}].max_batch", "must be an integer in 1..4096")
+        if not isinstance(entry.get("lean", False), bool):
+            raise bad(f"engines[{i}].lean", "must be true or false")
 
 
 def tool_versions(*modules: str) -> dict[str, str]:

@@ -80,6 +80,8 @@ def register(sub) -> None:
                    help="largest batch an engine accepts (default %(default)s)")
     g.add_argument("--opt-batch", type=_positive, default=None, metavar="N",
                    help="batch size TensorRT tunes kernels for (default min(32, --max-batch))")
+    p.add_argument("--sign-key", metavar="PEM", help="sign the finished bundle's manifest with this Ed25519/ECDSA private key "
+                   "(writes manifest.sig; readers given the public key refuse unsigned or changed bundles)")
     p.add_argument("--batch-size", type=_positive, default=d["batch_size"].default, metavar="N",
                    help="inference batch during export (default %(default)s)")
     p.set_defaults(handler=run)
@@ -93,6 +95,11 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    signing_key = None
+    if getattr(args, "sign_key", None):
+        from dfx.signing import load_private_key
+
+        signing_key = load_private_key(args.sign_key)  # a bad key fails now, not after minutes of export
     from dfx.export import parity_report
     from dfx.export.pipeline import ExportConfig, export_bundle
 
@@ -116,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     report = export_bundle(args.bundle, config)
+    if signing_key is not None:
+        from dfx.bundle import Bundle
+
+        print(f"signed manifest.json with key {Bundle.open(args.bundle, verify=False).sign(signing_key)} (manifest.sig)")
     print(parity_report.markdown_table(report))
     print(f"\nparity on {report['images']} images from {report['source']}; threshold {report['threshold']:.4g}")
     problems = parity_report.failures(report)

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's); logit >= it means fake")
     p.add_argument("--extensions", metavar="EXT[,EXT...]", help="inside folders scan only files with these suffixes "
                    "(e.g. jpg,png); default: image suffixes plus any file whose first bytes are an image")
+    p.add_argument("--public-key", metavar="PEM", help="trusted public key: refuse a bundle that is unsigned or not "
+                   "signed by it (default: $DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
     p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no backend line, progress bar or summary")
@@ -124,7 +126,10 @@ def scan_command(args: argparse.Namespace) -> int:
         extensions = parse_extensions(getattr(args, "extensions", None))
     except ValueError as exc:
         raise DfxError(f"--extensions: {exc}", hint="give suffixes such as --extensions jpg,png") from exc
-    bundle = Bundle.open(args.bundle)
+    from dfx.signing import trusted_key_from_env
+
+    public_key = getattr(args, "public_key", None) or trusted_key_from_env()
+    bundle = Bundle.open(args.bundle, public_key=public_key)
     walked, non_images = walk_images(args.paths, extensions)
     files = list(dict.fromkeys(walked))  # a file named twice is scanned once
     if not files:
@@ -134,6 +139,7 @@ def scan_command(args: argparse.Namespace) -> int:
     todo = [f for f in files if f not in done]
     runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {reason}")
+    say(f"dfx scan: bundle {'is ' if bundle.signature.startswith(('unsigned', 'signed')) else ''}{bundle.signature}")
     provenance = _provenance_reader(args, say)
     if done:
         say(f"dfx scan: resuming: {len(files) - len(todo)} of {len(files)} inputs already in {args.out}")

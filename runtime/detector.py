@@ -72,12 +72,23 @@ class Detector:
         threads: int | None = None,
         provenance: "bool | ProvenanceReader" = True,
         trust_anchors: str | os.PathLike | None = None,
+        public_key: Any = None,
     ) -> "Detector":
-        """Open (and verify) the bundle, choose a backend, activate it."""
-        from dfx.runtime.select import choose_runner
+        """Open (and verify) the bundle, choose a backend, activate it.
 
-        if not isinstance(bundle, Bundle):
-            bundle = Bundle.open(bundle)
+        `public_key` (a PEM file path, PEM bytes or key object; default $DFX_PUBLIC_KEY) makes
+        the load refuse a bundle that is unsigned or not signed by that key (BundleError with
+        the reason). Without one any intact bundle loads; `bundle.signature` says which it was.
+        """
+        from dfx.runtime.select import choose_runner
+        from dfx.signing import trusted_key_from_env
+
+        key = public_key if public_key is not None else trusted_key_from_env()
+        if isinstance(bundle, Bundle):
+            if key is not None:
+                bundle.require_signature(key)
+        else:
+            bundle = Bundle.open(bundle, public_key=key)
         from dfx.runtime.provenance import ProvenanceReader
 
         reader = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)

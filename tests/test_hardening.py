@@ -231,7 +231,7 @@ def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
     assert sorted(rows) == ["a1b2c3", "x.jpg"] and all(r.ok for r in rows.values())
     err = capsys.readouterr().err
     summary = [line for line in err.splitlines() if line.startswith("{")][-1]
-    assert '"skipped_non_image": 1' in summary
+    assert '"skipped_non_image": 1' in summary and "dfx scan: bundle is unsigned" in err
     assert main(["scan", str(bundle), str(inbox), "--out", str(out), "--overwrite", "--backend", "ort-cpu",
                  "--extensions", "jpg"]) == 0
     assert [Path(r.path).name for r in read_results(out)] == ["x.jpg"]

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "dfx.export.commands",  # export
     "dfx.runtime.commands",  # scan
     "dfx.runtime.c2pa_commands",  # c2pa sign, c2pa read
+    "dfx.runtime.serve.commands",  # serve
     "dfx.benchmarks.commands",  # bench
     "dfx.demo",  # demo
 )

@@ -1,0 +1,353 @@
+"""Dynamic batching across requests, as Triton's `dynamic_batching` does it, in process.
+
+    submit(sources) ─► decode pool (dfx.images.load_image, threads) ─► queue of images
+                                                                          │ worker thread: waits up to
+                                                                          │ max_queue_delay_us after the
+                                                                          ▼ first image, up to max_batch_size
+    Future[list[Result]] ◄── one Result per source, in order ◄── runner.infer(batch)  (one Runner)
+
+Many callers that send one image each therefore share batches: with 32 concurrent single-image
+clients the runner sees batches of ~32, not 32 calls of one. No HTTP here: the service wraps it,
+and a Python program can use it directly (`screen`).
+
+Bounds, so overload never becomes a crash or a hang:
+- admission counts images from `submit` until their Result is settled; past `max_queue_images`
+  `submit` raises QueueFull at once (HTTP: 503 + Retry-After), so decode backlog and queue
+  memory stay bounded however fast requests arrive;
+- every request has a deadline; images whose request expired are dropped before they reach the
+  runner (their compute would be wasted), and the request's future fails with DeadlineExceeded;
+- an image that does not decode becomes an error Result; a failed runner call becomes error
+  Results for that batch. Every submitted image is settled exactly once, so every request
+  resolves.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from dfx.errors import DfxError
+from dfx.images import describe, load_image
+from dfx.runtime.results import Result
+from dfx.runtime.serve.model import LoadedModel
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32  # images per runner call (Triton: max_batch_size)
+    # How long the first image of a batch may wait for more to arrive (Triton:
+    # max_queue_delay_microseconds). Longer: fuller batches under light load, more latency.
+    max_queue_delay_us: int = 10_000
+    max_queue_images: int = 256  # images admitted and not yet answered; more -> QueueFull (503)
+    timeout_s: float = 10.0  # a request's deadline from submission -> DeadlineExceeded (504)
+    decode_workers: int | None = None  # decoder threads; None: one per core, 2..8 (as dfx scan)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_images < 1:
+            raise ValueError("max_batch_size and max_queue_images must be >= 1")
+        if self.max_queue_delay_us < 0 or self.timeout_s <= 0:
+            raise ValueError("max_queue_delay_us must be >= 0 and timeout_s > 0")
+
+
+class QueueFull(DfxError):
+    """Admitting the request would exceed the queue bound; try again after `retry_after_s`."""
+
+
+class DeadlineExceeded(DfxError):
+    """The request's deadline passed before all of its images were scored."""
+
+
+class NotReady(DfxError):
+    """No model is loaded yet, or the batcher is draining / closed."""
+
+
+class Observer(Protocol):
+    """What the batcher reports (metrics.ServeMetrics implements it)."""
+
+    def on_decode(self, seconds: float, ok: bool) -> None: ...
+
+    def on_batch(self, size: int, queue_seconds: list[float], compute_seconds: float, ok: bool) -> None: ...
+
+    def on_expired(self, images: int) -> None: ...
+
+
+class _NullObserver:
+    def on_decode(self, seconds: float, ok: bool) -> None:
+        pass
+
+    def on_batch(self, size: int, queue_seconds: list[float], compute_seconds: float, ok: bool) -> None:
+        pass
+
+    def on_expired(self, images: int) -> None:
+        pass
+
+
+class _Job:
+    """One request: its rows, filled in as images settle, and the future its caller waits on."""
+
+    def __init__(self, names: list[str], deadline: float):
+        self.names = names
+        self.deadline = deadline  # time.monotonic() seconds
+        self.results: list[Result | None] = [None] * len(names)
+        self.remaining = len(names)
+        self.future: Future[list[Result]] = Future()
+        self.lock = threading.Lock()
+        self.cancelled = False  # the caller stopped waiting (its own timeout or disconnect)
+        self.future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future) -> None:
+        if future.cancelled():
+            self.cancelled = True
+
+    def expired(self, now: float) -> bool:
+        return self.cancelled or now >= self.deadline
+
+    def fail(self, exc: BaseException) -> None:
+        try:
+            self.future.set_exception(exc)
+        except InvalidStateError:  # already resolved or cancelled by the caller
+            pass
+
+    def settle(self, index: int, result: Result | None) -> bool:
+        """Record image `index` (None: dropped, expired). True when it was the last one."""
+        with self.lock:
+            self.results[index] = result
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last and not self.future.done():
+            if any(r is None for r in self.results):
+                self.fail(DeadlineExceeded(f"the deadline passed before all {len(self.names)} images were scored"))
+            else:
+                try:
+                    self.future.set_result(list(self.results))  # type: ignore[arg-type]
+                except InvalidStateError:
+                    pass
+        return last
+
+
+@dataclass
+class _Item:
+    job: _Job
+    index: int
+    pixels: np.ndarray  # uint8 (H, W, 3) at the input size of the model that decoded it
+    enqueued: float  # time.monotonic() when it joined the queue
+
+
+class DynamicBatcher:
+    """Coalesces images from concurrent requests into batches for one model's runner.
+
+    `model` may be None at first (the service loads it in the background); `swap` installs a
+    model atomically between batches and returns the old one for the caller to close.
+    """
+
+    def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None):
+        from dfx.runtime.pipeline import default_workers
+
+        self.config = config
+        self.observer: Observer = observer or _NullObserver()
+        self._model = model
+        self._model_lock = threading.Lock()  # held while a batch runs: swap waits for it
+        self._cond = threading.Condition()  # guards the queue, admission and state below
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._admitted = 0  # images submitted and not yet settled
+        self._accepting = True
+        self._flush = False  # draining: run what is queued without waiting for fuller batches
+        self._closed = False
+        self._pool = ThreadPoolExecutor(max_workers=config.decode_workers or default_workers(), thread_name_prefix="dfx-serve-decode")
+        self._worker = threading.Thread(target=self._run, name="dfx-serve-batcher", daemon=True)
+        self._worker.start()
+
+    # ---- the model --------------------------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve `model` from the next batch on; returns the previous model (not closed)."""
+        with self._model_lock:
+            old, self._model = self._model, model
+        return old
+
+    # ---- admission -------------------------------------------------------------------------------
+    @property
+    def admitted(self) -> int:
+        """Images submitted and not yet answered (decoding, queued or computing)."""
+        return self._admitted
+
+    @property
+    def queued(self) -> int:
+        """Images decoded and waiting for a batch."""
+        return len(self._queue)
+
+    def submit(self, sources: Sequence[Any], names: Sequence[str] | None = None, timeout_s: float | None = None) -> Future:
+        """Admit one request. Returns a Future of one Result per source, in order.
+
+        Raises QueueFull when the queue bound would be exceeded, NotReady when no model is
+        loaded or the batcher is draining. `timeout_s` (default: the config's) sets the deadline.
+        """
+        names = [describe(s) for s in sources] if names is None else list(names)
+        if len(names) != len(sources):
+            raise ValueError(f"{len(sources)} sources but {len(names)} names")
+        timeout_s = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
+        job = _Job(names, time.monotonic() + timeout_s)
+        if not sources:
+            job.future.set_result([])
+            return job.future
+        with self._cond:
+            if not self._accepting:
+                raise NotReady("the service is draining: no new requests")
+            model = self._model
+            if model is None:
+                raise NotReady("the model is still loading")
+            if self._admitted + len(sources) > self.config.max_queue_images:
+                raise QueueFull(f"the queue is full ({self._admitted} of {self.config.max_queue_images} images admitted)")
+            self._admitted += len(sources)
+        for index, source in enumerate(sources):
+            self._pool.submit(self._decode, job, index, source, model)
+        return job.future
+
+    def screen(self, sources: Sequence[Any], names: Sequence[str] | None = None, timeout_s: float | None = None) -> list[Result]:
+        """Blocking `submit`: one Result per source, or DeadlineExceeded."""
+        future = self.submit(sources, names, timeout_s)
+        wait = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
+        try:
+            return future.result(timeout=wait + 0.05)  # the worker fails it on time; this is the backstop
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"no answer within {wait:g} s") from None
+
+    # ---- decode (pool threads) ----------------------------------------------------------------------
+    def _decode(self, job: _Job, index: int, source: Any, model: LoadedModel) -> None:
+        try:
+            if job.expired(time.monotonic()):
+                self._settle([(job, index, None)], expired=1)
+                return
+            began = time.perf_counter()
+            try:
+                pixels: np.ndarray | str = load_image(source, model.input_size, model.fit)
+            except Exception as exc:  # ImageError carries a clean reason; anything else is reported too
+                pixels = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            self.observer.on_decode(time.perf_counter() - began, isinstance(pixels, np.ndarray))
+            if isinstance(pixels, str):
+                self._settle([(job, index, model.error_row(job.names[index], pixels))])
+                return
+            with self._cond:
+                self._queue.append(_Item(job, index, pixels, time.monotonic()))
+                self._cond.notify()
+        except BaseException as exc:  # never lose an image: settle it as an error
+            self._settle([(job, index, model.error_row(job.names[index], f"internal error: {type(exc).__name__}: {exc}"))])
+
+    # ---- the worker thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            items = self._next_batch()
+            if items is None:
+                return
+            try:
+                self._compute(items)
+            except BaseException as exc:  # the worker must survive anything one batch does
+                model = self._model
+                rows = [(it.job, it.index, model.error_row(it.job.names[it.index], f"internal error: {exc}") if model else None) for it in items]
+                self._settle(rows)
+
+    def _next_batch(self) -> list[_Item] | None:
+        cfg = self.config
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            # Triton's rule: wait for a full batch, but no longer than the delay after the
+            # oldest queued image arrived.
+            until = self._queue[0].enqueued + cfg.max_queue_delay_us / 1e6
+            while len(self._queue) < cfg.max_batch_size and not self._flush:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            take = min(cfg.max_batch_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(take)]
+
+    def _compute(self, items: list[_Item]) -> None:
+        now = time.monotonic()
+        live = [it for it in items if not it.job.expired(now)]
+        if len(live) < len(items):
+            self._settle([(it.job, it.index, None) for it in items if it.job.expired(now)], expired=len(items) - len(live))
+        if not live:
+            return
+        with self._model_lock:
+            model = self._model
+            assert model is not None  # items exist only once a model was loaded; swap never unsets it
+            # A reload to another input size while these waited: their pixels no longer fit.
+            misfit = [it for it in live if it.pixels.shape[:2] != tuple(model.input_size)]
+            if misfit:
+                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], "the model was reloaded with another input size while this image waited; send it again")) for it in misfit])
+                live = [it for it in live if it.pixels.shape[:2] == tuple(model.input_size)]
+                if not live:
+                    return
+            began = time.monotonic()
+            waits = [began - it.enqueued for it in live]
+            try:
+                logits = model.runner.infer(np.stack([it.pixels for it in live])).tolist()
+                failure = ""
+            except Exception as exc:  # a failed batch costs its images, never the service
+                logits, failure = [], f"inference failed: {type(exc).__name__}: {exc}"
+            compute = time.monotonic() - began
+        self.observer.on_batch(len(live), waits, compute, not failure)
+        if failure:
+            self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure)) for it in live])
+        else:
+            self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v))) for it, v in zip(live, logits)])
+
+    def _settle(self, rows: list[tuple[_Job, int, Result | None]], expired: int = 0) -> None:
+        if expired:
+            self.observer.on_expired(expired)
+        for job, index, result in rows:
+            job.settle(index, result)
+        with self._cond:
+            self._admitted -= len(rows)
+            self._cond.notify_all()  # wakes `drain`
+
+    # ---- drain and close ---------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """Refuse new requests (NotReady) and run what is queued without waiting for fuller batches."""
+        with self._cond:
+            self._accepting = False
+            self._flush = True
+            self._cond.notify_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop accepting and wait until every admitted image is answered. True when drained."""
+        self.stop_accepting()
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while self._admitted > 0:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> LoadedModel | None:
+        """Drain, stop the worker and decoders; returns the model (not closed) for the caller."""
+        self.drain(timeout_s)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout=max(1.0, timeout_s))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return self._model
+
+    def __enter__(self) -> "DynamicBatcher":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        model = self.close()
+        if model is not None:
+            model.close()

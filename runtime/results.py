@@ -132,7 +132,7 @@ def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[Resul
     if not path.exists():
         return []
     data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # everything after the last newline is a partial row
+    end = _last_row_end(data, fmt)  # everything after it is a partial row
     if repair and end < len(data):
         with open(path, "r+b") as handle:
             handle.truncate(end)
@@ -157,6 +157,22 @@ def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[Resul
         except (csv.Error, ValueError, TypeError, KeyError, OverflowError) as exc:
             raise DfxError(f"{path}:{reader.line_num} is not a dfx result row ({_short(exc)})", hint="write to a new --out file") from exc
     return rows
+
+
+def _last_row_end(data: bytes, fmt: str) -> int:
+    """Where the last complete row ends. JSONL: after the last newline. CSV: after the last
+    newline outside quotes, since an error text may hold a quoted newline and a scan killed just
+    after it leaves a line break mid-row (cutting there would leave an open quote that swallows
+    every row appended later). Outside quotes = an even number of '"' before it ("" escapes)."""
+    end = data.rfind(b"\n") + 1
+    if fmt != ".csv":
+        return end
+    quotes = data.count(b'"', 0, end)
+    while end and quotes % 2:
+        previous = data.rfind(b"\n", 0, end - 1) + 1
+        quotes -= data.count(b'"', previous, end)
+        end = previous
+    return end
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,43 @@
+"""The body every fuzz_<door>.py harness shares: instrument the door's Python code (dfx and the
+libraries under it, so atheris's coverage guidance reaches Pillow's TIFF parser and the JSON/CSV
+readers), then hand libFuzzer the target. Run through run.py, or directly with libFuzzer flags:
+
+    python benchmarks/fuzz/fuzz_images.py OUT_CORPUS benchmarks/fuzz/corpus/images -max_total_time=60
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(door: str) -> None:
+    from dfx.errors import require
+
+    atheris = require("atheris", "fuzz", "the fuzz harnesses")
+    with atheris.instrument_imports(include=["dfx", "PIL", "json", "csv", "base64"]):
+        from dfx.benchmarks.fuzz import targets
+
+        _warm(door)
+    target = targets.TARGETS[door]
+    atheris.Setup(sys.argv, target)
+    atheris.Fuzz()
+
+
+def _warm(door: str) -> None:
+    """Import (under instrumentation) what the target imports lazily, so its code is covered."""
+    if door == "images":
+        from PIL import Image
+
+        import dfx.images  # noqa: F401
+
+        Image.init()  # every decoder plugin, imported now rather than at the first open
+    elif door == "bundle":
+        import dfx.bundle  # noqa: F401
+        import dfx.runtime.select  # noqa: F401
+        import dfx.signing  # noqa: F401
+    elif door == "results":
+        import dfx.runtime.results  # noqa: F401
+    elif door == "provenance":
+        import dfx.runtime.provenance  # noqa: F401
+    elif door == "serve":
+        import dfx.runtime.serve.oip  # noqa: F401

@@ -110,8 +110,11 @@ class ResultWriter:
 def _upgrade_csv_header(path: Path, handle: IO[str]) -> None:
     """A CSV written before today's columns gets them (empty) before rows are appended, so a
     resumed scan never writes rows under a header that does not match them."""
-    with open(path, newline="", encoding="utf-8") as existing:
-        header = next(csv.reader(existing), None)
+    try:  # the header line as read_results reads it: undecodable bytes replaced, not fatal
+        with open(path, newline="", encoding="utf-8", errors="replace") as existing:
+            header = next(csv.reader(existing), None)
+    except csv.Error as exc:
+        raise DfxError(f"{path} is not a dfx results CSV ({_short(exc)})", hint="write to a new --out file") from exc
     if header is None or tuple(header) == COLUMNS:
         return
     rows = read_results(path)
@@ -148,7 +151,9 @@ def read_results(path: str | os.PathLike, *, repair: bool = False) -> list[Resul
             except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
                 raise DfxError(f"{path}:{number} is not a dfx result row ({_short(exc)})", hint="write to a new --out file") from exc
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        # strict: a quote inside an unquoted field is an error, not text, so the row ends found by
+        # _last_row_end (quote parity) are the reader's own and appended rows stay rows.
+        reader = csv.DictReader(io.StringIO(text), strict=True)
         try:
             if reader.fieldnames and "path" not in reader.fieldnames:
                 raise DfxError(f"{path} is not a dfx results CSV (no 'path' column)", hint="write to a new --out file")

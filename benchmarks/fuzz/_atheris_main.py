@@ -14,7 +14,7 @@ def main(door: str) -> None:
     from dfx.errors import require
 
     atheris = require("atheris", "fuzz", "the fuzz harnesses")
-    with atheris.instrument_imports(include=["dfx", "PIL", "json", "csv", "base64"]):
+    with atheris.instrument_imports(include=["dfx", "PIL", "json", "csv", "base64", "starlette", "multipart", "python_multipart"]):
         from dfx.benchmarks.fuzz import targets
 
         _warm(door)
@@ -41,3 +41,12 @@ def _warm(door: str) -> None:
         import dfx.runtime.provenance  # noqa: F401
     elif door == "serve":
         import dfx.runtime.serve.oip  # noqa: F401
+    elif door == "http":
+        import importlib.util
+
+        import starlette.formparsers  # noqa: F401  (python-multipart underneath)
+
+        if importlib.util.find_spec("python_multipart"):
+            import python_multipart  # noqa: F401
+
+        import dfx.runtime.serve.app  # noqa: F401

@@ -187,8 +187,29 @@ def serve_seeds() -> dict[str, bytes]:
     }
 
 
+def http_seeds() -> dict[str, bytes]:
+    """The serve seeds sent as HTTP bodies (kind 0: OIP JSON, 1: OIP binary), plus /v1/screen
+    bodies (2: one image as octet-stream, 3: multipart files)."""
+    from PIL import Image
+
+    from targets import MULTIPART_BOUNDARY
+
+    png = _save(Image.new("RGB", (4, 4), (1, 2, 3)), "PNG")
+    jpeg = _save(Image.new("RGB", (4, 4), (200, 2, 3)), "JPEG")
+    seeds = {name.replace(".bin", ".http"): data for name, data in serve_seeds().items()}
+    seeds["screen-octet.http"] = b"\x02" + png
+    parts = b""
+    for i, (name, data, kind) in enumerate((("a.png", png, "image/png"), ("b.jpg", jpeg, "image/jpeg"))):
+        parts += (f"--{MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file{i}\"; filename=\"{name}\"\r\n"
+                  f"Content-Type: {kind}\r\n\r\n").encode() + data + b"\r\n"
+    parts += f"--{MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n".encode()
+    seeds["screen-multipart.http"] = b"\x03" + parts + f"--{MULTIPART_BOUNDARY}--\r\n".encode()
+    return seeds
+
+
 def main() -> None:
-    makers = {"images": image_seeds, "bundle": bundle_seeds, "results": results_seeds, "provenance": provenance_seeds, "serve": serve_seeds}
+    makers = {"images": image_seeds, "bundle": bundle_seeds, "results": results_seeds, "provenance": provenance_seeds,
+              "serve": serve_seeds, "http": http_seeds}
     for door, make in makers.items():
         folder = corpus_dir(door)
         folder.mkdir(parents=True, exist_ok=True)

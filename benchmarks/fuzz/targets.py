@@ -8,6 +8,8 @@ raised (that is a finding). Shared by the atheris harnesses (fuzz_*.py), the bou
     results      runtime.results.read_results (--resume)        DfxError
     provenance   runtime.provenance.read_provenance(bytes)      none: it returns Provenance(error=...)
     serve        runtime.serve.oip.parse_infer_request          OipError (HTTP 4xx)
+    http         the service's app, in process: OIP JSON and    an answer: 2xx or 4xx, never 5xx, always JSON
+                 binary, /v1/screen octet-stream and multipart
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-DOORS = ("images", "bundle", "results", "provenance", "serve")
+DOORS = ("images", "bundle", "results", "provenance", "serve", "http")
 
 
 class Finding(AssertionError):
@@ -175,8 +177,63 @@ def serve(data: bytes) -> None:
             raise Finding(f"a malformed request answered {exc.status}") from exc
 
 
+_client = None
+MULTIPART_BOUNDARY = "dfxfuzzboundary"
+
+
+def _http_client():  # noqa: ANN202 - starlette's TestClient, imported lazily
+    """The service app on the tiny brightness bundle, driven in process (no socket)."""
+    global _client
+    if _client is None:
+        import time
+        import warnings
+
+        with warnings.catch_warnings():  # starlette's note about httpx versions is not a finding
+            warnings.simplefilter("ignore")
+            from starlette.testclient import TestClient
+
+        from dfx.benchmarks.fuzz.tiny_bundle import make_onnx_bundle
+        from dfx.runtime.serve.app import create_app
+        from dfx.runtime.serve.config import ServeConfig
+
+        root = make_onnx_bundle(Path(tempfile.mkdtemp(prefix="dfx-fuzz-serve-")) / "bundle")
+        _client = TestClient(create_app(ServeConfig(bundle=str(root), backend="ort-cpu", threads=1, max_images=8)),
+                             raise_server_exceptions=False)
+        _client.__enter__()  # runs the lifespan: the model loads in the background
+        for _ in range(600):
+            if _client.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+    return _client
+
+
+def http(data: bytes) -> None:
+    """Bytes -> a request body for one of the service's doors (first byte picks which). Whatever
+    the body, the answer is JSON with a 2xx or 4xx status: never a 5xx, never a hang."""
+    from dfx.runtime.serve.config import DEFAULT_MODEL_NAME
+
+    client = _http_client()
+    kind, body = (data[0] % 4 if data else 0), data[1:]
+    infer = f"/v2/models/{DEFAULT_MODEL_NAME}/infer"
+    if kind == 0:
+        response = client.post(infer, content=body, headers={"content-type": "application/json"})
+    elif kind == 1:
+        length = int.from_bytes(body[:2].ljust(2, b"\0"), "little") % (len(body) + 2)
+        response = client.post(infer, content=body[2:], headers={"content-type": "application/octet-stream",
+                                                                  "inference-header-content-length": str(length)})
+    elif kind == 2:
+        response = client.post("/v1/screen", content=body, headers={"content-type": "application/octet-stream"})
+    else:
+        response = client.post("/v1/screen", content=body,
+                               headers={"content-type": f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"})
+    if response.status_code >= 500:
+        raise Finding(f"kind {kind}: HTTP {response.status_code}: {response.text[:300]}")
+    if response.status_code >= 400 or "json" in response.headers.get("content-type", ""):
+        response.json()  # every error and every JSON answer parses
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    "images": images, "bundle": bundle, "results": results, "provenance": provenance, "serve": serve,
+    "images": images, "bundle": bundle, "results": results, "provenance": provenance, "serve": serve, "http": http,
 }
 
 
@@ -184,7 +241,8 @@ def available(door: str) -> str | None:
     """None when the door's code and extras are here, else why not (for skips and the runner)."""
     import importlib.util
 
-    needs = {"provenance": ("c2pa", "dfx.runtime.provenance"), "serve": ("dfx.runtime.serve.oip",), "bundle": ("cryptography",)}
+    needs = {"provenance": ("c2pa", "dfx.runtime.provenance"), "serve": ("dfx.runtime.serve.oip",), "bundle": ("cryptography",),
+             "http": ("dfx.runtime.serve.app", "fastapi", "httpx", "onnx", "onnxruntime")}
     for module in needs.get(door, ()):
         try:
             if importlib.util.find_spec(module) is None:

@@ -74,13 +74,17 @@ def load_model(
     *,
     threads: int | None = None,
     threshold: float | None = None,
+    public_key: Any = None,
 ) -> LoadedModel:
     """Open, verify, activate and check a bundle's model. Raises ModelLoadError (or the
     SelectError/BundleError DfxError that says why) and leaves nothing active on failure."""
     from dfx.runtime.select import choose_runner
+    from dfx.signing import trusted_key_from_env
 
+    # A trusted key (argument, else $DFX_PUBLIC_KEY) refuses unsigned or foreign bundles.
+    key = public_key if public_key is not None else trusted_key_from_env()
     try:
-        opened = Bundle.open(bundle)
+        opened = Bundle.open(bundle, public_key=key)
         runner, reason = choose_runner(opened, backend, precision, threads=threads)
     except DfxError:
         raise

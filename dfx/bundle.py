@@ -306,6 +306,14 @@ def check_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> Non
     logit = threshold.get("logit") if isinstance(threshold, dict) else None
     if not isinstance(logit, (int, float)) or isinstance(logit, bool) or not math.isfinite(logit):
         raise bad("threshold.logit", "must be a finite number")
+    calibration = manifest.get("calibration")  # the Platt fit behind Bundle.probability, when present
+    if calibration is not None:
+        if not isinstance(calibration, dict):
+            raise bad("calibration", "must be an object")
+        for key in ("scale", "offset"):
+            value = calibration.get(key, 0.0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise bad(f"calibration.{key}", "must be a finite number")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise bad("files", "must be an object of file name -> entry")

@@ -90,14 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _provenance_reader(args: argparse.Namespace, say: Any) -> Any:
     """The scan's C2PA reader, or None (off, or the c2pa extra missing: said once, not fatal)."""
-    import importlib.util
-
     from dfx.runtime.provenance import ProvenanceReader
 
     if getattr(args, "no_provenance", False):
         return None
     reader = ProvenanceReader.maybe(True, getattr(args, "trust_anchors", None))
-    if reader is None and importlib.util.find_spec("c2pa") is None:
+    if reader is None:  # reading was asked for, so the extra is what is missing
         say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
     return reader
 
@@ -139,6 +137,7 @@ def scan_command(args: argparse.Namespace) -> int:
     todo = [f for f in files if f not in done]
     runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {reason}")
+    provenance = _provenance_reader(args, say)
     say(f"dfx scan: bundle {'is ' if bundle.signature.startswith(('unsigned', 'signed')) else ''}{bundle.signature}")
     provenance = _provenance_reader(args, say)
     if done:

@@ -42,12 +42,13 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "ort-int8": ("ort-cpu", "int8"),
     "ov-fp32": ("openvino", "fp32"),
     "ov-int8": ("openvino", "int8"),
+    "ov-bf16": ("openvino", "bf16"),  # model.onnx in bfloat16: only on CPUs with AVX512-BF16 / AMX
     "ort-cuda-fp32": ("ort-cuda", "fp32"),
     "ort-cuda-fp16": ("ort-cuda", "fp16"),
     "trt-fp16": ("trt", "fp16"),
     "trt-int8": ("trt", "int8"),
 }
-ALIASES = {"ort-cpu-fp32": "ort-fp32", "ort-cpu-int8": "ort-int8", "openvino-fp32": "ov-fp32", "openvino-int8": "ov-int8"}
+ALIASES = {"ort-cpu-fp32": "ort-fp32", "ort-cpu-int8": "ort-int8", "openvino-fp32": "ov-fp32", "openvino-int8": "ov-int8", "openvino-bf16": "ov-bf16"}
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 
 
@@ -430,7 +431,7 @@ def _row(name: str, runner: Runner, batch: int, mode: str, stat: dict[str, Any])
         "mode": mode,  # "inference": pixels already in memory; "e2e": JPEG files through dfx scan's pipeline
         "backend_name": name,
         "backend": runner.backend,
-        "precision": runner.precision,
+        "precision": runner.precision,  # what ran: OpenVINO pins and reads back its execution precision
         "file": getattr(runner, "model_file", None),  # the bundle file it ran (CPU int8: the uint8 twin)
         "batch": batch,
         **stat,
@@ -504,7 +505,7 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], rates: Any) -> dict
     for row in rows:
         if row["mode"] != "inference" or not row.get("images_per_s") or row["backend"] in ("trt", "ort-cuda"):
             continue  # the microbenchmarks measure the CPU; GPU rows have no roof from them
-        cost = costs.get(row["precision"]) or costs.get("fp32")
+        cost = costs.get(row["precision"]) or costs.get("fp32")  # bf16 runs the fp32 graph
         if cost is None or isinstance(cost, Exception):
             continue
         row.update(roofline.fraction_of_roof(cost, rates, row["precision"], row["batch"], row["images_per_s"]))

@@ -150,17 +150,22 @@ class MachineRates:
     int8_ops: float | None  # int8 GEMM (ORT MatMulInteger), operations per second; None if not measured
     bandwidth: float  # bytes per second, large numpy copy (read + write)
     how: dict[str, str] = field(default_factory=dict)  # what each figure measured
+    bf16_flops: float | None = None  # bfloat16 GEMM (OpenVINO MatMul pinned to bf16); None: no native bf16
 
     def peak(self, precision: str) -> float:
-        """The compute roof for a row's precision (fp16 on a CPU runs at the fp32 rate or worse)."""
+        """The compute roof for a row's precision (fp16 on a CPU runs at the fp32 rate or worse);
+        each precision's own rate where it was measured, so a bf16 row is not judged by fp32's."""
         if precision == "int8" and self.int8_ops:
             return self.int8_ops
+        if precision == "bf16" and self.bf16_flops:
+            return self.bf16_flops
         return self.fp32_flops
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "fp32_gflops": round(self.fp32_flops / 1e9, 2),
             "int8_gops": round(self.int8_ops / 1e9, 2) if self.int8_ops else None,
+            "bf16_gflops": round(self.bf16_flops / 1e9, 2) if self.bf16_flops else None,
             "bandwidth_gb_s": round(self.bandwidth / 1e9, 2),
             "how": dict(self.how),
         }
@@ -225,6 +230,30 @@ def _ort_gemm(op: str, n: int, seconds: float, threads: int | None) -> float | N
     return _best_rate(lambda: session.run(None, feed), 2.0 * n**3, seconds)
 
 
+def measure_bf16_gemm(n: int = 1024, seconds: float = 1.0, threads: int | None = None) -> float | None:
+    """bfloat16 GEMM through OpenVINO's CPU plugin (MatMul pinned to bf16), or None where the CPU
+    has no native bf16 or OpenVINO is missing."""
+    try:
+        from dfx.runtime.openvino import bf16_status
+
+        if not bf16_status()[0]:
+            return None
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        from dfx.runtime.base import physical_cores
+
+        rng = np.random.default_rng(0)
+        a = ops.parameter([n, n], ov.Type.f32)
+        model = ov.Model([ops.matmul(a, ops.constant(rng.standard_normal((n, n), np.float32)), False, False)], [a])
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads or physical_cores()})
+        request = compiled.create_infer_request()
+        x = rng.standard_normal((n, n), np.float32)
+        return _best_rate(lambda: request.infer({0: x}), 2.0 * n**3, seconds)
+    except Exception:  # a rate we cannot measure is left out, never a failed bench
+        return None
+
+
 def measure_bandwidth(megabytes: int = 256, seconds: float = 1.0) -> float:
     src = np.ones(megabytes * 2**20 // 8, np.float64)
     dst = np.empty_like(src)
@@ -238,10 +267,12 @@ def measure_machine(seconds: float = 1.0, threads: int | None = None) -> Machine
         fp32_flops=max(fp32),
         int8_ops=measure_int8_gemm(seconds=seconds, threads=threads),
         bandwidth=measure_bandwidth(seconds=seconds),
+        bf16_flops=measure_bf16_gemm(seconds=seconds, threads=threads),
         how={
             "fp32": "float32 1024x1024 GEMM, the faster of numpy (BLAS) and ONNX Runtime MatMul, all cores, best call",
             "int8": "ONNX Runtime MatMulInteger uint8 x int8 1024x1024, best call",
             "bandwidth": "numpy copy of 256 MiB (read + write bytes), one thread, best call",
+            "bf16": "OpenVINO MatMul 1024x1024 pinned to bf16 (CPUs with native bf16 only), best call",
         },
     )
 
@@ -249,7 +280,9 @@ def measure_machine(seconds: float = 1.0, threads: int | None = None) -> Machine
 def best_of(*measured: MachineRates) -> MachineRates:
     """The higher of each rate over several measurements: a roof is what the machine can reach."""
     int8 = [m.int8_ops for m in measured if m.int8_ops]
+    bf16 = [m.bf16_flops for m in measured if m.bf16_flops]
     return MachineRates(
+        bf16_flops=max(bf16) if bf16 else None,
         fp32_flops=max(m.fp32_flops for m in measured),
         int8_ops=max(int8) if int8 else None,
         bandwidth=max(m.bandwidth for m in measured),

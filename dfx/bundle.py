@@ -268,6 +268,12 @@ class Bundle:
         """Decision threshold on the logit: logit >= threshold means "fake"."""
         return float(self.manifest["threshold"]["logit"])
 
+    def probability(self, logit: float) -> float:
+        """The calibrated P(fake) of a logit: sigmoid(scale * logit + offset) with the Platt
+        fit stored at training ("calibration" in the manifest); the plain sigmoid without one."""
+        calibration = self.manifest.get("calibration") or {}
+        return sigmoid(float(calibration.get("scale", 1.0)) * logit + float(calibration.get("offset", 0.0)))
+
     def files_with_role(self, role: str) -> list[str]:
         return [n for n, e in self.manifest["files"].items() if e.get("role") == role]
 

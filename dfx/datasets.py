@@ -38,13 +38,36 @@ class Sample:
     group: str  # photo source or generator, e.g. "ffhq", "stylegan2"
 
 
-def discover(
-    source: str | os.PathLike,
-    real: list[str] | None = None,
-    fake: list[str] | None = None,
-) -> list[Sample]:
-    """All labelled images under `source` (a folder or a labels file), sorted by path."""
-    source = Path(source)
+def as_roots(source) -> list[str]:
+    """One data root or several, as a list of strings."""
+    if isinstance(source, (list, tuple)):
+        return [os.fspath(s) for s in source]
+    return [os.fspath(source)]
+
+
+def discover(source, real: list[str] | None = None, fake: list[str] | None = None) -> list[Sample]:
+    """All labelled images under `source` (a folder or a labels file, or a list of them whose
+    samples are pooled: the same group name in two roots is one group), sorted by path."""
+    roots = as_roots(source)
+    if not roots:
+        raise DatasetError("no data given")
+    samples = [s for root in roots for s in _discover_one(Path(root), real, fake)]
+    labels = {s.label for s in samples}
+    if labels != {0, 1}:
+        missing = "fake" if 1 not in labels else "real"
+        shown = roots[0] if len(roots) == 1 else ", ".join(roots)
+        raise DatasetError(f"{shown} has no {missing} images; training and evaluation need both",
+                           hint="for one class only, use `dfx eval` (it reports the false-positive or detection rate)")
+    return sorted(set(samples), key=lambda s: s.path)
+
+
+def discover_any(source, real: list[str] | None = None, fake: list[str] | None = None) -> list[Sample]:
+    """Like `discover`, but one class alone is fine (e.g. a folder of users' real photos)."""
+    samples = [s for root in as_roots(source) for s in _discover_one(Path(root), real, fake)]
+    return sorted(set(samples), key=lambda s: s.path)
+
+
+def _discover_one(source: Path, real: list[str] | None, fake: list[str] | None) -> list[Sample]:
     if not source.exists():
         raise DatasetError(f"{source} does not exist")
     if source.is_file():
@@ -68,11 +91,7 @@ def discover(
         )
     if not samples:
         raise DatasetError(f"{source} holds no images")
-    labels = {s.label for s in samples}
-    if labels != {0, 1}:
-        missing = "fake" if 1 not in labels else "real"
-        raise DatasetError(f"{source} has no {missing} images; training and evaluation need both")
-    return sorted(samples, key=lambda s: s.path)
+    return samples
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -180,18 +199,26 @@ def summary(samples: list[Sample]) -> dict:
     return {"images": len(samples), "real": by_label["real"], "fake": by_label["fake"], "groups": dict(sorted(by_group.items()))}
 
 
-def data_record(root: str | os.PathLike, real: list[str] | None, fake: list[str] | None, val_fraction: float, seed: int) -> dict:
-    """What a bundle's manifest stores under "data" so later steps can rebuild the same split."""
-    return {"root": str(Path(root).resolve()), "real": real, "fake": fake, "val_fraction": val_fraction, "seed": seed}
+def data_record(root, real: list[str] | None, fake: list[str] | None, val_fraction: float, seed: int) -> dict:
+    """What a bundle's manifest stores under "data" so later steps can rebuild the same split.
+    `root` may be one data root or several ("roots" lists them all; "root" is the first)."""
+    roots = [str(Path(r).resolve()) for r in as_roots(root)]
+    return {"root": roots[0], "roots": roots, "real": real, "fake": fake, "val_fraction": val_fraction, "seed": seed}
+
+
+def record_roots(record: dict) -> list[str]:
+    """The data roots a manifest's "data" record names (older bundles have "root" only)."""
+    return list(record.get("roots") or ([record["root"]] if record.get("root") else []))
 
 
 def splits_from_record(record: dict) -> tuple[list[Sample], list[Sample]]:
     """(train, val) exactly as training saw them, from a manifest's "data" record."""
-    root = record.get("root")
-    if not root or not Path(root).exists():
+    roots = record_roots(record)
+    missing = [r for r in roots if not Path(r).exists()]
+    if not roots or missing:
         raise DatasetError(
-            f"the bundle's training data ({root}) is not on this machine",
+            f"the bundle's training data ({', '.join(missing) or None}) is not on this machine",
             hint="pass the data explicitly (for example --calib DATA / --parity DATA)",
         )
-    samples = discover(root, record.get("real"), record.get("fake"))
+    samples = discover(roots, record.get("real"), record.get("fake"))
     return split(samples, record.get("val_fraction", 0.2), record.get("seed", 0))

@@ -167,3 +167,51 @@ def _midpoint(scores: np.ndarray, thresholds: np.ndarray, index: int) -> float:
         return float(scores.max() + 1.0)
     lower = scores[scores < chosen]
     return float((chosen + lower.max()) / 2) if lower.size else float(chosen - 1.0)
+
+
+def fit_platt(labels, logits, iterations: int = 50) -> tuple[float, float]:
+    """(scale, offset) so that sigmoid(scale * logit + offset) is a calibrated P(fake): Platt
+    scaling, fitted by Newton's method on the binary cross-entropy (a tiny ridge keeps it finite
+    when the classes separate perfectly)."""
+    y, z = _arrays(labels, logits)
+    if y.size == 0 or y.min() == y.max():
+        return 1.0, 0.0
+    a, b = 1.0, 0.0
+    ridge = 1e-3
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -50, 50)))
+        w = p * (1 - p)
+        g = np.array([np.sum((p - y) * z) + ridge * (a - 1.0), np.sum(p - y)])
+        h = np.array([[np.sum(w * z * z) + ridge, np.sum(w * z)], [np.sum(w * z), np.sum(w) + ridge]])
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return float(a), float(b)
+
+
+def expected_calibration_error(labels, probabilities, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width probability bins, weighted by bin size
+    (for P(fake): the share of fakes in each bin against the mean predicted probability)."""
+    y, p = _arrays(labels, probabilities)
+    if y.size == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.sum() * abs(y[members].mean() - p[members].mean())
+    return float(total / y.size)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a rate (better than the normal one near 0 and 1)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    phat = successes / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

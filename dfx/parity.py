@@ -23,6 +23,8 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_agreement=1.0),
     "fp16": Tolerance(min_agreement=0.995),
+    # bf16 keeps 8 mantissa bits (fp16 keeps 11): held to fp16's decision bar, not looser.
+    "bf16": Tolerance(min_agreement=0.995),
     "int8": Tolerance(min_agreement=0.98, max_auc_drop=0.01),
 }
 

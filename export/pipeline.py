@@ -324,7 +324,9 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
         for name in ("fp32", "fp16", "int8", "cpu-int8")
         if bundle.has(FILES[name])
     }
+    forms.update(_openvino_forms(bundle, size, log))
     results = parity_report.measure(reference, forms, images.images, labels, bundle.threshold, config.batch_size, log)
+    _write_parity_sample(bundle, images.images, labels, reference)
     report = {
         "threshold": bundle.threshold,
         "images": len(images.images),
@@ -334,7 +336,8 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
         "skipped": images.skipped,
         "forms": results,
         "passed": all(r["passed"] for r in results.values()),
-        "tools": tool_versions("onnxruntime", "tensorflow", "keras"),
+        "tools": tool_versions("onnxruntime", "openvino", "tensorflow", "keras"),
+        "cpu": _cpu_name(),
     }
     # Kept for engines: the same images and reference, so engines are judged identically.
     report["_images"], report["_labels"], report["_reference"] = images.images, labels, reference
@@ -384,6 +387,52 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _openvino_forms(bundle: Bundle, size, log) -> dict:
+    """OpenVINO runs the same files with its own kernels, and `auto` picks it on CPU hosts, so
+    parity.json vouches for what it runs too: fp32 and the int8 CPU twin pinned to f32, and
+    bf16 where this CPU executes it natively (elsewhere it is not measured, and not vouched)."""
+    from dfx.runtime import openvino
+
+    if not openvino.available():
+        return {}
+    forms = {}
+    if bundle.has(FILES["fp32"]):
+        forms["openvino-fp32"] = lambda p=bundle.file(FILES["fp32"]): openvino.OpenVinoRunner(str(p), precision="fp32", input_size=size)
+        ok, why = openvino.bf16_status()
+        if ok:
+            forms["openvino-bf16"] = lambda p=bundle.file(FILES["fp32"]): openvino.OpenVinoRunner(str(p), precision="bf16", input_size=size)
+        else:
+            log(f"note: no openvino-bf16 parity entry: {why}")
+    int8_file = FILES["cpu-int8"] if bundle.has(FILES["cpu-int8"]) else FILES["int8"]
+    if bundle.has(int8_file):
+        forms["openvino-int8"] = lambda p=bundle.file(int8_file): openvino.OpenVinoRunner(str(p), precision="int8", input_size=size)
+    return forms
+
+
+# Up to this many parity images travel inside the bundle (with their Keras logits), so any host
+# can re-check the backend it will serve with (`dfx scan --check-parity`) without the data.
+PARITY_SAMPLE = "parity_sample.npz"
+PARITY_SAMPLE_IMAGES = 64
+PARITY_SAMPLE_BYTES = 8 * 1024 * 1024
+
+
+def _write_parity_sample(bundle: Bundle, images: np.ndarray, labels, reference: np.ndarray) -> None:
+    per_image = int(np.prod(images.shape[1:])) or 1
+    count = min(len(images), PARITY_SAMPLE_IMAGES, max(8, PARITY_SAMPLE_BYTES // per_image))
+    pick = np.linspace(0, len(images) - 1, count).round().astype(int) if count else np.zeros(0, int)
+    arrays = {"images": images[pick], "keras_logits": np.asarray(reference, np.float32)[pick]}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels)[pick]
+    np.savez_compressed(bundle.root / PARITY_SAMPLE, **arrays)
+    bundle.add_file(PARITY_SAMPLE, role="parity-sample")
+
+
+def _cpu_name() -> str:
+    from dfx.runtime.parity_check import cpu_name
+
+    return cpu_name()
 
 
 def _ort(path, precision: str, size, config: ExportConfig):

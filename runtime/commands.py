@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(e.g. jpg,png); default: image suffixes plus any file whose first bytes are an image")
     p.add_argument("--public-key", metavar="PEM", help="trusted public key: refuse a bundle that is unsigned or not "
                    "signed by it (default: $DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
+    p.add_argument("--check-parity", action="store_true", help="before scanning, run the bundle's parity sample through the "
+                   "chosen backend on this machine and refuse to start when it misses its tolerance against Keras (exit 2)")
     p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no backend line, progress bar or summary")
@@ -137,7 +139,6 @@ def scan_command(args: argparse.Namespace) -> int:
     todo = [f for f in files if f not in done]
     runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {reason}")
-    provenance = _provenance_reader(args, say)
     say(f"dfx scan: bundle {'is ' if bundle.signature.startswith(('unsigned', 'signed')) else ''}{bundle.signature}")
     provenance = _provenance_reader(args, say)
     if done:
@@ -151,6 +152,13 @@ def scan_command(args: argparse.Namespace) -> int:
     counts = {"images": 0, "scored": 0, "fake": 0, "real": 0, "errors": 0}
     verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real (ai-declared, conflict, ...)
     threshold = bundle.threshold if args.threshold is None else args.threshold
+    if getattr(args, "check_parity", False):
+        from dfx.runtime.parity_check import require_parity
+
+        runner.activate()
+        checked = require_parity(bundle, runner)
+        say(f"dfx scan: parity on this machine: {checked['form']} agrees with Keras on {checked['agreement']:.1%} of "
+            f"{checked['images']} images (max |logit difference| {checked['max_abs_diff']:.2g}) on {checked['cpu']}")
     with runner, ResultWriter(args.out, append=args.resume) as writer:
         began = time.perf_counter()
         with tqdm(total=len(todo), unit="img", disable=True if args.quiet else None, file=sys.stderr, dynamic_ncols=True) as bar:
@@ -164,6 +172,7 @@ def scan_command(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 model_sha256=str(getattr(runner, "model_sha256", "")),
                 provenance=provenance,
+                probability=bundle.probability,
             )
             for result in results:
                 writer.write(result)

@@ -73,12 +73,15 @@ class Detector:
         provenance: "bool | ProvenanceReader" = True,
         trust_anchors: str | os.PathLike | None = None,
         public_key: Any = None,
+        check_parity: bool = False,
     ) -> "Detector":
         """Open (and verify) the bundle, choose a backend, activate it.
 
         `public_key` (a PEM file path, PEM bytes or key object; default $DFX_PUBLIC_KEY) makes
         the load refuse a bundle that is unsigned or not signed by that key (BundleError with
         the reason). Without one any intact bundle loads; `bundle.signature` says which it was.
+        `check_parity` runs the bundle's parity sample through the chosen backend first and
+        raises ParityCheckError when it misses its tolerance on this machine.
         """
         from dfx.runtime.select import choose_runner
         from dfx.signing import trusted_key_from_env
@@ -94,6 +97,14 @@ class Detector:
         reader = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)
         runner, reason = choose_runner(bundle, backend, precision, threads=threads)
         runner.activate()
+        if check_parity:
+            from dfx.runtime.parity_check import require_parity
+
+            try:
+                require_parity(bundle, runner)
+            except BaseException:
+                runner.deactivate()
+                raise
         return cls(bundle, runner, reason, threshold=threshold, batch_size=batch_size, workers=workers, provenance=reader or False)
 
     @property
@@ -120,6 +131,7 @@ class Detector:
             workers=self.workers,
             model_sha256=self.model_sha256,
             provenance=self.provenance,
+            probability=self.bundle.probability,
         )
 
     def predict(self, images: Iterable[Any] | Any) -> list[Result]:

@@ -15,6 +15,14 @@ Speed choices (measured on a 2-vCPU host, seed CNN at 256 px; see benchmarks/REA
   requests in flight;
 - uint8 pixels go straight in: a pre-processing step inside the compiled model converts them
   to float32, so no float32 copy of the batch is made in Python.
+
+A runner runs the precision it reports. OpenVINO's CPU plugin silently executes float layers in
+bf16 on CPUs with AVX512-BF16 or AMX (its default INFERENCE_PRECISION_HINT there); measured on
+such hosts, `model.onnx` then differs from ONNX Runtime by 0.05 in the logit. So every compile
+pins the hint (f32 for the fp32 and int8 forms, whose float layers are float32 in the file; bf16
+only when asked for) and reads it back from the compiled model; a mismatch is a RunnerError.
+`precision="bf16"` runs `model.onnx` in bf16 where the CPU has native bf16 (AVX512-BF16 or AMX:
+OpenVINO's `BF16` optimization capability) and is refused with the reason elsewhere.
 """
 
 from __future__ import annotations
@@ -28,7 +36,23 @@ from dfx.errors import require
 from dfx.runtime.base import Runner, RunnerError, Source, physical_cores
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# The execution precision pinned for each form (OpenVINO's INFERENCE_PRECISION_HINT). The fp16
+# file's weights are float16 values; its arithmetic, like the int8 form's float parts, runs f32.
+EXECUTION_HINT = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
+READ_BACK = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def bf16_status() -> tuple[bool, str]:
+    """(True, "") when OpenVINO's CPU plugin has native bf16 here, else (False, why)."""
+    if not available():
+        return False, "openvino is not installed"
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in caps:
+        return True, ""
+    return False, f"this CPU has no native bf16 (needs AVX512-BF16 or AMX; OpenVINO reports {', '.join(caps)})"
 
 
 def available() -> bool:
@@ -90,6 +114,10 @@ class OpenVinoRunner(Runner):
         ov = require("openvino", "openvino", "the OpenVINO backend")
         self._ov = ov
         self._core = ov.Core()
+        if self.precision == "bf16":
+            ok, why = bf16_status()
+            if not ok:
+                raise RunnerError(f"{self.name}: cannot run bf16: {why}")
         source = self._load_source()
         try:
             model = source if isinstance(source, ov.Model) else self._core.read_model(source)
@@ -153,15 +181,31 @@ class OpenVinoRunner(Runner):
             ppp.input().tensor().set_element_type(ov.Type.u8)
             ppp.input().preprocess().convert_element_type(ov.Type.f32)
             model = ppp.build()
-        config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads or physical_cores()}
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": self.hint,
+            "INFERENCE_NUM_THREADS": self.threads or physical_cores(),
+            "INFERENCE_PRECISION_HINT": EXECUTION_HINT[self.precision],
+        }
         try:
             compiled = self._core.compile_model(model, self.device, config)
         except Exception as exc:
             raise RunnerError(f"OpenVINO cannot compile {self.name} for {self.device} at batch {batch_size}: {exc}") from exc
+        ran = executed_precision(compiled)
+        if ran != EXECUTION_HINT[self.precision]:
+            raise RunnerError(f"{self.name}: OpenVINO compiled for {ran} instead of {EXECUTION_HINT[self.precision]}; refusing to run "
+                              "a precision other than the one reported")
+        self.execution_precision = READ_BACK.get(ran, ran)
         return compiled, compiled.create_infer_request()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(hint=self.hint, threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
+        info.update(execution_precision=getattr(self, "execution_precision", EXECUTION_HINT[self.precision]), hint=self.hint, threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
         return info
 
+
+
+def executed_precision(compiled: Any) -> str:
+    """The float precision a compiled model runs ("f32", "bf16", "f16"), read back from it."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    name = getattr(value, "get_type_name", lambda: str(value))()  # an ov.Type: "f32" / "bf16"
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(str(name), str(name))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -82,12 +82,14 @@ def iter_results(
     workers: int | None = None,
     model_sha256: str = "",
     provenance: ProvenanceReader | None = None,
+    probability: Callable[[float], float] = sigmoid,
 ) -> Iterator[Result]:
     """Yield one Result per source, in input order. `runner` must be active.
 
     `sources` may be a lazy iterable (it is consumed as the window frees up). `threshold` is on
     the logit: logit >= threshold means "fake". With a `provenance` reader each row also carries
-    the input's C2PA columns; `verdict` (dfx.runtime.provenance.combined_verdict) is always set.
+    the input's C2PA columns; `probability` maps a logit to P(fake) (pass the bundle's
+    calibrated `Bundle.probability`); `verdict` (dfx.runtime.provenance.combined_verdict) is always set.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -110,7 +112,7 @@ def iter_results(
                 logit = float(next(scores))
                 decision = "fake" if logit >= threshold else "real"
                 verdict = combined_verdict(decision, prov.c2pa, prov.ai_declared)
-                yield Result(name, logit, sigmoid(logit), decision, backend, precision, model_sha256, None, verdict=verdict, **prov.columns())
+                yield Result(name, logit, probability(logit), decision, backend, precision, model_sha256, None, verdict=verdict, **prov.columns())
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfx-decode")
     queued: collections.deque[Pending] = collections.deque()  # batches handed to the runner, oldest first

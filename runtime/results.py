@@ -29,7 +29,7 @@ class Result:
 
     path: str  # the input as given (a path), or a short description for bytes/arrays/PIL images
     logit: float | None  # raw model score; >= threshold means "fake"
-    probability: float | None  # sigmoid(logit): the model's P(fake), not recalibrated
+    probability: float | None  # calibrated P(fake): the bundle's Platt fit of the logit (plain sigmoid without one)
     decision: str | None  # "fake" | "real"
     backend: str  # e.g. "ort-cpu", "trt"
     precision: str  # "fp32" | "fp16" | "int8"

@@ -28,12 +28,14 @@ from dfx.runtime.base import Runner
 
 BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "keras")
 ALIASES = {"ov-cpu": "openvino", "ov": "openvino", "tensorrt": "trt"}
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # Which precisions each backend runs, best (fastest) first for `precision=None`.
 PREFERENCE = {
     "trt": ("int8", "fp16", "fp32"),
     "ort-cuda": ("fp16", "fp32"),  # ORT's CUDA provider runs Q/DQ INT8 mostly in fp32: no gain
-    "openvino": ("int8", "fp32", "fp16"),
+    # bf16 (model.onnx run in bfloat16) only where the CPU has it natively; `auto` takes it only
+    # when the bundle has no int8 form and parity.json vouches for openvino-bf16 (see plan()).
+    "openvino": ("int8", "fp32", "fp16", "bf16"),
     "ort-cpu": ("int8", "fp32", "fp16"),
     "keras": ("fp32",),
 }
@@ -181,7 +183,7 @@ def _precisions(backend: str, precision: str | None) -> tuple[str, ...]:
 
 def _onnx_file(bundle: Bundle, precisions: tuple[str, ...], backend: str) -> tuple[str, str] | None:
     for precision in precisions:
-        roles = [ONNX_ROLES[precision]]
+        roles = [ONNX_ROLES["fp32" if precision == "bf16" else precision]]  # bf16 runs the fp32 file
         if precision == "int8" and backend in CPU_BACKENDS:
             roles.insert(0, CPU_INT8_ROLE)  # the uint8 twin: the CPU's fast int8 kernels
         for role in roles:
@@ -262,6 +264,9 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) ->
             ok, why = ort_cuda_status()
         elif name == "openvino":
             ok, why = openvino_status()
+            precisions = _openvino_precisions(bundle, precisions, explicit=precision is not None, notes=notes) if ok else precisions
+            if ok and not precisions:
+                continue
         elif name == "ort-cpu":
             ok, why = ort_cpu_status()
         else:
@@ -290,6 +295,30 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) ->
     else:
         hint = "use --backend auto, or install the backend's extra (see README)"
     raise SelectError(f"cannot run this bundle with {wanted}: " + "; ".join(n for n in notes if n), hint=hint)
+
+
+def vouched(bundle: Bundle, form: str) -> bool:
+    """True when the bundle's parity report has `form` (e.g. "openvino-bf16") and it passed."""
+    return bool(bundle.manifest.get("parity", {}).get("forms", {}).get(form))
+
+
+def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explicit: bool, notes: list[str]) -> tuple[str, ...]:
+    """OpenVINO's precisions here: bf16 needs native CPU support; `auto` also needs the parity
+    report to vouch for it, and takes it before fp32 (native bf16 is faster) but after int8."""
+    if "bf16" not in precisions:
+        return precisions
+    from dfx.runtime.openvino import bf16_status
+
+    ok, why = bf16_status()
+    if explicit:
+        if not ok:
+            notes.append(f"openvino bf16: {why}")
+            return ()
+        return precisions
+    rest = tuple(p for p in precisions if p != "bf16")
+    if ok and vouched(bundle, "openvino-bf16"):
+        return tuple(p for p in rest if p == "int8") + ("bf16",) + tuple(p for p in rest if p != "int8")
+    return rest
 
 
 def choose_runner(

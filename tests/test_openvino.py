@@ -111,3 +111,59 @@ def test_rejects_bad_options():
         openvino.OpenVinoRunner("m.onnx", hint="FASTEST")
     with pytest.raises(ValueError, match="sub_batch"):
         openvino.OpenVinoRunner("m.onnx", sub_batch=0)
+
+
+# ---- precision: a runner runs the precision it reports (issue #11) --------------------------------
+
+needs_bf16 = pytest.mark.skipif(not openvino.bf16_status()[0], reason=f"no native bf16 here: {openvino.bf16_status()[1]}")
+
+
+@needs_openvino
+@pytest.mark.parametrize("form", ["fp32", "cpu-int8"])
+def test_float_layers_are_pinned_to_f32_and_read_back(exported_bundle, reference, form):  # noqa: F811
+    """On AVX512-BF16 / AMX CPUs OpenVINO would run these in bf16 unless told otherwise."""
+    bundle = Bundle.open(exported_bundle)
+    with ov_runner(bundle, form) as runner:
+        runner.infer(reference[0][:2])
+        compiled = runner._compiled[2][0]
+        assert openvino.executed_precision(compiled) == "f32"
+        assert runner.execution_precision == "fp32"
+        assert runner.describe()["execution_precision"] == "fp32"
+
+
+@needs_openvino
+@needs_bf16
+def test_bf16_runs_bf16_and_meets_its_parity_tolerance(exported_bundle, reference):  # noqa: F811
+    bundle = Bundle.open(exported_bundle)
+    runner = openvino.OpenVinoRunner(str(bundle.file("model.onnx")), precision="bf16", input_size=bundle.input_size)
+    report = check_parity(runner, "openvino-bf16", reference, bundle.threshold)
+    assert runner.precision == "bf16" and report["passed"]
+    with runner:
+        runner.infer(reference[0][:2])
+        assert openvino.executed_precision(runner._compiled[2][0]) == "bf16"
+
+
+@needs_openvino
+def test_bf16_on_a_cpu_without_it_is_a_clear_error(exported_bundle, monkeypatch):
+    """Simulates a CPU without native bf16 (the status function is what the CPU check reads)."""
+    from dfx.runtime import select
+    from dfx.runtime.base import RunnerError
+
+    monkeypatch.setattr(openvino, "bf16_status", lambda: (False, "this CPU has no native bf16 (needs AVX512-BF16 or AMX)"))
+    bundle = Bundle.open(exported_bundle)
+    with pytest.raises(select.SelectError, match="no native bf16"):
+        select.plan(bundle, "openvino", "bf16")
+    with pytest.raises(RunnerError, match="no native bf16"):
+        openvino.OpenVinoRunner(str(bundle.file("model.onnx")), precision="bf16").activate()
+    choice, _ = select.plan(bundle, "auto")
+    assert choice.precision != "bf16"
+
+
+@needs_openvino
+def test_export_vouches_for_what_openvino_runs(exported_bundle):
+    import json
+
+    forms = json.loads((Bundle.open(exported_bundle).root / "parity.json").read_text())["forms"]
+    assert forms["openvino-fp32"]["passed"] and forms["openvino-int8"]["passed"]
+    assert forms["openvino-fp32"]["max_abs_diff"] <= 1e-4
+    assert ("openvino-bf16" in forms) == openvino.bf16_status()[0]

@@ -9,14 +9,24 @@ the detector is meant to find.
 ``robust`` adds the alterations the seed's challenge tested against: JPEG re-compression,
 Gaussian blur, rescaling (down and back up) and cropping (a random crop resized back).
 
-``none`` turns augmentation off.
+``generalize`` (the default) is built for generators and cameras never seen in training
+(Wang et al., CVPR 2020, and camera-pipeline variation): on top of ``seed``'s flip it applies,
+to real and fake images alike, JPEG re-compression, blur, down-and-up rescaling, colour jitter
+(brightness, contrast, saturation), sensor noise, sharpening and a small-angle rotation, each
+with a modest probability, so that none of these becomes a cue for either class.
+
+With a training canvas larger than the input (`canvas`), every mode starts with a random
+crop at native resolution: the model sees many windows of each image, and serving's centre
+crop is one of them.
+
+``none`` turns augmentation off (but still takes the random crop from a larger canvas).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-AUGMENT_MODES = ("none", "seed", "robust")
+AUGMENT_MODES = ("none", "seed", "robust", "generalize")
 
 # Probabilities per image. Flip is free; the colour and noise alterations are kept rarer so
 # that most training images still carry the generator's own colour and noise statistics.
@@ -29,25 +39,44 @@ P_JPEG = 0.3
 P_BLUR = 0.2
 P_RESCALE = 0.2
 P_CROP = 0.2
+# generalize: each alteration on a minority of images, so most keep their own statistics.
+G_JPEG = 0.3
+G_BLUR = 0.15
+G_RESCALE = 0.15
+G_COLOUR = 0.3
+G_NOISE = 0.1
+G_SHARPEN = 0.1
+G_ROTATE = 0.15
 
 
-def make_augment(mode: str, size: tuple[int, int]) -> Callable | None:
-    """A function (uint8 image (H, W, 3) tensor -> float32 (H, W, 3) tensor in 0..255) for
-    tf.data.Dataset.map, or None for mode "none". Random ops draw from TF's global seed, which
-    train() sets with keras.utils.set_random_seed, so runs repeat."""
+def make_augment(mode: str, size: tuple[int, int], canvas: tuple[int, int] | None = None) -> Callable | None:
+    """A function (uint8 image (Hc, Wc, 3) tensor -> float32 (H, W, 3) tensor in 0..255) for
+    tf.data.Dataset.map, or None for mode "none" without a canvas. Random ops draw from TF's
+    global seed, which train() sets with keras.utils.set_random_seed, so runs repeat.
+    `canvas` (>= size) is the size of the stored training images; a random window of `size` is
+    taken from it first."""
     if mode not in AUGMENT_MODES:
         raise ValueError(f"augment must be one of {AUGMENT_MODES}, not {mode!r}")
-    if mode == "none":
+    height, width = size
+    cropping = canvas is not None and tuple(canvas) != tuple(size)
+    if mode == "none" and not cropping:
         return None
     import tensorflow as tf
 
-    height, width = size
+    def window(image):
+        return tf.image.random_crop(image, (height, width, 3)) if cropping else image
+
+    if mode == "none":
+        return lambda image: tf.cast(window(image), tf.float32)
+    if mode == "generalize":
+        return _generalize(window, height, width)
     robust = mode == "robust"
 
     def chance(p: float):
         return tf.random.uniform([]) < p
 
     def augment(image):
+        image = window(image)
         if robust:  # JPEG works on uint8; do it before the float ops
             quality = tf.random.uniform([], 50, 96, dtype=tf.int32)
             image = tf.cond(chance(P_JPEG), lambda: tf.image.adjust_jpeg_quality(image, quality), lambda: image)
@@ -67,6 +96,68 @@ def make_augment(mode: str, size: tuple[int, int]) -> Callable | None:
         return tf.ensure_shape(tf.clip_by_value(x, 0.0, 255.0), (height, width, 3))
 
     return augment
+
+
+def _generalize(window, height: int, width: int) -> Callable:
+    import tensorflow as tf
+
+    def chance(p: float):
+        return tf.random.uniform([]) < p
+
+    def augment(image):
+        image = window(image)
+        quality = tf.random.uniform([], 60, 96, dtype=tf.int32)
+        image = tf.cond(chance(G_JPEG), lambda: tf.image.adjust_jpeg_quality(image, quality), lambda: image)
+        x = tf.cast(tf.ensure_shape(image, (height, width, 3)), tf.float32)
+        x = tf.cond(chance(P_FLIP), lambda: tf.image.flip_left_right(x), lambda: x)
+        x = tf.cond(chance(G_COLOUR), lambda: _colour(x), lambda: x)
+        x = tf.cond(chance(P_GRAYSCALE), lambda: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), lambda: x)
+        x = tf.cond(chance(G_BLUR), lambda: _gaussian_blur(x), lambda: x)
+        x = tf.cond(chance(G_RESCALE), lambda: _rescale(x, height, width), lambda: x)
+        x = tf.cond(chance(G_SHARPEN), lambda: _sharpen(x), lambda: x)
+        x = tf.cond(chance(G_NOISE), lambda: _impurities(x), lambda: x)
+        x = tf.cond(chance(G_ROTATE), lambda: _rotate(x, height, width), lambda: x)
+        return tf.ensure_shape(tf.clip_by_value(x, 0.0, 255.0), (height, width, 3))
+
+    return augment
+
+
+def _colour(x):
+    """Brightness +-10%, contrast 0.8..1.2, saturation 0.7..1.3: white balance and tone curves
+    differ between cameras and editing pipelines."""
+    import tensorflow as tf
+
+    x = x + tf.random.uniform([], -25.0, 25.0)
+    mean = tf.reduce_mean(x)
+    x = (x - mean) * tf.random.uniform([], 0.8, 1.2) + mean
+    grey = tf.image.rgb_to_grayscale(x)
+    return grey + (x - grey) * tf.random.uniform([], 0.7, 1.3)
+
+
+def _sharpen(x):
+    """Unsharp mask (amount 0.3..1.0), as phone pipelines and editors apply."""
+    import tensorflow as tf
+
+    amount = tf.random.uniform([], 0.3, 1.0)
+    return x + amount * (x - _gaussian_blur(x))
+
+
+def _rotate(x, height: int, width: int):
+    """A rotation of -10..10 degrees about the centre (bilinear, edges reflected)."""
+    import math
+
+    import tensorflow as tf
+
+    angle = tf.random.uniform([], -10.0, 10.0) * (math.pi / 180)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    # output (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
+    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=transform[None], output_shape=[height, width], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT",
+    )
+    return out[0]
 
 
 def _impurities(x):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -140,6 +141,9 @@ def _eval(args) -> int:
         bundle=args.bundle, data=args.data, split=args.split, backend=args.backend, precision=args.precision,
         real=args.real, fake=args.fake, batch_size=args.batch_size, progress=not args.json,
     ))
+    if args.plot and "roc" not in report:
+        print("dfx eval: no ROC curve for one class; --plot skipped", file=sys.stderr)
+        args.plot = None
     if args.plot:
         plot_roc(report, args.plot)
     if args.json:

@@ -56,3 +56,46 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """float32 logits (N,) for uint8 images, in batches (predict_on_batch: no tf.data overhead)."""
     out = [np.asarray(model.predict_on_batch(x[i : i + batch_size].astype(np.float32))).reshape(-1) for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
+
+
+def group_shares(samples: list[Sample]) -> dict[str, float]:
+    """Each group's share of a balanced epoch: half for each class, split evenly between the
+    class's groups (generators or photo sources), whatever their sizes. So 500 SD faces do not
+    drown 400 ProGAN ones, and four photo sources count alike. Keys are "real/<group>"."""
+    groups: dict[int, set[str]] = {0: set(), 1: set()}
+    for s in samples:
+        groups[s.label].add(s.group)
+    shares = {}
+    for label, names in groups.items():
+        for name in sorted(names):
+            shares[f"{'fake' if label else 'real'}/{name}"] = 0.5 / len(names) if len(groups[1 - label]) else 1.0 / len(names)
+    return shares
+
+
+def balanced_indices(samples: list[Sample], epochs: int, epoch_size: int, seed: int) -> np.ndarray:
+    """Sample indices for `epochs` epochs of `epoch_size` images, drawn with the shares of
+    `group_shares` (with replacement within a group, so a small group is repeated rather than
+    outweighed). int64 (epochs * epoch_size,)."""
+    shares = group_shares(samples)
+    keys = [f"{'fake' if s.label else 'real'}/{s.group}" for s in samples]
+    counts = {k: keys.count(k) for k in shares}
+    p = np.array([shares[k] / counts[k] for k in keys], np.float64)
+    rng = np.random.default_rng(seed)
+    return rng.choice(len(samples), size=epochs * epoch_size, replace=True, p=p / p.sum()).astype(np.int64)
+
+
+def balanced_dataset(arrays: Arrays, indices: np.ndarray, batch_size: int, augment):
+    """Batches of (float32 images, float32 labels) following `indices` (see balanced_indices);
+    the images stay in one in-memory tensor and are gathered per step."""
+    import tensorflow as tf
+
+    images = tf.constant(arrays.x)
+    labels = tf.constant(arrays.y.astype(np.float32)[:, None])
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+
+    def fetch(i):
+        image = tf.gather(images, i)
+        label = tf.gather(labels, i)
+        return (augment(image) if augment is not None else tf.cast(image, tf.float32)), label
+
+    return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -51,7 +51,7 @@ def select_samples(bundle: Bundle, config: EvalConfig) -> list[datasets.Sample]:
         same_root = record.get("root") and Path(root).resolve() == Path(record["root"]).resolve()
         if same_root and real is None and fake is None:
             real, fake = record.get("real"), record.get("fake")
-    samples = datasets.discover(root, real, fake)
+    samples = datasets.discover_any(root, real, fake)
     if config.split == "val":
         _, samples = datasets.split(samples, record.get("val_fraction", 0.2), record.get("seed", 0))
     elif config.split != "all":
@@ -104,14 +104,18 @@ def evaluate(config: EvalConfig) -> dict:
     if errors:
         print(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
     labels = np.array([s.label for s in kept], np.int64)
-    if set(labels.tolist()) != {0, 1}:
-        raise DfxError("evaluation needs real and fake images that decode", hint="check DATA and --split")
+    if not len(labels):
+        raise DfxError("no image of DATA could be decoded", hint="check DATA and --split")
     threshold = bundle.threshold
+    if set(labels.tolist()) != {0, 1}:
+        return one_class_report(bundle, config, kept, labels, logits, errors, reason)
     report = metrics.summarize(labels, logits, threshold)
     fpr, tpr, _ = metrics.roc_curve(labels, logits)
     report.update(
         {
             "per_generator": metrics.per_group(labels, logits, [s.group for s in kept], threshold),
+            # calibration of `probability` (the bundle's Platt fit): 0 = probabilities match frequencies
+            "ece": metrics.expected_calibration_error(labels, [bundle.probability(float(z)) for z in logits]),
             "threshold_method": bundle.manifest["threshold"].get("method"),
             "split": config.split,
             "data": str(Path(config.data).resolve()) if config.data else bundle.manifest.get("data", {}).get("root"),
@@ -126,8 +130,55 @@ def evaluate(config: EvalConfig) -> dict:
     return report
 
 
+def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, errors, reason: str) -> dict:
+    """Real photos only ("how many of our users' photos would be flagged?") or fakes only: the
+    rate at the bundle's threshold with a 95% Wilson interval. AUC, AP and EER rank fakes against
+    reals, so with one class they are undefined and reported as such, not as a number."""
+    label = int(labels[0])
+    flagged = int(np.sum(logits >= bundle.threshold))
+    low, high = metrics.wilson_interval(flagged, len(labels))
+    name = "false_positive_rate" if label == 0 else "detection_rate"
+    probabilities = np.array([bundle.probability(float(z)) for z in logits])
+    groups = sorted({s.group for s in kept})
+    per_group = {}
+    for group in groups:
+        members = np.array([s.group == group for s in kept])
+        n, k = int(members.sum()), int(np.sum(logits[members] >= bundle.threshold))
+        per_group[group] = {"images": n, "flagged": k, name: k / n, "interval_95": metrics.wilson_interval(k, n)}
+    return {
+        "one_class": "real" if label == 0 else "fake",
+        "images": len(labels),
+        "flagged_fake": flagged,
+        name: flagged / len(labels),
+        "interval_95": [low, high],
+        "mean_probability": float(probabilities.mean()),
+        "undefined": "AUC, average precision and EER need both classes (they rank fakes above reals)",
+        "per_group": per_group,
+        "threshold": bundle.threshold,
+        "split": config.split,
+        "data": str(Path(config.data).resolve()) if config.data else bundle.manifest.get("data", {}).get("root"),
+        "bundle": str(bundle.root.resolve()),
+        "backend": "?",
+        "runner_reason": reason,
+        "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
+    }
+
+
 def format_report(report: dict) -> str:
     """A human-readable table of the report."""
+    if "one_class" in report:
+        name = "false-positive rate (real photos flagged as fake)" if report["one_class"] == "real" else "detection rate (fakes caught)"
+        key = "false_positive_rate" if report["one_class"] == "real" else "detection_rate"
+        low, high = report["interval_95"]
+        lines = [f"{report['images']} {report['one_class']} images only ({report['split']} split of {report['data']}), "
+                 f"threshold {report['threshold']:.4g} (logit)",
+                 f"{name}: {report[key]:.2%} ({report['flagged_fake']} of {report['images']}), 95% interval {low:.2%} .. {high:.2%}",
+                 f"not reported: {report['undefined']}"]
+        for group, r in report["per_group"].items():
+            lines.append(f"  {group:<20}{r['images']:>6}  {r[key]:.2%}  ({r['interval_95'][0]:.2%} .. {r['interval_95'][1]:.2%})")
+        if report["errors"]["count"]:
+            lines.append(f"unreadable: {report['errors']['count']} image(s)")
+        return "\n".join(lines)
     lines = [
         f"{report['images']} images ({report['split']} split of {report['data']}), backend {report['backend']} {report['model_precision']}",
         f"threshold {report['threshold']:.4g} (logit, {report['threshold_method']})",
@@ -146,6 +197,8 @@ def format_report(report: dict) -> str:
         lines.append(row(f"{r['group_label']}/{name}", r, r["group_images"]) + f"   (group accuracy {r['group_accuracy']:.4f})")
     c = report["confusion"]
     lines += ["", f"confusion: tp {c['tp']}  fp {c['fp']}  tn {c['tn']}  fn {c['fn']}"]
+    if report.get("ece") is not None:
+        lines.append(f"expected calibration error of `probability`: {report['ece']:.4f}")
     if report["errors"]["count"]:
         lines.append(f"unreadable: {report['errors']['count']} image(s)")
         lines += [f"  {e['path']}: {e['reason']}" for e in report["errors"]["first"]]

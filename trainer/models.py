@@ -1,14 +1,20 @@
-"""Model architectures. The seed CNN is the default and is kept exactly.
+"""Model architectures.
 
 Every model takes float32 NHWC RGB in 0..255 (the rescaling is inside the model, so runners
 feed raw pixels) and returns one logit per image: shape (N, 1), positive = fake.
+
+- ``seed_cnn``: the seed project's CNN, kept exactly (only the rescaling constant differs).
+- ``npr_cnn``: a neighbouring-pixel-residual front end (Tan et al., CVPR 2024) feeding a small
+  residual CNN. Built from standard layers only (a fixed depthwise conv, nearest up-sampling,
+  a subtraction), so it exports to ONNX, calibrates to INT8 and runs in every runner.
 """
 
 from __future__ import annotations
 
 from dfx.errors import require
 
-ARCHITECTURES = ("seed_cnn",)
+ARCHITECTURES = ("seed_cnn", "npr_cnn")
+DEFAULT_ARCHITECTURE = "npr_cnn"  # chosen on the leave-one-source-out protocol (README)
 INPUT_NAME = "images"
 
 
@@ -40,7 +46,58 @@ def seed_cnn(size: int | tuple[int, int] = 256, dropout: float = 0.5, seed: int 
     return keras.Model(inputs, logits, name="seed_cnn")
 
 
+def npr_cnn(size: int | tuple[int, int] = 96, widths: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.3, seed: int | None = None):
+    """Neighbouring-pixel residual (NPR) + a small residual CNN.
+
+    NPR = x - up2(down2(x)): each pixel minus the top-left pixel of its 2x2 cell. Generators
+    up-sample (nearest, transposed conv, bilinear), which ties neighbouring pixels together;
+    the residual keeps exactly that local correlation and discards the content (faces, colour,
+    lighting), which is what lets a detector trained on a few generators carry over to others
+    (Tan et al., "Rethinking the Up-Sampling Operations in CNN-based Generative Network for
+    Generalizable Deepfake Detection", CVPR 2024). down2 is a fixed, non-trainable 2x2
+    depthwise conv with stride 2 that picks the top-left pixel; up2 is nearest up-sampling.
+
+    The body: a stem conv, then one residual block (two 3x3 convs + BN, 1x1 projection) per
+    width, each halving the resolution; global average pooling, dropout, one logit. Batch
+    normalisation folds into the convolutions at export. Input sides must be even.
+    """
+    require("tensorflow", "train", "building the Keras model")
+    import keras
+    import numpy as np
+    from keras import layers
+
+    height, width = (size, size) if isinstance(size, int) else size
+    if height % 2 or width % 2:
+        raise ValueError(f"npr_cnn needs even input sides, not {height}x{width}")
+    init = keras.initializers.HeNormal(seed=seed)
+    pick = np.zeros((2, 2, 3, 1), np.float32)
+    pick[0, 0] = 1.0  # the top-left pixel of each 2x2 cell, per channel
+    inputs = keras.Input((height, width, 3), dtype="float32", name=INPUT_NAME)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    down = layers.DepthwiseConv2D(2, strides=2, use_bias=False, trainable=False,
+                                  depthwise_initializer=keras.initializers.Constant(pick), name="npr_down")(x)
+    up = layers.UpSampling2D(2, interpolation="nearest", name="npr_up")(down)
+    x = layers.Subtract(name="npr")([x, up])
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=init, name="stem")(x)
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for i, filters in enumerate(widths):
+        name = f"block{i + 1}"
+        shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False, kernel_initializer=init, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        y = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init, name=f"{name}_conv1")(x)
+        y = layers.ReLU(name=f"{name}_relu1")(layers.BatchNormalization(name=f"{name}_bn1")(y))
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init, name=f"{name}_conv2")(y)
+        y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+        x = layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    logits = layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed), name="logit")(x)
+    return keras.Model(inputs, logits, name="npr_cnn")
+
+
 def build(architecture: str, size: int | tuple[int, int], seed: int | None = None):
     if architecture == "seed_cnn":
         return seed_cnn(size, seed=seed)
+    if architecture == "npr_cnn":
+        return npr_cnn(size, seed=seed)
     raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")

@@ -54,26 +54,34 @@ DIVERGED_LOGIT = 1e4
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str  # a labelled folder or labels file (see dfx.datasets.discover)
+    data: str | tuple[str, ...]  # one labelled folder or labels file, or several pooled (see dfx.datasets.discover)
     out: str  # the bundle folder to write
-    size: int = 256  # input height = width; the seed's resolution
-    fit: str = "crop"  # centre crop keeps the GAN upsampling traces that resizing blurs away
+    size: int = 96  # input height = width; small enough for 2-core training, above every source's minimum side
+    fit: str = "crop"  # centre crop at native resolution: no resampling, so up-sampling traces survive
     real: tuple[str, ...] | None = None  # folder names that hold real images (seed layout)
     fake: tuple[str, ...] | None = None  # folder names that hold fake images (seed layout)
     val_fraction: float = 0.2  # held out, stratified by label and generator
     seed: int = 0  # split, initialisation, shuffling and augmentation all follow it
-    epochs: int = 40  # an upper bound: early stopping usually ends sooner
+    epochs: int = 30  # an upper bound: early stopping usually ends sooner
     batch_size: int = 128  # the seed's batch size
     learning_rate: float = 1e-3  # peak Adam rate after warm-up (the seed's rate; safe with centred inputs)
     warmup_epochs: float = 2.0  # linear warm-up from 0, so the first steps cannot kill the ReLUs
     clipnorm: float = 1.0  # global gradient-norm clip: no single batch takes a huge step
     patience: int = 6  # epochs without a better val AUC before stopping (best weights restored)
-    augment: str = "seed"  # none | seed | robust (see dfx.trainer.augment)
+    augment: str = "generalize"  # none | seed | robust | generalize (see dfx.trainer.augment)
     target_fpr: float | None = None  # None: threshold at best balanced accuracy; else at this FPR
     guard_epochs: int = 2  # epochs after which a constant output counts as a dead start
     max_restarts: int = 3  # fresh starts allowed after a dead start
     restart_lr_factor: float = 0.3  # each restart multiplies the learning rate by this
-    architecture: str = "seed_cnn"  # see dfx.trainer.models.ARCHITECTURES
+    architecture: str = "npr_cnn"  # see dfx.trainer.models.ARCHITECTURES
+    # Training images are stored at this side (native-resolution centre crop) and each step takes
+    # a random `size` window of them; None: stored at `size`, no random window.
+    train_canvas: int | None = 128
+    # Each epoch draws images so that each class is half and each generator / photo source an
+    # equal share of its class (dfx.trainer.data.group_shares); False: plain shuffled epochs
+    # with class weights (the seed's recipe).
+    balance: bool = True
+    epoch_size: int | None = None  # images per balanced epoch; None: the training split's size
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)
     workers: int | None = None  # decode threads (default 4)
@@ -105,6 +113,19 @@ def choose_threshold(labels: np.ndarray, logits: np.ndarray, target_fpr: float |
     return {"logit": metrics.threshold_at_fpr(labels, logits, target_fpr), "method": "target_fpr", "target_fpr": target_fpr, "split": "val"}
 
 
+def calibrate(labels: np.ndarray, logits: np.ndarray) -> dict:
+    """Platt scaling fitted on the validation logits, so a result's `probability` means a
+    probability; with the expected calibration error before and after (10 bins)."""
+    scale, offset = metrics.fit_platt(labels, logits)
+    raw = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+    fitted = 1.0 / (1.0 + np.exp(-(scale * np.asarray(logits, np.float64) + offset)))
+    return {
+        "method": "platt", "scale": scale, "offset": offset, "split": "val",
+        "ece_sigmoid": metrics.expected_calibration_error(labels, raw),
+        "ece": metrics.expected_calibration_error(labels, fitted),
+    }
+
+
 def bce_from_logits(labels: np.ndarray, logits: np.ndarray) -> float:
     """Mean binary cross-entropy, computed stably from logits."""
     z = np.asarray(logits, np.float64)
@@ -115,18 +136,9 @@ def bce_from_logits(labels: np.ndarray, logits: np.ndarray) -> float:
 def train(config: TrainConfig) -> Bundle:
     """Train on `config.data`, write a bundle to `config.out`, return it (opened and verified)."""
     require("tensorflow", "train", "dfx train")
-    import keras
-
-    from dfx.trainer import augment as augment_mod
     from dfx.trainer import data as data_mod
-    from dfx.trainer import models
 
-    if config.fit not in FIT_POLICIES:
-        raise DfxError(f"--fit must be resize or crop, not {config.fit!r}")
-    if config.augment not in augment_mod.AUGMENT_MODES:
-        raise DfxError(f"--augment must be one of {', '.join(augment_mod.AUGMENT_MODES)}")
-    if config.target_fpr is not None and not 0 < config.target_fpr < 1:
-        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.01)")
+    check_config(config)
     started = time.time()
     size = (config.size, config.size)
     real = list(config.real) if config.real else None
@@ -134,9 +146,41 @@ def train(config: TrainConfig) -> Bundle:
     samples = datasets.discover(config.data, real, fake)
     train_samples, val_samples = datasets.split(samples, config.val_fraction, config.seed)
     bundle = Bundle.create(config.out, input_size=size, fit=config.fit, architecture=config.architecture, overwrite=config.overwrite)
-
-    train_arrays = data_mod.load_arrays(train_samples, size, config.fit, workers=config.workers, progress=config.progress, desc="decode train")
+    canvas = (config.train_canvas, config.train_canvas) if config.train_canvas else size
+    train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, workers=config.workers, progress=config.progress, desc="decode train")
     val_arrays = data_mod.load_arrays(val_samples, size, config.fit, workers=config.workers, progress=config.progress, desc="decode val")
+    return fit_arrays(config, bundle, train_arrays, val_arrays, started=started)
+
+
+def check_config(config: TrainConfig) -> None:
+    from dfx.trainer import augment as augment_mod
+    from dfx.trainer.models import ARCHITECTURES
+
+    if config.fit not in FIT_POLICIES:
+        raise DfxError(f"--fit must be resize or crop, not {config.fit!r}")
+    if config.augment not in augment_mod.AUGMENT_MODES:
+        raise DfxError(f"--augment must be one of {', '.join(augment_mod.AUGMENT_MODES)}")
+    if config.architecture not in ARCHITECTURES:
+        raise DfxError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, not {config.architecture!r}")
+    if config.target_fpr is not None and not 0 < config.target_fpr < 1:
+        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.01)")
+    if config.train_canvas is not None and config.train_canvas < config.size:
+        raise DfxError(f"--train-canvas ({config.train_canvas}) must be at least --size ({config.size})")
+    if config.architecture == "npr_cnn" and config.size % 2:
+        raise DfxError(f"npr_cnn needs an even --size, not {config.size}")
+
+
+def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *, started: float | None = None) -> Bundle:
+    """Train on decoded arrays (training images at the canvas size, validation at the input
+    size) and finish `bundle`. `dfx train` and the leave-one-out protocol both come here."""
+    import keras
+
+    from dfx.trainer import augment as augment_mod
+    from dfx.trainer import data as data_mod
+    from dfx.trainer import models
+
+    started = time.time() if started is None else started
+    size = (config.size, config.size)
     errors = train_arrays.errors + val_arrays.errors
     if errors:
         print(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
@@ -144,8 +188,10 @@ def train(config: TrainConfig) -> Bundle:
         if set(arrays.y.tolist()) != {0, 1}:
             raise TrainingError(f"the {name} split needs real and fake images that decode", hint="add images or lower --val-fraction")
 
-    steps_per_epoch = math.ceil(len(train_arrays.y) / config.batch_size)
-    augment = augment_mod.make_augment(config.augment, size)
+    epoch_size = config.epoch_size or len(train_arrays.y)
+    steps_per_epoch = max(1, math.ceil(epoch_size / config.batch_size))
+    canvas = tuple(train_arrays.x.shape[1:3])
+    augment = augment_mod.make_augment(config.augment, size, canvas)
     checkpoint = bundle.root / MODEL_FILE
     attempts: list[dict] = []
     learning_rate = config.learning_rate
@@ -164,11 +210,16 @@ def train(config: TrainConfig) -> Bundle:
         monitor = Monitor(val_arrays, config, checkpoint, attempt)
         record = {"attempt": attempt, "seed": seed, "learning_rate": learning_rate, "collapsed": False, "epochs": monitor.epochs}
         attempts.append(record)
-        print(f"attempt {attempt + 1}: seed {seed}, peak learning rate {learning_rate:.3g}, "
+        print(f"attempt {attempt + 1}: {config.architecture}, seed {seed}, peak learning rate {learning_rate:.3g}, "
               f"{len(train_arrays.y)} train / {len(val_arrays.y)} val images at {config.size} px ({config.fit})", file=sys.stderr)
-        dataset = data_mod.train_dataset(train_arrays, config.batch_size, augment, seed)
+        if config.balance:
+            indices = data_mod.balanced_indices(train_arrays.samples, config.epochs, steps_per_epoch * config.batch_size, seed)
+            dataset = data_mod.balanced_dataset(train_arrays, indices, config.batch_size, augment)
+        else:
+            dataset = data_mod.train_dataset(train_arrays, config.batch_size, augment, seed)
         try:
-            model.fit(dataset, epochs=config.epochs, callbacks=[monitor], shuffle=False, verbose=_verbosity(config.progress))
+            model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch if config.balance else None,
+                      callbacks=[monitor], shuffle=False, verbose=_verbosity(config.progress))
         except KeyboardInterrupt:
             if monitor.best_weights is None:
                 raise
@@ -232,11 +283,13 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "unreadable": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
     }
     m["metrics"] = {"val": val_metrics, "per_generator": metrics.per_group(y, logits, groups, threshold["logit"])}
+    m["calibration"] = calibrate(y, logits)
     m["training"] = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         "optimizer": "adam",
         "loss": "binary_crossentropy_from_logits",
-        "class_weights": {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
+        "class_weights": None if config.balance else {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
+        "balance": data_mod.group_shares(train_arrays.samples) if config.balance else None,  # share of each epoch per group
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
         "best_epoch": best_epoch,
         "interrupted": interrupted,  # stopped with Ctrl-C before early stopping or the last epoch

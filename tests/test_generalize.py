@@ -1,0 +1,211 @@
+"""Generalization work (issue #10): several data roots with balanced epochs, the NPR
+architecture end to end (train -> ONNX -> calibrated INT8 with parity), the leave-one-out
+protocol with its shortcut baseline, one-class evaluation and calibrated probabilities."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfx import datasets, metrics
+
+tf = pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
+
+
+@pytest.fixture(scope="session")
+def two_roots(synth_data, tmp_path_factory) -> list[Path]:
+    """synth_data split into two roots, as two collections would be: one holds the `camera`
+    photos and the `tconv` fakes, the other `scan` and `upconv`."""
+    base = tmp_path_factory.mktemp("roots")
+    roots = [base / "a", base / "b"]
+    for root, groups in zip(roots, (("real/camera", "fake/tconv"), ("real/scan", "fake/upconv"))):
+        for group in groups:
+            shutil.copytree(synth_data / group, root / group)
+    return roots
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def test_several_roots_pool_into_one_set_and_the_record_rebuilds_the_split(two_roots, synth_data):
+    pooled = datasets.discover(two_roots)
+    assert {s.group for s in pooled} == {"camera", "scan", "tconv", "upconv"}
+    assert len(pooled) == len(datasets.discover(synth_data))
+    record = datasets.data_record(two_roots, None, None, 0.2, 0)
+    assert record["roots"] == [str(r.resolve()) for r in two_roots] and record["root"] == record["roots"][0]
+    assert datasets.splits_from_record(record) == datasets.split(pooled, 0.2, 0)
+
+
+def test_one_class_folder_is_refused_for_training_but_readable_for_eval(two_roots):
+    with pytest.raises(datasets.DatasetError, match="no fake images"):
+        datasets.discover(two_roots[0], ["real"], None)
+    assert {s.label for s in datasets.discover_any(two_roots[0], ["real"], None)} == {0}
+
+
+def test_group_shares_give_each_class_half_and_each_group_an_equal_part():
+    from dfx.trainer.data import balanced_indices, group_shares
+
+    samples = [datasets.Sample(f"r{i}", 0, "big") for i in range(300)] + [datasets.Sample(f"s{i}", 0, "small") for i in range(30)]
+    samples += [datasets.Sample(f"f{i}", 1, "gan") for i in range(100)]
+    assert group_shares(samples) == {"real/big": 0.25, "real/small": 0.25, "fake/gan": 0.5}
+    drawn = balanced_indices(samples, epochs=4, epoch_size=2000, seed=0)
+    groups = np.array([samples[i].group for i in drawn])
+    assert abs(np.mean(groups == "small") - 0.25) < 0.03  # 30 images weigh as much as 300
+    assert abs(np.mean(groups == "gan") - 0.5) < 0.03
+
+
+# ---- the NPR architecture ---------------------------------------------------------------------------
+
+def test_npr_front_end_is_the_image_minus_its_nearest_neighbour_upsampled_copy():
+    import keras
+
+    from dfx.trainer.models import npr_cnn
+
+    model = npr_cnn(16, seed=0)
+    npr = keras.Model(model.input, model.get_layer("npr").output)
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.float32)
+    centred = x / 127.5 - 1.0
+    expected = centred - np.repeat(np.repeat(centred[:, ::2, ::2], 2, axis=1), 2, axis=2)
+    np.testing.assert_allclose(npr.predict_on_batch(x), expected, atol=1e-5)
+    assert not model.get_layer("npr_down").trainable
+    with pytest.raises(ValueError, match="even"):
+        npr_cnn(15)
+
+
+def test_generalize_augmentation_takes_random_windows_of_the_canvas():
+    from dfx.trainer.augment import make_augment
+
+    tf.random.set_seed(0)
+    augment = make_augment("generalize", (32, 32), canvas=(48, 48))
+    image = tf.constant(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    outs = [augment(image).numpy() for _ in range(12)]
+    assert all(o.shape == (32, 32, 3) and 0 <= o.min() and o.max() <= 255 for o in outs)
+    assert len({o.tobytes() for o in outs}) > 6  # windows and alterations differ draw to draw
+    plain = make_augment("none", (32, 32), canvas=(48, 48))
+    window = plain(image).numpy()
+    assert window.shape == (32, 32, 3)  # no alteration, only the random window
+
+
+@pytest.fixture(scope="session")
+def npr_bundle(two_roots, tmp_path_factory) -> Path:
+    """The default recipe (npr_cnn, balanced epochs over two roots, generalize augmentation,
+    random windows of a larger canvas), small: 32 px windows of a 48 px canvas, 6 epochs."""
+    from dfx.trainer.train import TrainConfig, train
+
+    tf.config.experimental.enable_op_determinism()
+    out = tmp_path_factory.mktemp("npr") / "bundle"
+    config = TrainConfig(data=tuple(str(r) for r in two_roots), out=str(out), size=32, train_canvas=48, epochs=6,
+                         batch_size=32, epoch_size=640, warmup_epochs=1, patience=6, progress=False)
+    return train(config).root
+
+
+def test_default_recipe_trains_records_balance_and_calibration(npr_bundle):
+    from dfx.bundle import Bundle
+
+    m = Bundle.open(npr_bundle).manifest
+    assert m["architecture"] == "npr_cnn" and m["training"]["config"]["augment"] == "generalize"
+    assert m["training"]["balance"] == {"fake/tconv": 0.25, "fake/upconv": 0.25, "real/camera": 0.25, "real/scan": 0.25}
+    assert len(m["data"]["roots"]) == 2
+    assert m["metrics"]["val"]["auc"] > 0.8
+    cal = m["calibration"]
+    assert cal["method"] == "platt" and cal["ece"] <= cal["ece_sigmoid"] + 1e-9
+
+
+def test_npr_bundle_exports_and_its_int8_forms_pass_parity(npr_bundle, synth_data, tmp_path):
+    pytest.importorskip("tf2onnx", reason="export needs tf2onnx (pip install 'dfx[export]')")
+    from dfx.export.pipeline import ExportConfig, export_bundle
+
+    out = Path(shutil.copytree(npr_bundle, tmp_path / "b"))
+    report = export_bundle(out, ExportConfig(int8=True, calib_count=128, parity=str(synth_data)), log=lambda _: None)
+    for form in ("fp32", "int8", "cpu-int8"):
+        assert report["forms"][form]["passed"], report["forms"][form]
+    assert (out / "parity_sample.npz").is_file()
+
+
+def test_probability_is_the_calibrated_one(npr_bundle, synth_data):
+    from dfx.bundle import Bundle, sigmoid
+    from dfx.runtime.detector import Detector
+
+    bundle = Bundle.open(npr_bundle)
+    cal = bundle.manifest["calibration"]
+    path = next((synth_data / "fake" / "tconv").iterdir())
+    with Detector.load(bundle, backend="keras") as detector:
+        result = detector.predict([str(path)])[0]
+    assert result.probability == pytest.approx(sigmoid(cal["scale"] * result.logit + cal["offset"]))
+
+
+def test_platt_fit_and_calibration_error():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    true_logit = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.0, y.size)
+    overconfident = 4.0 * true_logit  # the Bayes log-odds here are 2 x, so these are 2x too large
+    scale, offset = metrics.fit_platt(y, overconfident)
+    assert 0.45 < scale < 0.55 and abs(offset) < 0.1
+    raw = 1 / (1 + np.exp(-overconfident))
+    fitted = 1 / (1 + np.exp(-(scale * overconfident + offset)))
+    assert metrics.expected_calibration_error(y, fitted) < metrics.expected_calibration_error(y, raw) / 2
+
+
+def test_wilson_interval_brackets_the_rate():
+    low, high = metrics.wilson_interval(3, 100)
+    assert low < 0.03 < high and high < 0.09
+    assert metrics.wilson_interval(0, 50)[0] == 0.0
+
+
+# ---- evaluation of one class ---------------------------------------------------------------------------
+
+def test_eval_on_real_photos_only_reports_the_false_positive_rate(exported_bundle, synth_data, capsys):
+    from dfx.cli import main
+
+    code = main(["eval", str(exported_bundle), str(synth_data / "real"), "--real", "camera,scan", "--backend", "ort-cpu", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["one_class"] == "real" and report["images"] == 200
+    low, high = report["interval_95"]
+    assert low <= report["false_positive_rate"] <= high
+    assert "AUC" in report["undefined"] and "auc" not in report
+    assert set(report["per_group"]) == {"camera", "scan"}
+
+
+# ---- the protocol -----------------------------------------------------------------------------------------
+
+def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
+    pytest.importorskip("sklearn", reason="the shortcut baseline needs scikit-learn (pip install 'dfx[train]')")
+    from dfx.trainer.protocol import IN_DISTRIBUTION, PERTURBATIONS, ProtocolConfig, run
+
+    config = ProtocolConfig(data=tuple(str(r) for r in two_roots), out=str(tmp_path / "p"), size=32, train_canvas=48,
+                            epochs=2, epoch_size=256, batch_size=32, groups=(IN_DISTRIBUTION, "scan"), progress=False)
+    report = run(config, log=lambda _: None)
+    rows = report["rows"]
+    assert rows["scan"]["held_out"] == "real" and 0 <= rows["scan"]["held_out_fpr"] <= 1
+    assert {f"{IN_DISTRIBUTION} / {p}" for p in PERTURBATIONS} <= set(rows)
+    assert all(0 <= r["auc"] <= 1 and 0 <= r["baseline_auc"] <= 1 for k, r in rows.items() if "baseline_auc" in r)
+    fold = Bundle_manifest(tmp_path / "p" / "folds" / "scan")
+    assert {g for g in fold["data"]["train"]["groups"]} == {"real/camera", "fake/tconv", "fake/upconv"}  # scan held out
+    table = (tmp_path / "p" / "protocol.md").read_text()
+    assert "held out: scan" in table and "shortcut baseline" in table
+    logs: list[str] = []
+    run(config, log=logs.append)  # finished folds are reused, not retrained
+    assert any("reusing" in line for line in logs)
+
+
+def Bundle_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_perturbations_change_the_image_as_named(synth_data):
+    from dfx.trainer.protocol import perturb
+
+    path = str(next((synth_data / "real" / "camera").iterdir()))
+    from dfx.images import to_rgb
+
+    original = to_rgb(path)
+    w, h = original.size
+    assert perturb("half-size", path).size == (w // 2, h // 2)
+    assert perturb("crop-80", path).size == (round(w * 0.8), round(h * 0.8))
+    mirrored = np.asarray(perturb("mirror", path))
+    np.testing.assert_array_equal(mirrored, np.asarray(original)[:, ::-1])
+    assert not np.array_equal(np.asarray(perturb("blur-sigma1", path)), np.asarray(original))

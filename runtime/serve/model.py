@@ -50,14 +50,17 @@ class LoadedModel:
         return self.bundle.fit
 
     def row(self, name: str, logit: float) -> Result:
-        """A scored row, the same fields as a `dfx scan` row."""
+        """A scored row, the same fields and values as a `dfx scan` row (C2PA columns not read)."""
         decision = "fake" if logit >= self.threshold else "real"
-        return Result(path=name, logit=logit, probability=sigmoid(logit), decision=decision, backend=self.backend,
-                      precision=self.precision, model_sha256=self.sha256, error=None)
+        # The bundle's calibrated P(fake) where this dfx has it, as the scan pipeline uses.
+        calibrated = getattr(self.bundle, "probability", None)
+        probability = float(calibrated(logit)) if callable(calibrated) else sigmoid(logit)
+        return Result(path=name, logit=logit, probability=probability, decision=decision, backend=self.backend,
+                      precision=self.precision, model_sha256=self.sha256, error=None, **_verdict(decision))
 
     def error_row(self, name: str, error: str) -> Result:
         return Result(path=name, logit=None, probability=None, decision=None, backend=self.backend,
-                      precision=self.precision, model_sha256=self.sha256, error=error)
+                      precision=self.precision, model_sha256=self.sha256, error=error, **_verdict(None))
 
     def describe(self) -> dict[str, Any]:
         return {"bundle": os.fspath(self.bundle.root), "file": self.file, "sha256": self.sha256, "backend": self.backend,
@@ -65,6 +68,16 @@ class LoadedModel:
 
     def close(self) -> None:
         self.runner.deactivate()
+
+
+def _verdict(decision: str | None) -> dict[str, Any]:
+    """The row's combined verdict with no manifest read, as `dfx scan` writes it (when this dfx
+    has provenance columns at all)."""
+    try:
+        from dfx.runtime.provenance import combined_verdict
+    except ImportError:
+        return {}
+    return {"verdict": combined_verdict(decision, None, None)}
 
 
 def load_model(

@@ -108,6 +108,13 @@ def test_only_the_allowed_decoders_are_reached():
         load_image(eps, 4)  # EPS would hand the bytes to Ghostscript
 
 
+def test_camera_multi_picture_jpegs_still_decode():
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(buffer, "MPO", save_all=True, append_images=[Image.new("RGB", (8, 8))])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"  # Pillow's JPEG plugin opens these
+    assert load_image(buffer.getvalue(), 4)[0, 0, 0] > 240  # the first picture
+
+
 def test_a_signature_with_a_broken_body_says_which_format():
     with pytest.raises(ImageError, match=r"not a valid PNG file"):
         load_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 4)

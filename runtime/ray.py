@@ -1,0 +1,637 @@
+"""Scale-out on Ray Data: the rows of `dfx scan`, computed on a Ray cluster (or one machine).
+
+    inputs (paths, folders, globs, @manifest; local or s3:// gs:// ...)
+      │  expanded on the driver, anti-joined against the rows already in --out (resume)
+      ▼
+    read_binary_files(include_paths=True) ─► decode (tasks: dfx.images.load_image, bundle size/fit)
+      ─► infer (actor pool: one Runner per actor from choose_runner; num_cpus = its threads,
+         or one GPU each) ─► Parquet / JSONL shards in --out (a folder or bucket prefix)
+      ▼
+    completeness pass: every input without a row (missing file) gets its error row
+
+Decoding happens in dfx's pixel path on the bytes Ray read, so a corrupt file becomes that
+row's `error`, never a failed job. Rows carry `dfx.runtime.results.Result`'s fields, whatever
+they are at the time. A driver killed midway leaves whole shards (and at worst one cut-off
+shard, which --resume drops); --resume skips every input that has a row, so a resumed job ends
+with exactly one row per input.
+
+This module is `dfx.runtime.ray`; `import ray` inside it is an absolute import and gets the
+real package. Ray, pyarrow and the runners are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from dfx.errors import DfxError, require
+
+FORMATS = ("parquet", "jsonl")
+SHARD_SUFFIXES = {"parquet": ".parquet", "jsonl": ".jsonl"}
+CPU_BATCH = 32  # `dfx scan --batch` default: the CPU runners' measured sweet spot at 256 px
+GPU_BATCH = 64  # TrtRunner's buffer cap (select.py); ORT CUDA is as happy with it
+DECODE_MEMORY = 256 * 1024 * 1024  # bytes reserved per decode task (see _run_pipeline)
+NO_ROW = "no such file (or Ray could not read it)"  # a listed input that produced no row
+
+
+@dataclass(frozen=True)
+class RayScanConfig:
+    """What a Ray scan runs with. None means "derive it from the bundle, backend and cluster"."""
+
+    backend: str = "auto"  # as `dfx scan --backend`; resolved inside each actor, on its node
+    precision: str | None = None
+    threshold: float | None = None  # on the logit; None: the bundle's
+    batch_size: int | None = None  # images per inference call; None: CPU_BATCH or GPU_BATCH
+    actors: int | None = None  # inference actors; None: one per GPU, or CPUs left after decode / threads
+    threads: int | None = None  # CPU runner threads per actor (= the actor's num_cpus); None: 1
+    decode_cpus: float = 1.0  # CPUs reserved per decode task
+    fuse: bool = False  # let Ray fuse decode into the actors (each actor decodes, then infers)
+    format: str = "parquet"
+    resume: bool = False
+    overwrite: bool = False
+    address: str | None = None  # ray.init(address=...): None = RAY_ADDRESS or a local instance
+    progress: bool = False  # Ray Data's progress bars
+    provenance: bool = True  # read C2PA manifests in the decode stage (when the c2pa extra is there)
+    trust_anchors: str | None = None  # PEM of trusted roots; a path every node can read
+    public_key: str | None = None  # refuse a bundle not signed by it (as dfx scan --public-key)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    files: list[str]  # as rows will name them (local paths as given, URIs with their scheme)
+    scheme: str  # "" for local paths, else e.g. "s3": Ray drops it from the paths it reports
+    skipped_non_image: int = 0
+
+
+def _split_uri(entry: str) -> tuple[str, str]:
+    """("s3", "bucket/key") for a URI, ("", path) for a local path (file:// becomes local)."""
+    if "://" in entry:
+        scheme, rest = entry.split("://", 1)
+        if scheme == "file":
+            return "", rest
+        return scheme, rest
+    return "", entry
+
+
+def _manifest_lines(entry: str) -> list[str]:
+    """`@FILE`: one path or URI per line; blank lines and # comments ignored."""
+    try:
+        text = _read_text(entry[1:])
+    except OSError as exc:
+        raise DfxError(f"cannot read the manifest {entry[1:]} ({exc})") from exc
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _read_text(uri: str) -> str:
+    scheme, _ = _split_uri(uri)
+    if not scheme:
+        with open(_split_uri(uri)[1], encoding="utf-8") as handle:
+            return handle.read()
+    fs, path = _filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path on it) for a local path or an object-store URI."""
+    from pyarrow import fs as pafs
+
+    scheme, rest = _split_uri(uri)
+    if not scheme:
+        return pafs.LocalFileSystem(), os.path.abspath(rest)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def expand_inputs(entries: Iterable[str], extensions: tuple[str, ...] | None = None) -> Inputs:
+    """Files to scan, in order, each once. Local folders are walked exactly as `dfx scan` walks
+    them (named files always, folders by suffix or content, `extensions` restricting them);
+    globs expand (sorted); `@FILE` reads a manifest of paths/URIs. In an object store a
+    "folder" is a prefix, listed recursively and filtered by suffix (reading every object's
+    first bytes from the driver would cost a request each)."""
+    flat: list[str] = []
+    for entry in entries:
+        entry = os.fspath(entry)
+        flat.extend(_manifest_lines(entry) if entry.startswith("@") else [entry])
+    schemes = {_split_uri(e)[0] for e in flat}
+    if len(schemes) > 1:
+        raise DfxError(f"inputs mix filesystems ({', '.join(sorted(s or 'local' for s in schemes))})",
+                       hint="run one scan per filesystem (Ray reads one filesystem per job)")
+    scheme = schemes.pop() if schemes else ""
+    files: list[str] = []
+    skipped = 0
+    for entry in flat:
+        if not scheme:
+            path = _split_uri(entry)[1]
+            matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+            found, skip = _walk_local(matches or [path], extensions)  # a glob matching nothing: an error row
+        else:
+            found, skip = _expand_remote(entry, extensions)
+        files.extend(found)
+        skipped += skip
+    return Inputs(list(dict.fromkeys(files)), scheme, skipped)
+
+
+def _walk_local(paths: list[str], extensions: tuple[str, ...] | None) -> tuple[list[str], int]:
+    import dfx.images as images
+
+    walk = getattr(images, "walk_images", None)
+    if walk is not None:  # the walk `dfx scan` uses: suffix or content, --extensions
+        found, skipped = walk(paths, extensions)
+        return list(found), len(skipped)
+    files = images.iter_image_files(paths)
+    skipped = sum(1 for p in paths if os.path.isdir(p) for _, _, names in os.walk(p) for n in names if not images.is_image_path(n))
+    return files, skipped
+
+
+def _expand_remote(uri: str, extensions: tuple[str, ...] | None = None) -> tuple[list[str], int]:
+    """Objects under a URI: a prefix ("folder") lists recursively; `*` matches within the listing."""
+    import fnmatch
+
+    from pyarrow import fs as pafs
+
+    from dfx.images import IMAGE_SUFFIXES
+
+    scheme = _split_uri(uri)[0]
+    pattern = uri if glob.has_magic(uri) else None
+    base = uri.split("*", 1)[0].rsplit("/", 1)[0] if pattern else uri
+    fs, path = _filesystem(base)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File and not pattern:
+        return [uri], 0
+    if info.type != pafs.FileType.Directory:
+        return ([] if pattern else [uri]), 0  # a missing object: it gets an error row later
+    listed = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.type == pafs.FileType.File)
+    uris = [f"{scheme}://{p}" for p in listed]
+    if pattern:
+        uris = [u for u in uris if fnmatch.fnmatchcase(u, pattern)]
+    suffixes = extensions or IMAGE_SUFFIXES
+    images = [u for u in uris if u.lower().endswith(suffixes)]
+    return images, len(uris) - len(images)
+
+
+# ---- rows and shards ------------------------------------------------------------------------------
+
+
+def _columns() -> list[tuple[str, str]]:
+    """(name, arrow type name) of every Result field, read now: other parts add columns."""
+    from dfx.runtime.results import Result
+
+    arrow = {"float": "float64", "int": "int64", "bool": "bool_", "str": "string"}
+    kinds = []
+    for field in dataclasses.fields(Result):
+        base = str(field.type).replace("Optional[", "").rstrip("]").replace("| None", "").replace("None |", "").strip()
+        kinds.append((field.name, arrow.get(base, "string")))  # anything else travels as JSON text
+    return kinds
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> Any:
+    """A pyarrow Table with a fixed schema (an all-null column keeps its type, so every shard
+    has the same schema and they read back as one table)."""
+    import pyarrow as pa
+
+    columns = _columns()
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in columns])
+    data = {}
+    for name, kind in columns:
+        values = [row.get(name) for row in rows]
+        if kind == "string":  # a structured value (e.g. provenance) travels as JSON text
+            values = [v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values]
+        data[name] = values
+    return pa.table(data, schema=schema)
+
+
+def _shards(out: str) -> list[tuple[str, str]]:
+    """(path on the filesystem, format) of every result shard under `out`."""
+    from pyarrow import fs as pafs
+
+    fs, root = _filesystem(out)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type != pafs.FileType.Directory:
+        raise DfxError(f"{out} is a file; --engine ray writes shards into a folder or bucket prefix",
+                       hint="name a folder for --out, e.g. --out results/")
+    found = []
+    for item in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        for fmt, suffix in SHARD_SUFFIXES.items():
+            if item.type == pafs.FileType.File and item.path.endswith(suffix):
+                found.append((item.path, fmt))
+    return sorted(found)
+
+
+def read_shards(out: str, *, repair: bool = False, columns: list[str] | None = None,
+                only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Rows in the shards under `out` (or only the shard paths in `only`). A shard cut off by a
+    killed job is skipped: a Parquet file without its footer is unreadable as a whole, a JSONL
+    shard loses its partial last line. With `repair=True` such a Parquet shard is deleted and
+    the JSONL one rewritten without the partial line, so the folder reads cleanly afterwards."""
+    import pyarrow.parquet as pq
+
+    fs, _ = _filesystem(out)
+    wanted = set(only) if only is not None else None
+    rows: list[dict[str, Any]] = []
+    for path, fmt in _shards(out):
+        if wanted is not None and path not in wanted:
+            continue
+        if fmt == "parquet":
+            try:
+                with fs.open_input_file(path) as handle:
+                    table = pq.read_table(handle, columns=columns)
+            except Exception as exc:  # ArrowInvalid / OSError: a shard a killed writer left
+                if repair:
+                    fs.delete_file(path)
+                    print(f"dfx scan: removed the unreadable shard {path} ({exc})", file=sys.stderr)
+                continue
+            rows.extend(table.to_pylist())
+        else:
+            with fs.open_input_stream(path) as stream:
+                data = stream.read()
+            end = data.rfind(b"\n") + 1
+            if repair and end < len(data):
+                with fs.open_output_stream(path) as stream:
+                    stream.write(data[:end])
+            for line in data[:end].decode("utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    rows.append({k: row.get(k) for k in columns} if columns else row)
+    return rows
+
+
+def _write_table(out: str, table: Any, fmt: str) -> str:
+    """One shard written by the driver (the completeness pass), in the job's format."""
+    import pyarrow.parquet as pq
+
+    fs, root = _filesystem(out)
+    fs.create_dir(root, recursive=True)
+    path = f"{root}/dfx-driver-{uuid.uuid4().hex[:12]}{SHARD_SUFFIXES[fmt]}"
+    if fmt == "parquet":
+        with fs.open_output_stream(path) as stream:
+            pq.write_table(table, stream)
+    else:
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
+        with fs.open_output_stream(path) as stream:
+            stream.write(text.encode("utf-8"))
+    return path
+
+
+# ---- the two stages ----------------------------------------------------------------------------
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: str, scheme: str,
+                 provenance: bool = False, trust_anchors: str | None = None) -> dict[str, np.ndarray]:
+    """Ray task: file bytes -> model pixels through dfx.images, or the row's error text; with
+    `provenance`, the C2PA columns read from the same bytes (as `dfx scan`'s decode pool does).
+
+    In: {"bytes", "path"}. Out: {"path", "pixels" uint8 (N, H, W, 3), "error" ("" when decoded),
+    "provenance" (JSON of the provenance columns, "" when not read)}. A failed decode gets zero
+    pixels, which the actor never feeds the model."""
+    from dfx.images import MAX_FILE_BYTES
+    from dfx.runtime import pipeline  # the very functions `dfx scan`'s decode pool runs
+
+    reader = _provenance_reader(trust_anchors) if provenance else None
+    height, width = size
+    paths = [f"{scheme}://{p}" if scheme else str(p) for p in batch["path"]]
+    pixels = np.zeros((len(paths), height, width, 3), np.uint8)
+    errors = np.full(len(paths), "", dtype=object)
+    columns = np.full(len(paths), "", dtype=object)
+    for i, data in enumerate(batch["bytes"]):
+        if len(data) > MAX_FILE_BYTES:  # as dfx.images checks a path before reading it
+            errors[i] = f"file too large ({len(data)} bytes > {MAX_FILE_BYTES})"
+            continue
+        if reader is not None:
+            decoded, prov = pipeline._decode_with_provenance(bytes(data), (height, width), fit, reader)
+            columns[i] = json.dumps(prov.columns())
+        else:
+            decoded = pipeline._decode(bytes(data), (height, width), fit)
+        if isinstance(decoded, str):
+            errors[i] = decoded
+        else:
+            pixels[i] = decoded
+    return {"path": np.array(paths, dtype=object), "pixels": pixels, "error": errors, "provenance": columns}
+
+
+_READERS: dict[str | None, Any] = {}  # one C2PA reader per worker process (and trust-anchor file)
+
+
+def _provenance_reader(trust_anchors: str | None) -> Any:
+    if trust_anchors not in _READERS:
+        from dfx.runtime.provenance import ProvenanceReader
+
+        _READERS[trust_anchors] = ProvenanceReader.maybe(True, trust_anchors)
+    return _READERS[trust_anchors]
+
+
+class InferActor:
+    """Ray actor: one Runner for its lifetime. The bundle arrives through the object store
+    (the driver's files), so a cluster node needs no copy of it on disk."""
+
+    def __init__(self, bundle_files: Any, backend: str, precision: str | None, threads: int | None,
+                 threshold: float | None):
+        import tempfile
+
+        import ray
+
+        from dfx.bundle import Bundle
+        from dfx.runtime.select import choose_runner
+
+        files = ray.get(bundle_files) if isinstance(bundle_files, ray.ObjectRef) else bundle_files
+        self._dir = tempfile.TemporaryDirectory(prefix="dfx-bundle-")
+        for name, data in files.items():
+            path = os.path.join(self._dir.name, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(data)
+        # Only the shipped files exist here; choose_runner verifies the one it loads (sha256).
+        bundle = Bundle.open(self._dir.name, verify=False)
+        self.runner, self.reason = choose_runner(bundle, backend, precision, threads=threads)
+        self.runner.activate()
+        self.threshold = bundle.threshold if threshold is None else float(threshold)
+        self.probability = bundle.probability  # the bundle's calibrated P(fake), as dfx scan rows
+        self.model_sha256 = str(getattr(self.runner, "model_sha256", ""))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        from dfx.runtime.provenance import combined_verdict
+        from dfx.runtime.results import Result
+
+        errors = [str(e) for e in batch["error"]]
+        good = [i for i, e in enumerate(errors) if not e]
+        logits: dict[int, float] = {}
+        failure = ""
+        if good:
+            try:
+                scores = self.runner.infer(np.ascontiguousarray(batch["pixels"][good]))
+                logits = dict(zip(good, scores.tolist()))
+            except Exception as exc:  # as in dfx scan: a failed batch costs its rows, not the job
+                failure = f"inference failed: {type(exc).__name__}: {exc}"
+        backend, precision = self.runner.backend, self.runner.precision
+        provenance = batch.get("provenance")
+        rows = []
+        for i, path in enumerate(batch["path"]):
+            prov = json.loads(provenance[i]) if provenance is not None and provenance[i] else {}
+            error = errors[i] or (failure if i not in logits else "")
+            logit = None if error else float(logits[i])
+            decision = None if logit is None else "fake" if logit >= self.threshold else "real"
+            verdict = combined_verdict(decision, prov.get("c2pa"), prov.get("ai_declared"))
+            result = Result(str(path), logit, None if logit is None else self.probability(logit), decision, backend,
+                            precision, self.model_sha256, error or None, verdict=verdict, **prov)
+            rows.append(result.to_dict())
+        return rows_to_table(rows)
+
+    def __del__(self) -> None:
+        try:
+            self.runner.deactivate()
+        except Exception:
+            pass
+
+
+def bundle_payload(bundle: Any) -> dict[str, bytes]:
+    """The files of an opened (verified) Bundle that an actor needs: the manifest and every ONNX
+    form and engine (not the Keras model, calibration or reports), or everything when there is
+    no ONNX form yet."""
+    from dfx.bundle import MANIFEST, ONNX_ROLES
+    wanted = set(ONNX_ROLES.values())
+    names = [n for n, e in bundle.manifest["files"].items() if e.get("role") in wanted or n.startswith("engines/")]
+    if not names:
+        names = list(bundle.manifest["files"])
+    payload = {name: (bundle.root / name).read_bytes() for name in names}
+    manifest = dict(bundle.manifest)
+    manifest["files"] = {n: bundle.manifest["files"][n] for n in names}
+    payload[MANIFEST] = json.dumps(manifest).encode("utf-8")
+    return payload
+
+
+# ---- the job -----------------------------------------------------------------------------------
+
+
+def start_ray(address: str | None = None, **init_kwargs: Any) -> float:
+    """Connect to (or start) Ray; returns the seconds it took. Already connected: 0."""
+    ray = require("ray", "ray", "--engine ray")
+    if ray.is_initialized():
+        return 0.0
+    began = time.perf_counter()
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+    kwargs.update(init_kwargs)
+    ray.init(address=address, **kwargs)
+    return time.perf_counter() - began
+
+
+def _plan_actors(config: RayScanConfig, gpu_backend: bool) -> tuple[int, float, float, int | None]:
+    """(actors, num_cpus, num_gpus per actor, runner threads) from the cluster's resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpu_backend and gpus:
+        return config.actors or gpus, 1.0, 1.0, config.threads  # one actor per GPU
+    threads = config.threads or 1
+    cpus = float(total.get("CPU", 1))
+    # Leave a decode task's CPUs free; the rest goes to actors of `threads` CPUs each.
+    actors = config.actors or max(1, int((cpus - config.decode_cpus) // threads))
+    return actors, float(threads), 0.0, threads
+
+
+def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config: RayScanConfig = RayScanConfig(),
+         *, extensions: tuple[str, ...] | None = None, say: Any = None) -> dict[str, Any]:
+    """Score `inputs` on Ray, writing shards of rows to `out`. Returns the summary (as `dfx
+    scan`'s, plus ray_startup_s, actors, shards). Connects to Ray first if not connected."""
+    say = say or (lambda *a: None)
+    require("pyarrow", "ray", "--engine ray")
+    if config.format not in FORMATS:
+        raise DfxError(f"unknown format {config.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    from dfx.bundle import Bundle
+    from dfx.runtime.select import normalize_backend, plan
+
+    bundle = Bundle.open(bundle_dir, public_key=config.public_key)
+    normalize_backend(config.backend)  # a typo fails here, not in every actor
+    existing = _shards(out)
+    if existing and not (config.resume or config.overwrite):
+        raise DfxError(f"{out} already holds {len(existing)} result shards",
+                       hint="pass --resume to finish that scan, or --overwrite to start over")
+    if existing and config.overwrite and not config.resume:
+        fs, _ = _filesystem(out)
+        for path, _ in existing:
+            fs.delete_file(path)
+    found = expand_inputs(inputs, extensions)
+    if not found.files:
+        raise DfxError(f"no image files in {' '.join(map(str, inputs))}", hint="dfx reads .jpg .jpeg .png .webp .bmp .tif .tiff .gif")
+    done = {r["path"] for r in read_shards(out, repair=True, columns=["path"])} if config.resume else set()
+    todo = [f for f in found.files if f not in done]  # the anti-join on path
+    if done:
+        say(f"dfx scan: resuming: {len(found.files) - len(todo)} of {len(found.files)} inputs already in {out}")
+
+    startup = start_ray(config.address)
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = config.progress
+    ctx.print_on_execution_start = config.progress
+    try:
+        choice, why = plan(bundle, config.backend, config.precision)  # what a node like this one picks
+        local_choice = f"{choice.backend} {why}"
+    except DfxError as exc:  # the driver may lack the backend its workers have (e.g. a GPU)
+        choice, local_choice = None, f"(not runnable on the driver: {exc})"
+    gpu_backend = config.backend in ("trt", "ort-cuda") or (config.backend == "auto" and choice is not None and choice.backend in ("trt", "ort-cuda"))
+    if config.backend == "auto" and int(ray.cluster_resources().get("GPU", 0)) > 0:
+        gpu_backend = True  # auto on a GPU cluster: each actor picks TensorRT/CUDA on its GPU
+    actors, num_cpus, num_gpus, threads = _plan_actors(config, gpu_backend)
+    batch = config.batch_size or (GPU_BATCH if gpu_backend else CPU_BATCH)
+    say(f"dfx scan: engine ray, {actors} inference actor(s) x {num_gpus and '1 GPU' or f'{threads} thread(s)'}, batch {batch}; "
+        f"backend here: {local_choice}")
+
+    began = time.perf_counter()
+    before = {p for p, _ in _shards(out)}
+    if todo:
+        payload = ray.put(bundle_payload(bundle))
+        _run_pipeline(ray, todo, found.scheme, out, bundle, config, payload, batch, actors, num_cpus, num_gpus, threads)
+    new = [p for p, _ in _shards(out) if p not in before]
+    written = read_shards(out, columns=["path", "decision", "error", "backend", "precision", "model_sha256"], only=new)
+    seen = {r["path"] for r in written}
+    missing = [f for f in todo if f not in seen]  # ignored by the reader: missing or unreadable
+    if missing:
+        # Error rows name the model like the others (as `dfx scan`'s do), when any row ran one.
+        like = next((r for r in written if r.get("model_sha256")), None)
+        like = like or ({"backend": choice.backend, "precision": choice.precision, "model_sha256": choice.sha256} if choice else {})
+        rows = [_missing_row(f, like) for f in missing]
+        new.append(_write_table(out, rows_to_table(rows), config.format))
+        written.extend(rows)
+    seconds = time.perf_counter() - began
+
+    counts = {"images": len(written), "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    for row in written:
+        if row.get("error"):
+            counts["errors"] += 1
+        else:
+            counts["scored"] += 1
+            counts["fake" if row.get("decision") == "fake" else "real"] += 1
+    backends = sorted({f"{r['backend']} {r['precision']}" for r in written if r.get("backend")})
+    return {
+        **counts,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(counts["images"] / seconds, 1) if seconds > 0 else 0.0,
+        "out": os.fspath(out),
+        "skipped_done": len(found.files) - len(todo),
+        "skipped_non_image": found.skipped_non_image,
+        "backend": ", ".join(b.split()[0] for b in backends),
+        "precision": ", ".join(b.split()[1] for b in backends),
+        "engine": "ray",
+        "ray_startup_s": round(startup, 3),
+        "actors": actors,
+        "threads": threads,
+        "batch": batch,
+        "shards": len(new),
+    }
+
+
+def _env_public_key() -> str | None:
+    try:
+        from dfx.signing import trusted_key_from_env
+    except ImportError:
+        return None
+    return trusted_key_from_env()
+
+
+def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
+    from dfx.runtime.results import Result
+
+    local = not _split_uri(path)[0]
+    if local and os.path.isdir(path):
+        error = "is a directory"
+    elif local:
+        error = "cannot read file" if os.path.exists(path) else "no such file"
+    else:
+        error = NO_ROW
+    from dfx.runtime.provenance import combined_verdict
+
+    return Result(path, None, None, None, str(like.get("backend") or ""), str(like.get("precision") or ""),
+                  str(like.get("model_sha256") or ""), error, verdict=combined_verdict(None, None, None)).to_dict()
+
+
+def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any, config: RayScanConfig, payload: Any,
+                  batch: int, actors: int, num_cpus: float, num_gpus: float, threads: int | None) -> None:
+    from ray.data import ActorPoolStrategy
+    from ray.data.datasource import FilenameProvider
+
+    paths = [_split_uri(f)[1] for f in todo] if scheme else todo
+    provenance = config.provenance and _provenance_reader(config.trust_anchors) is not None  # the extra, here
+    filesystem = _filesystem(todo[0])[0] if scheme else None
+    try:
+        ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem, ignore_missing_paths=True)
+    except (ValueError, FileNotFoundError):  # none of them exists: the completeness pass rows them
+        return
+    ds = ds.map_batches(
+        decode_batch,
+        batch_size=batch,
+        batch_format="numpy",
+        fn_kwargs={"size": bundle.input_size, "fit": bundle.fit, "scheme": scheme, "provenance": provenance,
+                   "trust_anchors": config.trust_anchors},
+        num_cpus=config.decode_cpus,
+        # A decode task holds a batch of encoded and decoded images (32 x 196 KB at 256 px plus
+        # Pillow's buffers). Reserving it also makes the stage's resources differ from the
+        # actors', which keeps Ray from fusing decode into the actor: decode then runs beside
+        # inference (and on CPU nodes while actors hold GPUs) instead of before it, in turn.
+        memory=DECODE_MEMORY if not config.fuse else None,
+        udf_modifying_row_count=False,
+    )
+    ds = ds.map_batches(
+        InferActor,
+        batch_size=batch,
+        batch_format="numpy",
+        fn_constructor_kwargs={"bundle_files": payload, "backend": config.backend, "precision": config.precision,
+                               "threads": threads, "threshold": config.threshold},
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
+        udf_modifying_row_count=False,
+    )
+    names = FilenameProvider(file_format=SHARD_SUFFIXES[config.format][1:])
+    if config.format == "parquet":
+        ds.write_parquet(out, filename_provider=names)
+    else:
+        ds.write_json(out, filename_provider=names, force_ascii=False, double_precision=15)  # pandas keeps 10 decimals by default
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
+
+
+def scan_command(args: Any) -> int:
+    """`dfx scan --engine ray`: the handler runtime/commands.py delegates to."""
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if args.batch is not None and args.batch < 1:
+        raise DfxError(f"--batch must be >= 1, not {args.batch}")
+    config = RayScanConfig(
+        backend=args.backend, precision=args.precision, threshold=args.threshold, batch_size=args.batch,
+        actors=args.actors, threads=args.threads, format=args.format, resume=args.resume, overwrite=args.overwrite,
+        address=args.ray_address, progress=sys.stderr.isatty() and not args.quiet,
+        provenance=not getattr(args, "no_provenance", False), trust_anchors=getattr(args, "trust_anchors", None),
+        public_key=getattr(args, "public_key", None) or _env_public_key(),
+    )
+    extensions = None
+    if getattr(args, "extensions", None):
+        from dfx.images import parse_extensions
+
+        try:
+            extensions = parse_extensions(args.extensions)
+        except ValueError as exc:
+            raise DfxError(f"--extensions: {exc}", hint="give suffixes such as --extensions jpg,png") from exc
+    summary = scan(args.bundle, args.paths, args.out, config, extensions=extensions, say=say)
+    if sys.stderr.isatty():
+        say(f"dfx scan: {summary['images']} images: {summary['fake']} fake, {summary['real']} real, "
+            f"{summary['errors']} errors; {summary['images_per_s']} images/s on ray ({summary['actors']} actors; "
+            f"Ray start-up {summary['ray_startup_s']} s) -> {args.out}"
+            + (f"; {summary['skipped_done']} already done" if summary["skipped_done"] else "")
+            + (f"; {summary['skipped_non_image']} non-image files skipped" if summary["skipped_non_image"] else ""))
+    else:
+        say(json.dumps(summary))
+    return 1 if summary["images"] and summary["errors"] == summary["images"] else 0

@@ -73,7 +73,15 @@ def model_metadata(name: str, input_size: tuple[int, int], backend: str) -> dict
 
 
 def parse_infer_request(body: bytes, header_length: int | None, max_images: int) -> InferRequest:
-    """Parse a JSON or binary-extension inference request. Raises OipError."""
+    """Parse a JSON or binary-extension inference request. Raises OipError (only)."""
+    try:
+        return _parse_infer_request(body, header_length, max_images)
+    except (RecursionError, OverflowError) as exc:
+        # JSON nested thousands deep, or numbers no integer type holds: the client's mistake (400).
+        raise OipError(f"the inference request is malformed ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _parse_infer_request(body: bytes, header_length: int | None, max_images: int) -> InferRequest:
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise OipError(f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)")

@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=d["rounds"].default, metavar="N",
                    help="slices each row is cut into, taken in turn by all backends (default %(default)s)")
     p.add_argument("--images", metavar="DIR", help="also time decode + inference through the `dfx scan` pipeline on these files, and dfx scan's peak memory")
+    p.add_argument("--no-provenance", action="store_true", help="with --images: skip the e2e+c2pa rows (C2PA manifests read, as dfx scan does)")
     p.add_argument("--e2e-batch-size", type=int, default=d["e2e_batch_size"].default, metavar="N",
                    help="batch size of the end-to-end rows (default %(default)s)")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
@@ -69,6 +70,7 @@ def bench_command(args: argparse.Namespace) -> int:
         e2e_batch_size=args.e2e_batch_size,
         roofline=not args.no_roofline,
         threads=args.threads,
+        provenance=not args.no_provenance,
     )
     result = harness.run(args.bundle, config, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(report.text(result))

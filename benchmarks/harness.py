@@ -13,7 +13,9 @@ How a figure is made (so that ratios between rows are fair on a shared or noisy 
   `ratio_vs_keras` divides by the Keras row of the same batch size from the same run.
 End to end (`images=DIR`): the same runners behind dfx.runtime.pipeline.iter_results (the
 `dfx scan` pipeline: threaded JPEG decode + resize + batching), files cycled for the same
-budget. The peak memory of `dfx scan` on ONNX Runtime is measured in a fresh subprocess.
+budget; with the `c2pa` extra also an `e2e+c2pa` row per backend, the same pipeline reading
+each file's C2PA manifest as `dfx scan` does by default, in slices alternating with the plain
+e2e ones (`vs_e2e_off`: its rate over the plain e2e rate). The peak memory of `dfx scan` on ONNX Runtime is measured in a fresh subprocess.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class BenchConfig:
     threads: int | None = None
     # Seed of the random pixels used when no `images` are given.
     seed: int = 0
+    # With `images`: also time the e2e rows with C2PA provenance read (needs the `c2pa` extra).
+    provenance: bool = True
 
 
 # ---- backends ------------------------------------------------------------------------------------
@@ -227,7 +231,9 @@ def measure_end_to_end(
     pure inference of the same batch size, both in alternating slices, so the ratio holds
     under changing load. Each e2e slice is a fresh pipeline, so its fill time counts, as in a scan."""
     from dfx.runtime.pipeline import iter_results
+    from dfx.runtime.provenance import ProvenanceReader
 
+    reader = ProvenanceReader.maybe(config.provenance)  # None: off, or no c2pa extra
     size = config.e2e_batch_size
     common = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=size)
     rounds = max(config.rounds, 1)
@@ -240,6 +246,7 @@ def measure_end_to_end(
             yield path
 
     totals = {name: {"images": 0, "errors": 0, "seconds": 0.0, "latencies": []} for name in runners}
+    with_c2pa = {name: {"images": 0, "seconds": 0.0} for name in runners} if reader is not None else {}
     failed: dict[str, str] = {}
     for name, runner in runners.items():  # warm-up: one batch through the whole pipeline
         try:
@@ -263,11 +270,17 @@ def measure_end_to_end(
                     start = time.perf_counter()
                     runner.infer(batch)
                     total["latencies"].append(time.perf_counter() - start)
-                began = time.perf_counter()  # end-to-end slice: files -> decode -> batches -> runner
-                for result in iter_results(sources(budget, by_count), runner, **common):
-                    total["images"] += 1
-                    total["errors"] += result.error is not None
-                total["seconds"] += time.perf_counter() - began
+                # end-to-end slices: files -> decode -> batches -> runner; with provenance on, in
+                # alternating order round by round, so neither side always runs second
+                for prov in ([None, reader] if round_index % 2 == 0 else [reader, None]) if reader is not None else [None]:
+                    began = time.perf_counter()
+                    count = 0
+                    for result in iter_results(sources(budget, by_count), runner, **common, provenance=prov):
+                        count += 1
+                        total["errors"] += result.error is not None and prov is None
+                    side = total if prov is None else with_c2pa[name]
+                    side["images"] += count
+                    side["seconds"] += time.perf_counter() - began
             except Exception as exc:
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 live.remove(name)
@@ -288,6 +301,10 @@ def measure_end_to_end(
             "inference_images_per_s": round(pure, 2),
             "vs_inference": round(e2e / pure, 3) if pure else None,
         }
+        if name in with_c2pa and with_c2pa[name]["seconds"]:
+            on = with_c2pa[name]["images"] / with_c2pa[name]["seconds"]
+            out[name]["c2pa"] = {"images_per_s": round(on, 2), "images": with_c2pa[name]["images"],
+                                 "seconds": round(with_c2pa[name]["seconds"], 3), "vs_e2e_off": round(on / e2e, 3) if e2e else None}
     return out
 
 
@@ -400,7 +417,10 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 e2e_batch = _input_batch(sample, bundle.input_size, config.e2e_batch_size, config.seed)
                 stats = measure_end_to_end(e2e_runners, files, e2e_batch, bundle, config, progress=lambda: bar.update(1))
             for name, stat in stats.items():
+                c2pa = stat.pop("c2pa", None)
                 rows.append(_row(name, runners[name], config.e2e_batch_size, "e2e", stat))
+                if c2pa is not None:
+                    rows.append(_row(name, runners[name], config.e2e_batch_size, "e2e+c2pa", c2pa))
     finally:
         for runner in runners.values():
             runner.deactivate()

@@ -20,6 +20,7 @@ COLUMNS = (  # (header, row key, format)
     ("x keras", "ratio_vs_keras", "{:.2f}"),
     ("roof %", "roof_fraction", "{:.0%}"),
     ("e2e/pure", "vs_inference", "{:.0%}"),
+    ("c2pa on/off", "vs_e2e_off", "{:.0%}"),
 )
 
 

@@ -439,6 +439,10 @@ def _plan_actors(config: RayScanConfig, gpu_backend: bool) -> tuple[int, float, 
     cpus = float(total.get("CPU", 1))
     # Leave a decode task's CPUs free; the rest goes to actors of `threads` CPUs each.
     actors = config.actors or max(1, int((cpus - config.decode_cpus) // threads))
+    if not config.fuse and actors * threads + config.decode_cpus > cpus:
+        # Ray would start the actors and then wait forever for a CPU to decode on.
+        raise DfxError(f"{actors} actor(s) x {threads} thread(s) + {config.decode_cpus:g} CPU for decoding exceed the "
+                       f"cluster's {cpus:g} CPUs", hint="lower --actors or --threads (each actor reserves --threads CPUs)")
     return actors, float(threads), 0.0, threads
 
 

@@ -370,9 +370,9 @@ def test_metrics_count_requests_images_batches_and_name_the_model(server, images
     assert len(info.split('sha256="')[1].split('"')[0]) == 64
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images):
-    """A real `dfx serve` process: requests wait in a 2 s batch window when SIGTERM arrives;
-    all of them are answered 200, and the process exits 0."""
+def test_sighup_reloads_and_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images):
+    """A real `dfx serve` process: SIGHUP reloads the bundle; then requests wait in a 2 s batch
+    window when SIGTERM arrives; all of them are answered 200, and the process exits 0."""
     command = [sys.executable, "-m", "dfx", "serve", str(exported_bundle), "--port", "0", "--backend", "ort-cpu",
                "--precision", "fp32", "--max-batch", "64", "--max-delay-us", "2000000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -386,6 +386,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images):
             time.sleep(0.05)
         address = next(line for line in lines if "listening on" in line).strip().rsplit("//", 1)[1]
         _wait_ready(address, process)
+        process.send_signal(signal.SIGHUP)
+        while _metric(address, "dfx_model_reloads_total", outcome="ok") < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _metric(address, "dfx_model_reloads_total", outcome="ok") == 1 and process.poll() is None
         answers: list[httpx.Response] = []
 
         def send(path: str) -> None:
@@ -405,6 +409,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images):
         assert all(a.json()["results"][0]["error"] is None for a in answers)
         reader.join(timeout=5)
         assert any("draining" in line for line in lines), lines[-5:]
+        access = [json.loads(line) for line in lines if line.startswith("{")]  # the structured access log
+        screened = [entry for entry in access if entry["endpoint"] == "screen"]
+        assert len(screened) == 3 and all(e["status"] == 200 and e["images"] == 1 and e["ms"] > 0 for e in screened)
         assert not any("Traceback" in line for line in lines), "".join(lines[-30:])
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://{address}/v2/health/live", timeout=2)
@@ -413,6 +420,24 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images):
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+def test_not_ready_while_loading_or_draining(exported_bundle, images):
+    from dfx.runtime.serve.batcher import NotReady
+    from dfx.runtime.serve.service import Service
+
+    service = Service(ServeConfig(bundle=str(exported_bundle), **BACKEND))
+    assert service.live and not service.ready
+    with pytest.raises(NotReady, match="loading"):
+        service.batcher.submit([images[0]])
+    service.start(background=False)
+    assert service.ready and service.batcher.screen([images[0]])[0].error is None
+    service.begin_drain()
+    assert service.live and not service.ready
+    with pytest.raises(NotReady, match="draining"):
+        service.batcher.submit([images[0]])
+    service.close()
+    assert not service.live and not service.model.runner.is_active
 
 
 # ---- the command line ------------------------------------------------------------------------------

@@ -126,19 +126,23 @@ def create_app(config: ServeConfig, *, model: LoadedModel | None = None, on_fata
         if len(sources) > config.max_images:
             raise HttpError(413, f"{len(sources)} images in one request; at most {config.max_images}")
         request.scope["dfx.images"] = len(sources)
+        # The deadline runs from the request's arrival: time spent reading its body counts.
+        arrived = request.scope.get("dfx.arrived", time.monotonic())
+        wait = min(timeout_s or config.batch.timeout_s, config.batch.timeout_s) - (time.monotonic() - arrived)
+        if wait <= 0:
+            raise HttpError(504, "the deadline passed while the request was being read")
         try:
-            future = service.batcher.submit(sources, names, timeout_s)
+            future = service.batcher.submit(sources, names, wait)
         except QueueFull as exc:
             raise HttpError(503, str(exc), retry) from None
         except NotReady as exc:
             raise HttpError(503, str(exc), retry) from None
-        wait = min(timeout_s or config.batch.timeout_s, config.batch.timeout_s)
         try:
             # The worker fails the future at its deadline; this wait is the backstop, and
             # cancelling it (timeout, disconnect) tells the batcher to drop the images.
             return await asyncio.wait_for(asyncio.wrap_future(future), wait + 0.25)
         except (asyncio.TimeoutError, DeadlineExceeded):
-            raise HttpError(504, f"no answer within the {wait:g} s deadline") from None
+            raise HttpError(504, f"no answer within the deadline ({min(timeout_s or config.batch.timeout_s, config.batch.timeout_s):g} s)") from None
 
     def content_type(request: Any) -> str:
         return request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -305,6 +309,7 @@ class _Edge:
         from starlette.responses import JSONResponse
 
         began = time.perf_counter()
+        scope["dfx.arrived"] = time.monotonic()  # the request's deadline counts from here
         status = [500]  # what an exception that escapes the app becomes
         request_id = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None) or uuid.uuid4().hex[:16]
 

@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
     p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--max-connections", type=int, default=1024, metavar="N",
+                   help="connections + requests at once; beyond it uvicorn answers 503 (default %(default)s)")
     p.add_argument("--no-access-log", action="store_true", help="no per-request log line")
     p.set_defaults(handler=serve_command)
 
@@ -123,6 +125,6 @@ def serve_command(args: argparse.Namespace) -> int:
     # and the backend choice. Activation runs after the server is up (readiness says when).
     choice, why = plan(Bundle.open(args.bundle), args.backend, args.precision)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("dfx.serve.access").disabled = args.no_access_log
     print(f"dfx serve: {args.bundle}: backend {choice.backend} {why}", file=sys.stderr, flush=True)
-    return serve(config, Listen(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile))
+    return serve(config, Listen(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                                 access_log=not args.no_access_log, max_connections=args.max_connections))

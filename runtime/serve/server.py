@@ -30,6 +30,9 @@ class Listen:
     ssl_certfile: str | None = None  # TLS through uvicorn's own certificate options
     ssl_keyfile: str | None = None
     access_log: bool = True  # one JSON line per request on stderr (logger dfx.serve.access)
+    # Open connections + requests at once; beyond it uvicorn answers 503 without reading them,
+    # so a flood of connections cannot grow memory without bound.
+    max_connections: int | None = 1024
 
 
 def serve(config: ServeConfig, listen: Listen) -> int:
@@ -37,6 +40,7 @@ def serve(config: ServeConfig, listen: Listen) -> int:
     uvicorn = require("uvicorn", "serve", "dfx serve")
     from dfx.runtime.serve.app import create_app
 
+    logging.getLogger("dfx.serve.access").disabled = not listen.access_log
     fatal: list[str] = []
     server_box: list[Any] = []
 
@@ -58,6 +62,7 @@ def serve(config: ServeConfig, listen: Listen) -> int:
         ssl_certfile=listen.ssl_certfile,
         ssl_keyfile=listen.ssl_keyfile,
         server_header=False,
+        limit_concurrency=listen.max_connections,
     )
 
     class Server(uvicorn.Server):  # type: ignore[misc,name-defined]

@@ -203,3 +203,51 @@ def test_without_ray_the_cli_names_the_extra(exported_bundle, inbox, tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install 'dfx[ray]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dfx_serve_app_on_ray_serve(exported_bundle, inbox, tmp_path, ray_address):
+    """The `dfx serve` app deployed on Ray Serve (one replica) answers /v1/screen with the
+    row `dfx scan` writes for the same image."""
+    pytest.importorskip("fastapi", reason="dfx serve needs the serve extra (pip install 'dfx[serve]')")
+    import json
+    import socket
+    import urllib.request
+
+    from ray import serve
+
+    from dfx.runtime.ray_serve import application
+    from dfx.runtime.serve.config import ServeConfig
+
+    folder, _ = inbox
+    image = sorted(folder.glob("good_*.jpg"))[0]
+    local_out = tmp_path / "one.jsonl"
+    assert main(["scan", str(exported_bundle), str(image), "--backend", "ort-cpu", "--threads", "1", "--out", str(local_out), "--quiet"]) == 0
+    want = read_results(local_out)[0]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(application(ServeConfig(bundle=str(exported_bundle), backend="ort-cpu"), replicas=1, threads=1),
+                  name="dfx", route_prefix="/", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:  # the replica loads the model in the app's lifespan; readiness says when
+            try:
+                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Serve replica never became ready"
+            time.sleep(0.5)
+        request = urllib.request.Request(f"{base}/v1/screen", data=image.read_bytes(), method="POST",
+                                         headers={"Content-Type": "image/jpeg", "X-Filename": str(image)})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            got = json.loads(response.read())["results"][0]
+    finally:
+        serve.shutdown()
+    assert got["error"] is None and got["decision"] == want.decision and got["backend"] == "ort-cpu"
+    assert got["logit"] == pytest.approx(want.logit, abs=1e-5)
+    assert got["model_sha256"] == want.model_sha256

@@ -81,6 +81,14 @@ class Provenance:
 NOT_READ = Provenance(None)
 
 
+def with_provenance(result: Any, prov: Provenance) -> Any:
+    """`result` (a dfx Result) carrying `prov`'s columns and the combined verdict; its detector
+    fields are kept as they are. For screens that decode on their own (the service, Ray)."""
+    import dataclasses
+
+    return dataclasses.replace(result, **prov.columns(), verdict=combined_verdict(result.decision, prov.c2pa, prov.ai_declared))
+
+
 def combined_verdict(decision: str | None, c2pa: str | None, ai_declared: bool | None) -> str | None:
     """The one policy that puts the manifest and the detector together.
 

@@ -8,7 +8,8 @@ FACES_DIR is ../shared/data/faces (real/unsplash, fake/stylegan2). Made in OUT_D
   ai-declared.jpg     a real photo whose manifest declares trainedAlgorithmicMedia
   camera-claim.jpg    a StyleGAN2 face whose trusted manifest declares digitalCapture
   tampered.jpg        a real photo signed as a capture, pixels changed after signing
-  stylegan2.jpg, unsplash.jpg   the same kinds with no manifest
+  stylegan2.jpg       camera-claim.jpg's pixels with no manifest
+  unsplash.jpg        a real photo with no manifest
 Needs the `c2pa` extra and cryptography (the `test` extra).
 """
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, data in examples.items():
         (args.out / name).write_bytes(data)
-    shutil.copy(fake[1], args.out / "stylegan2.jpg")
+    shutil.copy(fake[0], args.out / "stylegan2.jpg")  # the camera claim's pixels, without its manifest
     shutil.copy(real[2], args.out / "unsplash.jpg")
     rows_file = args.out / "rows.jsonl"
     extra = ["--threshold", args.threshold] if args.threshold else []

@@ -181,6 +181,14 @@ def test_bad_manifests_never_raise(pki, signed_images):
     assert read_provenance(bytes(corrupt)).c2pa == "invalid"
 
 
+def test_oversized_manifest_store_is_a_row_error(pki, signed_images, monkeypatch):
+    from dfx.runtime import provenance
+
+    monkeypatch.setattr(provenance, "MAX_REPORT_CHARS", 200)  # the real cap is 8 MB of JSON; ours is a few kB
+    prov = provenance.ProvenanceReader().read(signed_images["ai.jpg"].read_bytes())
+    assert prov.c2pa == "invalid" and "too large" in prov.error
+
+
 def test_trust_anchor_file_errors(tmp_path, pki):
     from dfx.runtime.provenance import ProvenanceError, ProvenanceReader
 
@@ -327,3 +335,17 @@ def test_without_c2pa_scans_work_and_sign_names_the_extra(exported_bundle, signe
     assert "provenance not read" in result.stderr
     (row,) = read_results(out)
     assert row.error is None and row.c2pa is None and row.verdict == row.decision
+
+
+def test_bench_times_the_scan_with_provenance_on_and_off(exported_bundle, signed_images):
+    from dfx.benchmarks import harness, report
+
+    config = harness.BenchConfig(backends=("ort-int8",), batch_sizes=(4,), iters=2, warmup=1, rounds=2, e2e_batch_size=4,
+                                 images=str(signed_images["ai.jpg"].parent), roofline=False, scan_memory=False)
+    rows = {r["mode"]: r for r in harness.run(exported_bundle, config)["rows"]}
+    on, off = rows["e2e+c2pa"], rows["e2e"]
+    assert on["images"] == off["images"] >= 2 * 4 and on["images_per_s"] > 0
+    assert on["vs_e2e_off"] == pytest.approx(on["images_per_s"] / off["images_per_s"], rel=0.01)
+    assert "c2pa on/off" in report.table(list(rows.values()))
+    plain = harness.run(exported_bundle, harness.BenchConfig(**{**config.__dict__, "provenance": False}))["rows"]
+    assert "e2e+c2pa" not in {r["mode"] for r in plain}

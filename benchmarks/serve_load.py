@@ -60,9 +60,10 @@ def image_files(folder: str, limit: int) -> list[Path]:
 
 def offline_scan(bundle: str, files: list[Path], backend: str, tmp: Path) -> dict[str, Any]:
     listing = tmp / "inputs"
-    listing.mkdir(exist_ok=True)
-    for i, path in enumerate(files):  # the same files the load sends, by link, in one folder
-        (listing / f"{i:05d}{path.suffix}").symlink_to(path.resolve())
+    if not listing.exists():
+        listing.mkdir()
+        for i, path in enumerate(files):  # the same files the load sends, by link, in one folder
+            (listing / f"{i:05d}{path.suffix}").symlink_to(path.resolve())
     out = tmp / "offline.jsonl"
     result = subprocess.run([sys.executable, "-m", "dfx", "scan", bundle, str(listing), "--out", str(out), "--overwrite",
                              "--backend", backend], capture_output=True, text=True, cwd=ROOT, timeout=1800)
@@ -180,7 +181,9 @@ async def closed_loop(address: str, bodies: list[bytes], concurrency: int, durat
     scored = [0]
     sent = [0]
     url = f"http://{address}/v1/screen"
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Keep-alive shorter than uvicorn's 5 s, so the client never reuses a connection the server
+    # is closing at that instant (a ReadError that would look like an unanswered request).
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         began = time.perf_counter()
         end = began + duration
@@ -214,7 +217,7 @@ async def open_loop(address: str, bodies: list[bytes], rate: float, duration: fl
     codes: dict[str, int] = {}
     scored = [0]
     url = f"http://{address}/v1/screen"
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight, keepalive_expiry=2.0)
     in_flight: set[asyncio.Task] = set()
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 

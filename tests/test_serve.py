@@ -287,9 +287,14 @@ def test_batcher_coalesces_concurrent_single_image_requests(exported_bundle, ima
             batcher.submit([sources[0]])  # 16 admitted: the bound holds
         rows = [f.result(timeout=30)[0] for f in futures]
         assert batcher.screen([images[0], b"junk"])[1].error  # the blocking form, a bad image as its own row
+        for _ in range(3):
+            batcher.screen(images[:2])  # past the warm-up batches: the runner's time per image is known
+        with pytest.raises(QueueFull, match="deadline"):
+            batcher.submit([images[0]], timeout_s=1e-7)  # would outlast its deadline: refused at once, not queued
+        assert batcher.admitted == 0
     assert [r.path for r in rows] == sources
     np.testing.assert_allclose([r.logit for r in rows], [reference[s] for s in sources], atol=1e-5)
-    assert sum(record.sizes[:-1]) == 16 and max(record.sizes) >= 8, record.sizes  # coalesced, not 16 calls of one
+    assert sum(record.sizes[:-4]) == 16 and max(record.sizes) >= 8, record.sizes  # coalesced, not 16 calls of one
     assert not model.runner.is_active  # closing the batcher closed its model
 
 

@@ -134,7 +134,8 @@ def create_app(config: ServeConfig, *, model: LoadedModel | None = None, on_fata
         try:
             future = service.batcher.submit(sources, names, wait)
         except QueueFull as exc:
-            raise HttpError(503, str(exc), retry) from None
+            after = max(config.retry_after_s, int(exc.retry_after_s + 0.999))  # whole seconds, rounded up
+            raise HttpError(503, str(exc), {"Retry-After": str(after)}) from None
         except NotReady as exc:
             raise HttpError(503, str(exc), retry) from None
         try:

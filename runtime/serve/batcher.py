@@ -14,8 +14,12 @@ Bounds, so overload never becomes a crash or a hang:
 - admission counts images from `submit` until their Result is settled; past `max_queue_images`
   `submit` raises QueueFull at once (HTTP: 503 + Retry-After), so decode backlog and queue
   memory stay bounded however fast requests arrive;
-- every request has a deadline; images whose request expired are dropped before they reach the
-  runner (their compute would be wasted), and the request's future fails with DeadlineExceeded;
+- the worker keeps a moving average of the runner's seconds per image; a request that would wait
+  longer than its deadline behind the images already admitted is refused at once (QueueFull),
+  not left to time out in the queue, so overload answers fast 503s instead of slow 504s;
+- every request has a deadline; images whose request expired (or will have, before their batch
+  can finish) are dropped before they reach the runner, since their compute would be wasted,
+  and the request's future fails with DeadlineExceeded;
 - an image that does not decode becomes an error Result; a failed runner call becomes error
   Results for that batch. Every submitted image is settled exactly once, so every request
   resolves.
@@ -41,9 +45,11 @@ from dfx.runtime.serve.model import LoadedModel
 @dataclass(frozen=True)
 class BatchConfig:
     max_batch_size: int = 32  # images per runner call (Triton: max_batch_size)
-    # How long the first image of a batch may wait for more to arrive (Triton:
-    # max_queue_delay_microseconds). Longer: fuller batches under light load, more latency.
-    max_queue_delay_us: int = 10_000
+    # How long a batch may wait for more images (Triton: max_queue_delay_microseconds), counted
+    # from its oldest image's arrival or from the end of the previous batch, whichever is
+    # later. Longer: fuller batches, more latency for a lone request; about the time a caller
+    # takes to send its next image after an answer merges concurrent callers into one batch.
+    max_queue_delay_us: int = 50_000
     max_queue_images: int = 256  # images admitted and not yet answered; more -> QueueFull (503)
     timeout_s: float = 10.0  # a request's deadline from submission -> DeadlineExceeded (504)
     decode_workers: int | None = None  # decoder threads; None: one per core, 2..8 (as dfx scan)
@@ -56,7 +62,12 @@ class BatchConfig:
 
 
 class QueueFull(DfxError):
-    """Admitting the request would exceed the queue bound; try again after `retry_after_s`."""
+    """Admitting the request would exceed the queue bound, or the work queued ahead of it would
+    outlast its deadline; try again after `retry_after_s` (the estimated time to drain)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(DfxError):
@@ -159,6 +170,9 @@ class DynamicBatcher:
         self._accepting = True
         self._flush = False  # draining: run what is queued without waiting for fuller batches
         self._closed = False
+        self._free_since = 0.0  # time.monotonic() when the last batch finished
+        self._seconds_per_image: float | None = None  # moving average of runner time, after warm-up
+        self._batches_seen = 0
         self._pool = ThreadPoolExecutor(max_workers=config.decode_workers or default_workers(), thread_name_prefix="dfx-serve-decode")
         self._worker = threading.Thread(target=self._run, name="dfx-serve-batcher", daemon=True)
         self._worker.start()
@@ -205,8 +219,15 @@ class DynamicBatcher:
             model = self._model
             if model is None:
                 raise NotReady("the model is still loading")
-            if self._admitted + len(sources) > self.config.max_queue_images:
-                raise QueueFull(f"the queue is full ({self._admitted} of {self.config.max_queue_images} images admitted)")
+            ahead = self._admitted + len(sources)
+            per_image = self._seconds_per_image
+            drain = ahead * per_image if per_image else 0.0
+            if ahead > self.config.max_queue_images:
+                raise QueueFull(f"the queue is full ({self._admitted} of {self.config.max_queue_images} images admitted)",
+                                retry_after_s=max(1.0, drain))
+            if drain > timeout_s:
+                raise QueueFull(f"the {self._admitted} images queued ahead need about {drain:.1f} s, more than the "
+                                f"{timeout_s:g} s deadline", retry_after_s=max(1.0, drain - timeout_s))
             self._admitted += len(sources)
         for index, source in enumerate(sources):
             self._pool.submit(self._decode, job, index, source, model)
@@ -251,6 +272,7 @@ class DynamicBatcher:
                 return
             try:
                 self._compute(items)
+                self._batch_done()
             except BaseException as exc:  # the worker must survive anything one batch does
                 model = self._model
                 rows = [(it.job, it.index, model.error_row(it.job.names[it.index], f"internal error: {exc}") if model else None) for it in items]
@@ -263,9 +285,12 @@ class DynamicBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            # Triton's rule: wait for a full batch, but no longer than the delay after the
-            # oldest queued image arrived.
-            until = self._queue[0].enqueued + cfg.max_queue_delay_us / 1e6
+            # Wait for a full batch, but no longer than the delay after the oldest queued image
+            # arrived (Triton's rule) or after the runner became free, whichever is later: the
+            # images that queued while the last batch ran may wait that long for the callers
+            # that batch just answered, so concurrent callers share one batch instead of
+            # alternating between two half batches. The runner idles at most the delay.
+            until = max(self._queue[0].enqueued, self._free_since) + cfg.max_queue_delay_us / 1e6
             while len(self._queue) < cfg.max_batch_size and not self._flush:
                 left = until - time.monotonic()
                 if left <= 0:
@@ -274,8 +299,13 @@ class DynamicBatcher:
             take = min(cfg.max_batch_size, len(self._queue))
             return [self._queue.popleft() for _ in range(take)]
 
+    def _batch_done(self) -> None:
+        with self._cond:
+            self._free_since = time.monotonic()
+
     def _compute(self, items: list[_Item]) -> None:
-        now = time.monotonic()
+        # Drop what will be past its deadline before this batch can finish: nobody would get it.
+        now = time.monotonic() + len(items) * (self._seconds_per_image or 0.0)
         live = [it for it in items if not it.job.expired(now)]
         if len(live) < len(items):
             self._settle([(it.job, it.index, None) for it in items if it.job.expired(now)], expired=len(items) - len(live))
@@ -299,11 +329,22 @@ class DynamicBatcher:
             except Exception as exc:  # a failed batch costs its images, never the service
                 logits, failure = [], f"inference failed: {type(exc).__name__}: {exc}"
             compute = time.monotonic() - began
+        if not failure:
+            self._learn(compute / len(live))
         self.observer.on_batch(len(live), waits, compute, not failure)
         if failure:
             self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure)) for it in live])
         else:
             self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v))) for it, v in zip(live, logits)])
+
+    def _learn(self, seconds_per_image: float) -> None:
+        """Moving average of the runner's time per image; the first batches (warm-up: graph
+        compilation, allocation) are not trusted for refusing requests."""
+        self._batches_seen += 1
+        if self._batches_seen <= 2:
+            return
+        previous = self._seconds_per_image
+        self._seconds_per_image = seconds_per_image if previous is None else 0.8 * previous + 0.2 * seconds_per_image
 
     def _settle(self, rows: list[tuple[_Job, int, Result | None]], expired: int = 0) -> None:
         if expired:

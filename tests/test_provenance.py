@@ -258,6 +258,11 @@ def test_detector_reads_provenance_from_bytes_and_paths(exported_bundle, pki, si
     with Detector.load(exported_bundle, "ort-cpu", provenance=False) as detector:
         (off,) = detector.predict([ai])
     assert off.c2pa is None and off.provenance_error is None and off.verdict == off.decision
+    # Many decode threads share one reader: every input still gets its own manifest's answer.
+    names = list(EXPECTED) * 8
+    with Detector.load(exported_bundle, "ort-cpu", trust_anchors=paths["root"], workers=6, batch_size=5) as detector:
+        results = detector.predict([signed_images[n].read_bytes() for n in names])
+    assert [(r.c2pa, r.ai_declared) for r in results] == [EXPECTED[n][:2] for n in names]
 
 
 # ---- signing the finding ---------------------------------------------------------------------------------

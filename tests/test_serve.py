@@ -61,13 +61,14 @@ def running(config: ServeConfig) -> Iterator[tuple[str, object]]:
     assert not thread.is_alive(), "the server did not stop"
 
 
-def _wait_ready(address: str, alive: threading.Thread | subprocess.Popen, seconds: float = 60) -> None:
+def _wait_ready(address: str, alive: threading.Thread | subprocess.Popen, seconds: float = 60, **https: object) -> None:
+    scheme = "https" if https else "http"
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if isinstance(alive, threading.Thread) and not alive.is_alive() or isinstance(alive, subprocess.Popen) and alive.poll() is not None:
             raise AssertionError("the server died while starting")
         try:
-            if httpx.get(f"http://{address}/v2/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{scheme}://{address}/v2/health/ready", timeout=2, **https).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -75,11 +76,11 @@ def _wait_ready(address: str, alive: threading.Thread | subprocess.Popen, second
     raise AssertionError(f"the server at {address} was not ready within {seconds} s")
 
 
-def _metric(address: str, name: str, **labels: str) -> float:
+def _metric(address: str, name: str, https: dict | None = None, **labels: str) -> float:
     """One sample of /metrics (0.0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://{address}/metrics", timeout=5).text
+    text = httpx.get(f"{'https' if https else 'http'}://{address}/metrics", timeout=5, **(https or {})).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -375,11 +376,42 @@ def test_metrics_count_requests_images_batches_and_name_the_model(server, images
     assert len(info.split('sha256="')[1].split('"')[0]) == 64
 
 
-def test_sighup_reloads_and_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images):
-    """A real `dfx serve` process: SIGHUP reloads the bundle; then requests wait in a 2 s batch
-    window when SIGTERM arrives; all of them are answered 200, and the process exits 0."""
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_sighup_reloads_and_sigterm_drains_in_flight_requests_and_exits_0(exported_bundle, images, tmp_path):
+    """A real `dfx serve` process over TLS: SIGHUP reloads the bundle; then requests wait in a 2 s
+    batch window when SIGTERM arrives; all of them are answered 200, and the process exits 0."""
+    import ssl
+
+    pytest.importorskip("cryptography", reason="the TLS certificate is made with cryptography (test extra)")
+    cert, key = _self_signed(tmp_path)
+    tls = {"verify": ssl.create_default_context(cafile=str(cert))}
     command = [sys.executable, "-m", "dfx", "serve", str(exported_bundle), "--port", "0", "--backend", "ort-cpu",
-               "--precision", "fp32", "--max-batch", "64", "--max-delay-us", "2000000"]
+               "--precision", "fp32", "--max-batch", "64", "--max-delay-us", "2000000",
+               "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:
@@ -390,21 +422,22 @@ def test_sighup_reloads_and_sigterm_drains_in_flight_requests_and_exits_0(export
         while not any("listening on" in line for line in lines) and time.monotonic() < end and process.poll() is None:
             time.sleep(0.05)
         address = next(line for line in lines if "listening on" in line).strip().rsplit("//", 1)[1]
-        _wait_ready(address, process)
+        assert any("listening on https://" in line for line in lines)
+        _wait_ready(address, process, **tls)
         process.send_signal(signal.SIGHUP)
-        while _metric(address, "dfx_model_reloads_total", outcome="ok") < 1 and time.monotonic() < end:
+        while _metric(address, "dfx_model_reloads_total", tls, outcome="ok") < 1 and time.monotonic() < end:
             time.sleep(0.05)
-        assert _metric(address, "dfx_model_reloads_total", outcome="ok") == 1 and process.poll() is None
+        assert _metric(address, "dfx_model_reloads_total", tls, outcome="ok") == 1 and process.poll() is None
         answers: list[httpx.Response] = []
 
         def send(path: str) -> None:
-            answers.append(httpx.post(f"http://{address}/v1/screen", content=Path(path).read_bytes(),
-                                      headers={"content-type": "image/jpeg"}, timeout=30))
+            answers.append(httpx.post(f"https://{address}/v1/screen", content=Path(path).read_bytes(),
+                                      headers={"content-type": "image/jpeg"}, timeout=30, **tls))
 
         senders = [threading.Thread(target=send, args=(p,)) for p in images[:3]]
         for thread in senders:
             thread.start()
-        while _metric(address, "dfx_queue_images") < 3 and time.monotonic() < end:
+        while _metric(address, "dfx_queue_images", tls) < 3 and time.monotonic() < end:
             time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
         for thread in senders:
@@ -419,7 +452,7 @@ def test_sighup_reloads_and_sigterm_drains_in_flight_requests_and_exits_0(export
         assert len(screened) == 3 and all(e["status"] == 200 and e["images"] == 1 and e["ms"] > 0 for e in screened)
         assert not any("Traceback" in line for line in lines), "".join(lines[-30:])
         with pytest.raises(httpx.TransportError):
-            httpx.get(f"http://{address}/v2/health/live", timeout=2)
+            httpx.get(f"https://{address}/v2/health/live", timeout=2, **tls)
     finally:
         if process.poll() is None:
             process.kill()

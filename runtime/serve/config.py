@@ -25,7 +25,9 @@ class ServeConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching, queue bound, deadline
     max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies get 413 before they are read whole
     max_images: int = 64  # images per request; more get 413 (a gateway should split them)
-    token: str | None = None  # bearer token for everything but health probes and /metrics; None: no auth
+    # Bearer token for everything but health probes and /metrics; None: no auth. Kept out of
+    # repr() so a logged config never shows it.
+    token: str | None = field(default=None, repr=False)
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
     retry_after_s: int = 1  # the Retry-After a 503 (queue full, loading, draining) suggests
 

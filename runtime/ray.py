@@ -346,6 +346,8 @@ class InferActor:
         from dfx.bundle import Bundle
         from dfx.runtime.select import choose_runner
 
+        if isinstance(bundle_files, (tuple, list)):  # (ObjectRef,): a borrowed reference, see _run_pipeline
+            bundle_files = bundle_files[0]
         files = ray.get(bundle_files) if isinstance(bundle_files, ray.ObjectRef) else bundle_files
         self._dir = tempfile.TemporaryDirectory(prefix="dfx-bundle-")
         for name, data in files.items():
@@ -481,6 +483,10 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = config.progress
     ctx.print_on_execution_start = config.progress
+    if not config.progress:  # Ray Data's per-job INFO lines would bury dfx's summary line
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         choice, why = plan(bundle, config.backend, config.precision)  # what a node like this one picks
         local_choice = f"{choice.backend} {why}"
@@ -592,7 +598,10 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         InferActor,
         batch_size=batch,
         batch_format="numpy",
-        fn_constructor_kwargs={"bundle_files": payload, "backend": config.backend, "precision": config.precision,
+        # The bundle's ObjectRef goes in a tuple: passed bare, Ray counts it as a constructor
+        # argument held in the object store and warns that a restarted actor may not find it;
+        # nested, the actor borrows it and the driver keeps it alive for the whole job.
+        fn_constructor_kwargs={"bundle_files": (payload,), "backend": config.backend, "precision": config.precision,
                                "threads": threads, "threshold": config.threshold},
         compute=ActorPoolStrategy(size=actors),
         num_cpus=num_cpus,
@@ -600,10 +609,11 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         udf_modifying_row_count=False,
     )
     names = FilenameProvider(file_format=SHARD_SUFFIXES[config.format][1:])
+    target = out if _split_uri(out)[0] else os.path.abspath(_split_uri(out)[1])  # workers' cwd is not ours
     if config.format == "parquet":
-        ds.write_parquet(out, filename_provider=names)
+        ds.write_parquet(target, filename_provider=names)
     else:
-        ds.write_json(out, filename_provider=names, force_ascii=False, double_precision=15)  # pandas keeps 10 decimals by default
+        ds.write_json(target, filename_provider=names, force_ascii=False, double_precision=15)  # pandas keeps 10 decimals by default
 
 
 # ---- the CLI -------------------------------------------------------------------------------------

@@ -195,15 +195,29 @@ def test_oip_json_body_and_errors(server, images, reference):
 # ---- /v1/screen ---------------------------------------------------------------------------------
 
 
+def _png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A few hundred bytes of PNG whose header declares width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
 def test_screen_rows_are_scan_rows_and_a_bad_image_is_its_own_row(server, images, reference):
     files = [("file", (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in images[:2]]
     files.insert(1, ("file", ("broken.jpg", Path(images[2]).read_bytes()[:300], "image/jpeg")))
+    files.append(("file", ("bomb.png", _png_bomb(), "image/png")))
     answer = httpx.post(f"http://{server}/v1/screen", files=files, timeout=30)
     assert answer.status_code == 200
     rows = answer.json()["results"]
-    assert [tuple(r) for r in rows] == [COLUMNS] * 3  # the columns of a dfx scan row, whatever they are now
-    assert [r["path"] for r in rows] == [Path(images[0]).name, "broken.jpg", Path(images[1]).name]
+    assert [tuple(r) for r in rows] == [COLUMNS] * 4  # the columns of a dfx scan row, whatever they are now
+    assert [r["path"] for r in rows] == [Path(images[0]).name, "broken.jpg", Path(images[1]).name, "bomb.png"]
     assert rows[1]["error"] and rows[1]["logit"] is None
+    assert "too large" in rows[3]["error"] and rows[3]["logit"] is None  # refused on its header, as dfx scan does
     assert rows[0]["error"] is None and rows[0]["logit"] == pytest.approx(reference[images[0]], abs=1e-5)
     assert rows[2]["logit"] == pytest.approx(reference[images[1]], abs=1e-5)
     assert rows[0]["backend"] == "ort-cpu" and len(rows[0]["model_sha256"]) == 64

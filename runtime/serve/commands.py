@@ -27,8 +27,9 @@ Endpoints:
 
 SERVE_EPILOG = """\
 Limits: a body over --max-body-mb or more than --max-images images gets 413; a content type not
-listed above 415; a full queue (--max-queue images admitted) 503 with Retry-After; no answer
-within --timeout 504. An image that does not decode gets its own error row; the others are scored.
+listed above 415; a full queue (--max-queue images admitted, or more work queued than the
+runner can finish within --timeout) 503 with Retry-After; no answer within --timeout 504. An
+image that does not decode gets its own error row; the others are scored.
 
 Operations: binds 127.0.0.1 unless --host says otherwise. Not ready while the model loads or
 while draining. SIGTERM (or Ctrl-C) drains: no new requests, in-flight ones finish (up to

@@ -279,3 +279,90 @@ def test_hostile_csv_raises_only_dfx_errors(tmp_path, text):
         read_results(path)
     except DfxError as exc:
         assert str(path) in str(exc)
+
+
+# ---- bundle folders from elsewhere -----------------------------------------------------------------
+
+
+def _bundle_with(tmp_path: Path, **changes) -> Path:
+    """A bundle folder with one real file and a manifest changed as asked (None deletes a key)."""
+    import hashlib
+    import json
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    (root / "model.onnx").write_bytes(b"model")
+    manifest = {
+        "format": "dfx-bundle", "format_version": 1,
+        "input": {"height": 16, "width": 16, "fit": "crop"},
+        "threshold": {"logit": 0.5},
+        "files": {"model.onnx": {"sha256": hashlib.sha256(b"model").hexdigest(), "role": "onnx-fp32"}},
+    }
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key)
+        else:
+            manifest[key] = value
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+GOOD_HASH = "9b4e8b4f3ebbf1d5e8e4b7ba1d3b2fbd1a2a98cb21c0c8c9bd3df9e0e0a9fbdb"
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"files": {"../../etc/passwd": {"sha256": GOOD_HASH}}}, "plain relative path"),
+        ({"files": {"/etc/passwd": {"sha256": GOOD_HASH}}}, "plain relative path"),
+        ({"files": {"a/./b": {"sha256": GOOD_HASH}}}, "plain relative path"),
+        ({"files": ["model.onnx"]}, "files must be an object"),
+        ({"files": {"model.onnx": {"sha256": 7}}}, "64 lowercase hex"),
+        ({"files": {"model.onnx": "abc"}}, "must be an object"),
+        ({"input": {"height": 10**9, "width": 16, "fit": "crop"}}, "input.height must be an integer in 1..2048"),
+        ({"input": {"height": True, "width": 16, "fit": "crop"}}, "input.height"),
+        ({"input": {"height": 16, "width": 16, "fit": "stretch"}}, "input.fit"),
+        ({"input": None}, "input is missing"),
+        ({"threshold": {"logit": "0.5"}}, "threshold.logit must be a finite number"),
+        ({"calibration": {"scale": "x"}}, "calibration.scale"),
+        ({"engines": {"file": "x"}}, "engines must be a list"),
+        ({"engines": [{"file": "../x.engine", "precision": "int8"}]}, "engines[0].file"),
+        ({"engines": [{"file": "x.engine", "trt_version": "1" * 5000}]}, "engines[0].trt_version"),
+        ({"engines": [{"file": "x.engine", "max_batch": 10**9}]}, "engines[0].max_batch"),
+        ({"format_version": {"a": 1}}, "bundle format"),
+    ],
+)
+def test_hostile_manifests_raise_only_bundle_errors(tmp_path, changes, words):
+    from dfx.bundle import Bundle, BundleError
+
+    root = _bundle_with(tmp_path, **changes)
+    with pytest.raises(BundleError) as info:
+        Bundle.open(root)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "{\"format\": \"dfx-bundle\", \"format_version\": 1", "\xff\xfe", "NaN"])
+def test_unparsable_manifests_are_bundle_errors(tmp_path, text):
+    from dfx.bundle import Bundle, BundleError
+
+    root = _bundle_with(tmp_path)
+    (root / "manifest.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(BundleError):
+        Bundle.open(root)
+
+
+def test_an_oversized_manifest_is_refused_unread(tmp_path, monkeypatch):
+    from dfx import bundle as bundle_module
+    from dfx.bundle import Bundle, BundleError
+
+    root = _bundle_with(tmp_path)
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", 100)
+    with pytest.raises(BundleError, match="over 100 bytes"):
+        Bundle.open(root)
+
+
+def test_a_good_manifest_still_opens(tmp_path):
+    from dfx.bundle import Bundle
+
+    bundle = Bundle.open(_bundle_with(tmp_path, calibration={"scale": 1.5, "offset": -0.2}))
+    assert bundle.input_size == (16, 16) and bundle.threshold == 0.5 and bundle.signature == "unsigned"

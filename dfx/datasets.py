@@ -201,9 +201,12 @@ def summary(samples: list[Sample]) -> dict:
 
 def data_record(root, real: list[str] | None, fake: list[str] | None, val_fraction: float, seed: int) -> dict:
     """What a bundle's manifest stores under "data" so later steps can rebuild the same split.
-    `root` may be one data root or several ("roots" lists them all; "root" is the first)."""
+    `root` may be one data root or several ("roots" then lists them all; "root" is the first)."""
     roots = [str(Path(r).resolve()) for r in as_roots(root)]
-    return {"root": roots[0], "roots": roots, "real": real, "fake": fake, "val_fraction": val_fraction, "seed": seed}
+    record = {"root": roots[0], "real": real, "fake": fake, "val_fraction": val_fraction, "seed": seed}
+    if len(roots) > 1:
+        record["roots"] = roots
+    return record
 
 
 def record_roots(record: dict) -> list[str]:

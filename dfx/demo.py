@@ -22,7 +22,7 @@ def register(sub) -> None:
         "demo",
         help="run synth -> train -> export -> scan -> bench on synthetic data (a few minutes, no downloads)",
         description="Run the whole dfx job on an embedded synthetic real-vs-GAN set: generate it, train the "
-        "seed CNN at a small size, export ONNX/FP16/INT8 with parity checks, scan the images, and benchmark. "
+        "default detector (npr_cnn) at a small size, export ONNX/FP16/INT8 with parity checks, scan the images, and benchmark. "
         "The resulting model has seen only synthetic data; see README for training on real faces.",
     )
     parser.add_argument("--out", default="dfx-demo", help="folder for everything the demo writes (default: ./dfx-demo)")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     _step(
         "2/5 train the seed CNN",
         # A small set at batch 128 makes 3 steps an epoch; batch 32 gives the short run enough steps.
-        ["train", str(data), "--out", str(bundle), "--size", str(args.size), "--epochs", str(args.epochs),
+        ["train", str(data), "--out", str(bundle), "--size", str(args.size), "--train-canvas", str(args.size), "--epochs", str(args.epochs),
          "--batch-size", "32", "--warmup-epochs", "1", "--patience", str(args.epochs), "--seed", str(args.seed)],
     )
     _step("3/5 export ONNX, FP16 and INT8, with parity against Keras", ["export", str(bundle), "--fp16", "--int8"])

@@ -18,7 +18,11 @@ def parity(exported_bundle) -> dict:
 def test_parity_report_covers_every_onnx_form(parity, exported_bundle):
     from dfx.bundle import Bundle
 
-    assert set(parity["forms"]) == {"fp32", "fp16", "int8", "cpu-int8"}
+    from dfx.runtime import openvino
+
+    onnx_runtime_forms = {"fp32", "fp16", "int8", "cpu-int8"}
+    openvino_forms = {"openvino-fp32", "openvino-int8"} | ({"openvino-bf16"} if openvino.bf16_status()[0] else set())
+    assert set(parity["forms"]) == onnx_runtime_forms | (openvino_forms if openvino.available() else set())
     assert parity["labels"] is True and parity["images"] >= 40
     assert parity["classes"]["real"] > 0 and parity["classes"]["fake"] > 0
     bundle = Bundle.open(exported_bundle)

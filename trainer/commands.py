@@ -44,29 +44,41 @@ def register(sub) -> None:
     synth.set_defaults(handler=_synth)
     data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
 
+    from dfx.trainer.augment import AUGMENT_MODES
+    from dfx.trainer.models import ARCHITECTURES
+
     train = sub.add_parser(
         "train",
-        help="train the seed CNN on a labelled folder and write a bundle",
-        description="Train the seed CNN (Adam, binary cross-entropy from logits, batch 128, early stopping on "
-        "validation AUC with the best weights restored, class weights). DATA is real/<source>/ + fake/<generator>/, "
-        "flat real/ + fake/, the seed's per-source folders with --real/--fake, or a CSV/TSV labels file. "
-        "The default recipe warms the learning rate up, clips gradients and restarts a dead start (a constant "
-        "output), which the seed's recipe suffered at 256 px.",
+        help="train a detector on labelled folders and write a bundle",
+        description="Train a detector (Adam, binary cross-entropy from logits, early stopping on validation AUC with "
+        "the best weights restored, a Platt-calibrated probability). DATA is real/<source>/ + fake/<generator>/, flat "
+        "real/ + fake/, the seed's per-source folders with --real/--fake, or a CSV/TSV labels file; give several DATA "
+        "to pool them. Each epoch draws every generator and every photo source in an equal share of its class "
+        "(--no-balance: plain epochs with class weights). The default recipe: npr_cnn at 96 px on native-resolution "
+        "windows, generalize augmentation; `dfx protocol` measures how it holds on sources it never saw.",
     )
-    train.add_argument("data", metavar="DATA", help="labelled image folder or labels file (path,label[,group])")
+    train.add_argument("data", metavar="DATA", nargs="+", help="labelled image folder(s) or labels file(s) (path,label[,group])")
     train.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (model.keras, manifest.json, history)")
+    train.add_argument("--architecture", choices=ARCHITECTURES, default=d["architecture"].default,
+                       help="npr_cnn: neighbouring-pixel residual + small residual CNN (default); seed_cnn: the seed project's CNN, exactly")
     train.add_argument("--size", type=int, default=d["size"].default, help="input side in pixels (default %(default)s)")
     train.add_argument("--fit", choices=("crop", "resize"), default=d["fit"].default,
-                       help="crop: centre crop at native resolution, keeps GAN upsampling traces (default); resize: the seed's resize, blurs them")
+                       help="crop: centre crop at native resolution, keeps up-sampling traces (default); resize: the seed's resize, blurs them")
+    train.add_argument("--train-canvas", type=int, metavar="N",
+                       help="store training images at N px (native-resolution crop) and train on random --size windows of them "
+                       "(default: 4/3 of --size; equal to --size turns the windows off)")
     _add_mapping(train)
     train.add_argument("--epochs", type=int, default=d["epochs"].default, help="maximum epochs; early stopping usually ends sooner (default %(default)s)")
+    train.add_argument("--epoch-size", type=int, metavar="N", help="images drawn per balanced epoch (default: the training split's size)")
+    train.add_argument("--no-balance", action="store_true", help="plain shuffled epochs with class weights instead of equal shares per group")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")
     train.add_argument("--lr", type=float, default=d["learning_rate"].default, help="peak Adam learning rate after warm-up (default %(default)s)")
     train.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"].default, help="linear learning-rate warm-up, in epochs (default %(default)s)")
     train.add_argument("--clipnorm", type=float, default=d["clipnorm"].default, help="clip each step's gradient norm to this (default %(default)s)")
     train.add_argument("--patience", type=int, default=d["patience"].default, help="epochs without a better validation AUC before stopping (default %(default)s)")
-    train.add_argument("--augment", choices=("none", "seed", "robust"), default=d["augment"].default,
-                       help="seed: flip, grayscale, channel shuffle, noise, 90-degree rotation; robust adds JPEG, blur, rescaling, cropping (default %(default)s)")
+    train.add_argument("--augment", choices=AUGMENT_MODES, default=d["augment"].default,
+                       help="generalize (default): JPEG, blur, rescaling, colour, noise, sharpening, small rotations on both classes; "
+                       "seed: flip, grayscale, channel shuffle, noise, 90-degree rotation; robust: seed + JPEG, blur, rescaling, cropping")
     train.add_argument("--target-fpr", type=float, metavar="RATE",
                        help="choose the threshold that keeps false positives on real validation images at RATE (e.g. 0.01); default: best balanced accuracy")
     train.add_argument("--val-fraction", type=float, default=d["val_fraction"].default, help="share held out for validation, stratified by label and generator (default %(default)s)")
@@ -74,6 +86,32 @@ def register(sub) -> None:
     train.add_argument("--max-restarts", type=int, default=d["max_restarts"].default, help="fresh starts allowed after a dead start (default %(default)s)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     train.set_defaults(handler=_train)
+
+    from dfx.trainer.protocol import ProtocolConfig
+
+    pd = ProtocolConfig.__dataclass_fields__
+    protocol = sub.add_parser(
+        "protocol",
+        help="leave-one-source-out: train without each generator / photo source, test on it",
+        description="For every generator and photo source G in DATA: train on the others, score G (against the other "
+        "class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
+        "80%% crop, mirror, 10 degree rotation). Beside each row a shortcut baseline that sees only width, height, format, "
+        "JPEG tables and colour statistics. Writes OUT/protocol.json and OUT/protocol.md; finished folds are reused "
+        "when rerun with the same settings, so a killed run resumes.",
+    )
+    protocol.add_argument("data", metavar="DATA", nargs="+", help="labelled roots (real/<source>/, fake/<generator>/), pooled")
+    protocol.add_argument("--out", required=True, metavar="DIR", help="folder for folds/, cache/, protocol.json, protocol.md")
+    protocol.add_argument("--architecture", choices=ARCHITECTURES, default=pd["architecture"].default, help="default %(default)s")
+    protocol.add_argument("--size", type=int, default=pd["size"].default, help="input side (default %(default)s)")
+    protocol.add_argument("--fit", choices=("crop", "resize"), default=pd["fit"].default, help="pixel policy (default %(default)s)")
+    protocol.add_argument("--train-canvas", type=int, default=pd["train_canvas"].default, help="training canvas side (default %(default)s)")
+    protocol.add_argument("--epochs", type=int, default=pd["epochs"].default, help="epochs per fold (default %(default)s)")
+    protocol.add_argument("--epoch-size", type=int, default=pd["epoch_size"].default, help="balanced draws per epoch (default %(default)s)")
+    protocol.add_argument("--augment", choices=AUGMENT_MODES, default=pd["augment"].default, help="default %(default)s")
+    protocol.add_argument("--groups", type=_names, metavar="G,H", help="run only these rows (group names, or in-distribution)")
+    protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
+    protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
+    protocol.set_defaults(handler=_protocol)
 
     ev = sub.add_parser(
         "eval",
@@ -113,8 +151,11 @@ def _train(args) -> int:
     require("tensorflow", "train", "dfx train")
     from dfx.trainer.train import TrainConfig, train
 
+    canvas = args.train_canvas if args.train_canvas is not None else 2 * round(args.size * 4 / 3 / 2)
     config = TrainConfig(
-        data=args.data, out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
+        data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
+        architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
+        balance=not args.no_balance, epoch_size=args.epoch_size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
@@ -131,6 +172,21 @@ def _train(args) -> int:
     restarts = [a for a in m["training"]["attempts"] if a["collapsed"]]
     if restarts:
         print(f"dead starts restarted: {len(restarts)} ({restarts[0]['reason']})")
+    return 0
+
+
+def _protocol(args) -> int:
+    from dfx.errors import require
+
+    require("tensorflow", "train", "dfx protocol")
+    from dfx.trainer.protocol import ProtocolConfig, format_table, run
+
+    report = run(ProtocolConfig(
+        data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
+        train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
+        groups=args.groups, seed=args.seed, baseline=not args.no_baseline,
+    ))
+    print(format_table(report))
     return 0
 
 

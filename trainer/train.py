@@ -123,6 +123,8 @@ def calibrate(labels: np.ndarray, logits: np.ndarray) -> dict:
         "method": "platt", "scale": scale, "offset": offset, "split": "val",
         "ece_sigmoid": metrics.expected_calibration_error(labels, raw),
         "ece": metrics.expected_calibration_error(labels, fitted),
+        "nll_sigmoid": bce_from_logits(labels, logits),  # what the fit minimises, before and after
+        "nll": bce_from_logits(labels, scale * np.asarray(logits, np.float64) + offset),
     }
 
 

@@ -42,24 +42,18 @@ def _scan(cmd: list[str]) -> dict[str, Any]:
     return json.loads(done.stderr.strip().splitlines()[-1])
 
 
-def end_to_end(bundle: str, images: str, rounds: int, backend: str, work: Path, with_fused: bool = False) -> dict[str, Any]:
+def end_to_end(bundle: str, images: str, rounds: int, backend: str, work: Path) -> dict[str, Any]:
     from dfx.runtime.ray import read_shards
     from dfx.runtime.results import read_results
 
     base = [sys.executable, "-m", "dfx", "scan", bundle, images, "--backend", backend]
-    # The fused variant (decode inside 2 actors) has no CLI flag: the Python API, in a fresh process.
-    fused = [sys.executable, "-c", "import json, sys; from dfx.runtime.ray import RayScanConfig, scan; "
-             f"print(json.dumps(scan({bundle!r}, [{images!r}], sys.argv[1], RayScanConfig(backend={backend!r}, fuse=True, actors=2))), file=sys.stderr)"]
-    engines = ["local", "ray"] + (["ray-fused"] if with_fused else [])
+    engines = ["local", "ray"]
     runs: list[dict[str, Any]] = []
     for r in range(rounds):
         for engine in engines[r % len(engines):] + engines[: r % len(engines)]:  # rotate who goes first
             out = work / f"{engine}-{r}" / ("rows.jsonl" if engine == "local" else "shards")
             out.parent.mkdir(parents=True, exist_ok=True)
-            if engine == "ray-fused":
-                summary = _scan(fused + [str(out)])
-            else:
-                summary = _scan(base + ["--out", str(out)] + (["--engine", "ray"] if engine == "ray" else []))
+            summary = _scan(base + ["--out", str(out)] + (["--engine", "ray"] if engine == "ray" else []))
             summary["engine"] = engine
             summary["rows"] = str(out)
             runs.append(summary)
@@ -141,7 +135,6 @@ def main() -> int:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--skip-stages", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--fused", action="store_true", help="also time Ray with decode fused into 2 actors")
     parser.add_argument("--stage-rounds", type=int, default=2, help="interleaved rounds of the stage rates (default 2)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -151,7 +144,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dfx-ray-bench-") as work:
         if not args.skip_e2e:
             print("end to end (same run):", flush=True)
-            report["end_to_end"] = end_to_end(args.bundle, args.images, args.rounds, args.backend, Path(work), args.fused)
+            report["end_to_end"] = end_to_end(args.bundle, args.images, args.rounds, args.backend, Path(work))
             e2e = report["end_to_end"]
             print(f"  ray / local = {e2e['ray_vs_local']} (medians {e2e['median_images_per_s']}); same decision and error on "
                   f"{e2e['same_decision_and_error']} of {e2e['images']} images; max |logit diff| {e2e['max_abs_logit_diff']}", flush=True)

@@ -54,7 +54,6 @@ class RayScanConfig:
     actors: int | None = None  # inference actors; None: one per GPU, or CPUs left after decode / threads
     threads: int | None = None  # CPU runner threads per actor (= the actor's num_cpus); None: 1
     decode_cpus: float = 1.0  # CPUs reserved per decode task
-    fuse: bool = False  # let Ray fuse decode into the actors (each actor decodes, then infers)
     format: str = "parquet"
     resume: bool = False
     overwrite: bool = False
@@ -441,7 +440,7 @@ def _plan_actors(config: RayScanConfig, gpu_backend: bool) -> tuple[int, float, 
     cpus = float(total.get("CPU", 1))
     # Leave a decode task's CPUs free; the rest goes to actors of `threads` CPUs each.
     actors = config.actors or max(1, int((cpus - config.decode_cpus) // threads))
-    if not config.fuse and actors * threads + config.decode_cpus > cpus:
+    if actors * threads + config.decode_cpus > cpus:
         # Ray would start the actors and then wait forever for a CPU to decode on.
         raise DfxError(f"{actors} actor(s) x {threads} thread(s) + {config.decode_cpus:g} CPU for decoding exceed the "
                        f"cluster's {cpus:g} CPUs", hint="lower --actors or --threads (each actor reserves --threads CPUs)")
@@ -591,7 +590,7 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         # Pillow's buffers). Reserving it also makes the stage's resources differ from the
         # actors', which keeps Ray from fusing decode into the actor: decode then runs beside
         # inference (and on CPU nodes while actors hold GPUs) instead of before it, in turn.
-        memory=DECODE_MEMORY if not config.fuse else None,
+        memory=DECODE_MEMORY,
         udf_modifying_row_count=False,
     )
     ds = ds.map_batches(

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+UNANSWERED: list[str] = []  # what the client saw instead of an answer, for the report
 
 
 def cpu_name() -> str:
@@ -201,6 +202,7 @@ async def closed_loop(address: str, bodies: list[bytes], concurrency: int, durat
                         scored[0] += sum(1 for r in answer.json()["results"] if r["error"] is None)
                 except httpx.HTTPError as exc:
                     code = f"no answer ({type(exc).__name__})"
+                    UNANSWERED.append(f"{time.perf_counter() - began:.2f}s after start, {time.perf_counter() - t0:.2f}s in flight: {exc!r}")
                 codes[code] = codes.get(code, 0) + 1
 
         await asyncio.gather(*(one_client(k) for k in range(concurrency)))
@@ -231,6 +233,7 @@ async def open_loop(address: str, bodies: list[bytes], rate: float, duration: fl
                     scored[0] += sum(1 for r in answer.json()["results"] if r["error"] is None)
             except httpx.HTTPError as exc:
                 code = f"no answer ({type(exc).__name__})"
+                UNANSWERED.append(f"{time.perf_counter() - began:.2f}s after start, {time.perf_counter() - t0:.2f}s in flight: {exc!r}")
             codes[code] = codes.get(code, 0) + 1
 
         began = time.perf_counter()
@@ -333,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp_dir.cleanup()
         report["server_exit_code"] = server.stop()
         report["server_peak_rss_mb"] = round(server.peak_rss / 2**20, 1)
+        report["unanswered"] = UNANSWERED[:20]
+        report["server_log"] = [line.rstrip() for line in server.lines if "dfx serve:" not in line][-30:]  # warnings and errors
+        for line in report["unanswered"] + report["server_log"]:
+            print(f"  {line}", file=sys.stderr)
     print(markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -40,7 +40,8 @@ def serve(config: ServeConfig, listen: Listen) -> int:
     uvicorn = require("uvicorn", "serve", "dfx serve")
     from dfx.runtime.serve.app import create_app
 
-    logging.getLogger("dfx.serve.access").disabled = not listen.access_log
+    # A level, not `disabled`: uvicorn's logging dictConfig re-enables every existing logger.
+    logging.getLogger("dfx.serve.access").setLevel(logging.INFO if listen.access_log else logging.WARNING)
     fatal: list[str] = []
     server_box: list[Any] = []
 

@@ -516,6 +516,10 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
         new.append(_write_table(out, rows_to_table(rows), config.format))
         written.extend(rows)
     seconds = time.perf_counter() - began
+    twice = len(written) - len(seen) + len(seen & done)
+    if twice:  # e.g. a killed job's last writes landed after --resume had listed the shards
+        say(f"dfx scan: warning: {twice} inputs have more than one row in {out} (same input, same model: "
+            "keep one row per path when reading)")
 
     counts = {"images": len(written), "scored": 0, "fake": 0, "real": 0, "errors": 0}
     for row in written:

@@ -219,7 +219,9 @@ async def open_loop(address: str, bodies: list[bytes], rate: float, duration: fl
     codes: dict[str, int] = {}
     scored = [0]
     url = f"http://{address}/v1/screen"
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight, keepalive_expiry=2.0)
+    # A new connection per arrival, as many independent callers make: a starved client that
+    # reuses a keep-alive connection seconds late races the server closing it (a ReadError).
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=0)
     in_flight: set[asyncio.Task] = set()
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 

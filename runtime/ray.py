@@ -285,13 +285,16 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     say(f"dfx scan: engine ray, {actors} inference actor(s) x {num_gpus and '1 GPU' or f'{threads} thread(s)'}, batch {batch}; "
         f"backend here: {local_choice}")
 
+    provenance = config.provenance and _provenance_reader(config.trust_anchors) is not None  # the c2pa extra, here
+    if config.provenance and not provenance:
+        say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
     began = time.perf_counter()
     before = {p for p, _ in _shards(out)}
     if todo:
         payload = ray.put(bundle_payload(bundle))
-        _run_pipeline(ray, todo, found.scheme, out, bundle, config, payload, batch, actors, num_cpus, num_gpus, threads)
+        _run_pipeline(ray, todo, found.scheme, out, bundle, config, payload, batch, actors, num_cpus, num_gpus, threads, provenance)
     new = [p for p, _ in _shards(out) if p not in before]
-    written = read_shards(out, columns=["path", "decision", "error", "backend", "precision", "model_sha256"], only=new)
+    written = read_shards(out, columns=["path", "decision", "error", "backend", "precision", "model_sha256", "verdict"], only=new)
     seen = {r["path"] for r in written}
     missing = [f for f in todo if f not in seen]  # ignored by the reader: missing or unreadable
     if missing:
@@ -308,7 +311,10 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
             "keep one row per path when reading)")
 
     counts = {"images": len(written), "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real, as dfx scan counts them
     for row in written:
+        if row.get("verdict") not in (None, "fake", "real"):
+            verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
         if row.get("error"):
             counts["errors"] += 1
         else:
@@ -324,6 +330,8 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
         "skipped_non_image": found.skipped_non_image,
         "backend": ", ".join(b.split()[0] for b in backends),
         "precision": ", ".join(b.split()[1] for b in backends),
+        "provenance": provenance,
+        "verdicts": verdicts,
         "engine": "ray",
         "ray_startup_s": round(startup, 3),
         "actors": actors,
@@ -358,12 +366,11 @@ def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any, config: RayScanConfig, payload: Any,
-                  batch: int, actors: int, num_cpus: float, num_gpus: float, threads: int | None) -> None:
+                  batch: int, actors: int, num_cpus: float, num_gpus: float, threads: int | None, provenance: bool) -> None:
     from ray.data import ActorPoolStrategy
     from ray.data.datasource import FilenameProvider
 
     paths = [_split_uri(f)[1] for f in todo] if scheme else todo
-    provenance = config.provenance and _provenance_reader(config.trust_anchors) is not None  # the extra, here
     filesystem = _filesystem(todo[0])[0] if scheme else None
     try:
         ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem, ignore_missing_paths=True)

@@ -3,6 +3,7 @@ bad files, and a driver killed midway that --resume finishes with exactly one ro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -92,9 +93,9 @@ def test_rows_equal_dfx_scan(exported_bundle, inbox, tmp_path, ray_address, caps
     local_out, ray_out = tmp_path / "local.jsonl", tmp_path / "shards"
     common = ["scan", str(exported_bundle), str(folder), str(missing), "--backend", "ort-cpu", "--batch", "4"]
     assert main(common + ["--out", str(local_out)]) == 0
-    capsys.readouterr()
+    local_summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert main(common + ["--out", str(ray_out), "--engine", "ray"]) == 0
-    summary = __import__("json").loads(capsys.readouterr().err.strip().splitlines()[-1])
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
 
     local = _by_path([r.to_dict() for r in read_results(local_out)])
     rows = read_shards(str(ray_out))
@@ -109,10 +110,13 @@ def test_rows_equal_dfx_scan(exported_bundle, inbox, tmp_path, ray_address, caps
     assert sum(r["error"] is None for r in rows) == 24
     assert summary["engine"] == "ray" and summary["images"] == len(local) and summary["errors"] == len(expected) + 1
     assert summary["skipped_non_image"] == 1 and summary["ray_startup_s"] == 0.0  # joined the running instance
+    assert set(local_summary) <= set(summary)  # dfx scan's summary keys, plus the engine's own
+    for key in ("images", "scored", "fake", "real", "errors", "skipped_non_image", "backend", "precision", "provenance", "verdicts"):
+        assert summary[key] == local_summary[key], key
 
     # Finished: --resume has nothing left to do; without it the folder is refused.
     assert main(common + ["--out", str(ray_out), "--engine", "ray", "--resume"]) == 0
-    again = __import__("json").loads(capsys.readouterr().err.strip().splitlines()[-1])
+    again = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert again["images"] == 0 and again["skipped_done"] == len(local)
     assert main(common + ["--out", str(ray_out), "--engine", "ray", "--quiet"]) == 2
     assert "already holds" in capsys.readouterr().err
@@ -209,7 +213,6 @@ def test_dfx_serve_app_on_ray_serve(exported_bundle, inbox, tmp_path, ray_addres
     """The `dfx serve` app deployed on Ray Serve (one replica) answers /v1/screen with the
     row `dfx scan` writes for the same image."""
     pytest.importorskip("fastapi", reason="dfx serve needs the serve extra (pip install 'dfx[serve]')")
-    import json
     import socket
     import urllib.request
 

@@ -24,12 +24,6 @@ from dfx.cli import main  # noqa: E402
 from dfx.runtime.ray import expand_inputs, read_shards  # noqa: E402
 from dfx.runtime.results import COLUMNS, read_results  # noqa: E402
 
-pytestmark = [
-    # Ray's own start-up and shutdown chatter, not dfx's: narrowly, by module.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::UserWarning:ray.*"),
-    pytest.mark.filterwarnings("ignore:.*subprocess.*is still running:ResourceWarning"),
-]
 
 
 @pytest.fixture(scope="module")

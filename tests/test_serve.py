@@ -124,6 +124,16 @@ def test_tritonclient_bytes_and_uint8_score_like_dfx_scan(server, exported_bundl
     expected = np.array([scanned[p]["logit"] for p in images], np.float32)
     np.testing.assert_allclose(expected, [reference[p] for p in images], atol=1e-5)
 
+    # /v1/screen rows are dfx scan rows: every column (C2PA ones included) but the name.
+    files = [("file", (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in images]
+    served = httpx.post(f"http://{server}/v1/screen", files=files, timeout=30).json()["results"]
+    for path, row in zip(images, served):
+        want = {k: v for k, v in scanned[path].items() if k != "path"}
+        got = {k: v for k, v in row.items() if k != "path"}
+        assert got.keys() == want.keys() and row["path"] == Path(path).name
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value, abs=1e-5) if isinstance(value, float) else value), key
+
     client = httpclient.InferenceServerClient(server)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("dfx")
     meta = client.get_model_metadata("dfx")

@@ -148,6 +148,7 @@ class _Item:
     index: int
     pixels: np.ndarray  # uint8 (H, W, 3) at the input size of the model that decoded it
     enqueued: float  # time.monotonic() when it joined the queue
+    provenance: Any = None  # the image's C2PA Provenance, None when not read
 
 
 class DynamicBatcher:
@@ -157,10 +158,14 @@ class DynamicBatcher:
     model atomically between batches and returns the old one for the caller to close.
     """
 
-    def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None):
+    def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None,
+                 provenance: Any = None):
         from dfx.runtime.pipeline import default_workers
 
         self.config = config
+        # A dfx.runtime.provenance.ProvenanceReader: encoded images get their C2PA columns read
+        # from the same bytes in the decode thread, as `dfx scan` does; None: not read.
+        self.provenance = provenance
         self.observer: Observer = observer or _NullObserver()
         self._model = model
         self._model_lock = threading.Lock()  # held while a batch runs: swap waits for it
@@ -254,12 +259,14 @@ class DynamicBatcher:
                 pixels: np.ndarray | str = load_image(source, model.input_size, model.fit)
             except Exception as exc:  # ImageError carries a clean reason; anything else is reported too
                 pixels = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            # Pixel arrays carry no manifest; the reader never raises.
+            prov = self.provenance.read(source) if self.provenance is not None and isinstance(source, (bytes, bytearray, memoryview)) else None
             self.observer.on_decode(time.perf_counter() - began, isinstance(pixels, np.ndarray))
             if isinstance(pixels, str):
-                self._settle([(job, index, model.error_row(job.names[index], pixels))])
+                self._settle([(job, index, model.error_row(job.names[index], pixels, prov))])
                 return
             with self._cond:
-                self._queue.append(_Item(job, index, pixels, time.monotonic()))
+                self._queue.append(_Item(job, index, pixels, time.monotonic(), prov))
                 self._cond.notify()
         except BaseException as exc:  # never lose an image: settle it as an error
             self._settle([(job, index, model.error_row(job.names[index], f"internal error: {type(exc).__name__}: {exc}"))])
@@ -317,7 +324,7 @@ class DynamicBatcher:
             # A reload to another input size while these waited: their pixels no longer fit.
             misfit = [it for it in live if it.pixels.shape[:2] != tuple(model.input_size)]
             if misfit:
-                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], "the model was reloaded with another input size while this image waited; send it again")) for it in misfit])
+                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], "the model was reloaded with another input size while this image waited; send it again", it.provenance)) for it in misfit])
                 live = [it for it in live if it.pixels.shape[:2] == tuple(model.input_size)]
                 if not live:
                     return
@@ -333,9 +340,9 @@ class DynamicBatcher:
             self._learn(compute / len(live))
         self.observer.on_batch(len(live), waits, compute, not failure)
         if failure:
-            self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure)) for it in live])
+            self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure, it.provenance)) for it in live])
         else:
-            self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v))) for it, v in zip(live, logits)])
+            self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v), it.provenance)) for it, v in zip(live, logits)])
 
     def _learn(self, seconds_per_image: float) -> None:
         """Moving average of the runner's time per image; the first batches (warm-up: graph

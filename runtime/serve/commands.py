@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
     p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
+    p.add_argument("--trust-anchors", metavar="PEM", help="C2PA trust anchors: manifests they vouch for read as 'trusted'")
     p.add_argument("--max-connections", type=int, default=1024, metavar="N",
                    help="connections + requests at once; beyond it uvicorn answers 503 (default %(default)s)")
     p.add_argument("--no-access-log", action="store_true", help="no per-request log line")
@@ -121,6 +123,7 @@ def serve_command(args: argparse.Namespace) -> int:
         bundle=args.bundle, backend=args.backend, precision=args.precision, threads=args.threads, threshold=args.threshold,
         model_name=args.model_name, batch=batch, max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
         token=read_token(args.token_file, args.token_env), drain_timeout_s=args.drain_timeout,
+        provenance=not args.no_provenance, trust_anchors=args.trust_anchors,
     )
     # Fail fast, before binding a port, on what can be checked cheaply: the manifest, the hashes
     # and the backend choice. Activation runs after the server is up (readiness says when).

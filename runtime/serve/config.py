@@ -28,6 +28,8 @@ class ServeConfig:
     # Bearer token for everything but health probes and /metrics; None: no auth. Kept out of
     # repr() so a logged config never shows it.
     token: str | None = field(default=None, repr=False)
+    provenance: bool = True  # read C2PA manifests of encoded images, as dfx scan does (needs the c2pa extra)
+    trust_anchors: str | None = None  # PEM of C2PA trust anchors ("trusted" vs "valid"); None: none
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
     retry_after_s: int = 1  # the Retry-After a 503 (queue full, loading, draining) suggests
 

@@ -49,18 +49,19 @@ class LoadedModel:
     def fit(self) -> str:
         return self.bundle.fit
 
-    def row(self, name: str, logit: float) -> Result:
-        """A scored row, the same fields and values as a `dfx scan` row (C2PA columns not read)."""
+    def row(self, name: str, logit: float, provenance: Any = None) -> Result:
+        """A scored row, the same fields and values as a `dfx scan` row. `provenance` is the
+        image's dfx.runtime.provenance.Provenance (None: not read)."""
         decision = "fake" if logit >= self.threshold else "real"
         # The bundle's calibrated P(fake) where this dfx has it, as the scan pipeline uses.
         calibrated = getattr(self.bundle, "probability", None)
         probability = float(calibrated(logit)) if callable(calibrated) else sigmoid(logit)
         return Result(path=name, logit=logit, probability=probability, decision=decision, backend=self.backend,
-                      precision=self.precision, model_sha256=self.sha256, error=None, **_verdict(decision))
+                      precision=self.precision, model_sha256=self.sha256, error=None, **_provenance(decision, provenance))
 
-    def error_row(self, name: str, error: str) -> Result:
+    def error_row(self, name: str, error: str, provenance: Any = None) -> Result:
         return Result(path=name, logit=None, probability=None, decision=None, backend=self.backend,
-                      precision=self.precision, model_sha256=self.sha256, error=error, **_verdict(None))
+                      precision=self.precision, model_sha256=self.sha256, error=error, **_provenance(None, provenance))
 
     def describe(self) -> dict[str, Any]:
         return {"bundle": os.fspath(self.bundle.root), "file": self.file, "sha256": self.sha256, "backend": self.backend,
@@ -70,14 +71,15 @@ class LoadedModel:
         self.runner.deactivate()
 
 
-def _verdict(decision: str | None) -> dict[str, Any]:
-    """The row's combined verdict with no manifest read, as `dfx scan` writes it (when this dfx
-    has provenance columns at all)."""
+def _provenance(decision: str | None, provenance: Any) -> dict[str, Any]:
+    """The row's C2PA columns and combined verdict, as `dfx scan` writes them (when this dfx has
+    provenance columns at all)."""
     try:
-        from dfx.runtime.provenance import combined_verdict
+        from dfx.runtime.provenance import NOT_READ, combined_verdict
     except ImportError:
         return {}
-    return {"verdict": combined_verdict(decision, None, None)}
+    prov = provenance if provenance is not None else NOT_READ
+    return {"verdict": combined_verdict(decision, prov.c2pa, prov.ai_declared), **prov.columns()}
 
 
 def load_model(

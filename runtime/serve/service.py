@@ -30,7 +30,7 @@ class Service:
     def __init__(self, config: ServeConfig, *, on_fatal: Callable[[str], None] | None = None):
         self.config = config
         self.metrics = ServeMetrics()
-        self.batcher = DynamicBatcher(config.batch, observer=self.metrics)
+        self.batcher = DynamicBatcher(config.batch, observer=self.metrics, provenance=_provenance_reader(config))
         self.metrics.track_admitted(lambda: self.batcher.admitted)
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
         self.state = "loading"
@@ -131,3 +131,14 @@ class Service:
         self.state = "closed"
         if model is not None:
             model.close()
+
+
+def _provenance_reader(config: ServeConfig) -> object | None:
+    """The C2PA reader rows use, or None (off, or no `c2pa` extra: the columns stay null)."""
+    if not config.provenance:
+        return None
+    try:
+        from dfx.runtime.provenance import ProvenanceReader
+    except ImportError:  # a dfx without provenance support
+        return None
+    return ProvenanceReader.maybe(True, config.trust_anchors)

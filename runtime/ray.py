@@ -32,15 +32,15 @@ from typing import Any, Iterable
 import numpy as np
 
 from dfx.errors import DfxError, require
-from dfx.runtime.ray_io import (  # noqa: F401  (expand_inputs, read_shards: part of this module's API)
+from dfx.runtime.ray_io import (
     SHARD_SUFFIXES,
-    _filesystem,
-    _shards,
-    _split_uri,
-    _write_table,
     expand_inputs,
+    filesystem_of,
+    list_shards,
     read_shards,
     rows_to_table,
+    split_uri,
+    write_table,
 )
 
 FORMATS = tuple(SHARD_SUFFIXES)
@@ -188,6 +188,7 @@ def bundle_payload(bundle: Any) -> dict[str, bytes]:
     form and engine (not the Keras model, calibration or reports), or everything when there is
     no ONNX form yet."""
     from dfx.bundle import MANIFEST, ONNX_ROLES
+
     wanted = set(ONNX_ROLES.values())
     names = [n for n, e in bundle.manifest["files"].items() if e.get("role") in wanted or n.startswith("engines/")]
     if not names:
@@ -246,12 +247,12 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
 
     bundle = Bundle.open(bundle_dir, public_key=config.public_key)
     normalize_backend(config.backend)  # a typo fails here, not in every actor
-    existing = _shards(out)
+    existing = list_shards(out)
     if existing and not (config.resume or config.overwrite):
         raise DfxError(f"{out} already holds {len(existing)} result shards",
                        hint="pass --resume to finish that scan, or --overwrite to start over")
     if existing and config.overwrite and not config.resume:
-        fs, _ = _filesystem(out)
+        fs, _ = filesystem_of(out)
         for path, _ in existing:
             fs.delete_file(path)
     found = expand_inputs(inputs, extensions)
@@ -289,11 +290,11 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     if config.provenance and not provenance:
         say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
     began = time.perf_counter()
-    before = {p for p, _ in _shards(out)}
+    before = {p for p, _ in list_shards(out)}
     if todo:
         payload = ray.put(bundle_payload(bundle))
         _run_pipeline(ray, todo, found.scheme, out, bundle, config, payload, batch, actors, num_cpus, num_gpus, threads, provenance)
-    new = [p for p, _ in _shards(out) if p not in before]
+    new = [p for p, _ in list_shards(out) if p not in before]
     written = read_shards(out, columns=["path", "decision", "error", "backend", "precision", "model_sha256", "verdict"], only=new)
     seen = {r["path"] for r in written}
     missing = [f for f in todo if f not in seen]  # ignored by the reader: missing or unreadable
@@ -302,7 +303,7 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
         like = next((r for r in written if r.get("model_sha256")), None)
         like = like or ({"backend": choice.backend, "precision": choice.precision, "model_sha256": choice.sha256} if choice else {})
         rows = [_missing_row(f, like) for f in missing]
-        new.append(_write_table(out, rows_to_table(rows), config.format))
+        new.append(write_table(out, rows_to_table(rows), config.format))
         written.extend(rows)
     seconds = time.perf_counter() - began
     twice = len(written) - len(seen) + len(seen & done)
@@ -352,7 +353,7 @@ def _env_public_key() -> str | None:
 def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
     from dfx.runtime.results import Result
 
-    local = not _split_uri(path)[0]
+    local = not split_uri(path)[0]
     if local and os.path.isdir(path):
         error = "is a directory"
     elif local:
@@ -370,8 +371,8 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
     from ray.data import ActorPoolStrategy
     from ray.data.datasource import FilenameProvider
 
-    paths = [_split_uri(f)[1] for f in todo] if scheme else todo
-    filesystem = _filesystem(todo[0])[0] if scheme else None
+    paths = [split_uri(f)[1] for f in todo] if scheme else todo
+    filesystem = filesystem_of(todo[0])[0] if scheme else None
     try:
         ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem, ignore_missing_paths=True)
     except (ValueError, FileNotFoundError):  # none of them exists: the completeness pass rows them
@@ -405,7 +406,7 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         udf_modifying_row_count=False,
     )
     names = FilenameProvider(file_format=SHARD_SUFFIXES[config.format][1:])
-    target = out if _split_uri(out)[0] else os.path.abspath(_split_uri(out)[1])  # workers' cwd is not ours
+    target = out if split_uri(out)[0] else os.path.abspath(split_uri(out)[1])  # workers' cwd is not ours
     if config.format == "parquet":
         ds.write_parquet(target, filename_provider=names)
     else:

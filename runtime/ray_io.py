@@ -30,7 +30,7 @@ class Inputs:
     skipped_non_image: int = 0
 
 
-def _split_uri(entry: str) -> tuple[str, str]:
+def split_uri(entry: str) -> tuple[str, str]:
     """("s3", "bucket/key") for a URI, ("", path) for a local path (file:// becomes local)."""
     if "://" in entry:
         scheme, rest = entry.split("://", 1)
@@ -50,20 +50,20 @@ def _manifest_lines(entry: str) -> list[str]:
 
 
 def _read_text(uri: str) -> str:
-    scheme, _ = _split_uri(uri)
+    scheme, _ = split_uri(uri)
     if not scheme:
-        with open(_split_uri(uri)[1], encoding="utf-8") as handle:
+        with open(split_uri(uri)[1], encoding="utf-8") as handle:
             return handle.read()
-    fs, path = _filesystem(uri)
+    fs, path = filesystem_of(uri)
     with fs.open_input_stream(path) as stream:
         return stream.read().decode("utf-8")
 
 
-def _filesystem(uri: str) -> tuple[Any, str]:
+def filesystem_of(uri: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path on it) for a local path or an object-store URI."""
     from pyarrow import fs as pafs
 
-    scheme, rest = _split_uri(uri)
+    scheme, rest = split_uri(uri)
     if not scheme:
         return pafs.LocalFileSystem(), os.path.abspath(rest)
     return pafs.FileSystem.from_uri(uri)
@@ -79,7 +79,7 @@ def expand_inputs(entries: Iterable[str], extensions: tuple[str, ...] | None = N
     for entry in entries:
         entry = os.fspath(entry)
         flat.extend(_manifest_lines(entry) if entry.startswith("@") else [entry])
-    schemes = {_split_uri(e)[0] for e in flat}
+    schemes = {split_uri(e)[0] for e in flat}
     if len(schemes) > 1:
         raise DfxError(f"inputs mix filesystems ({', '.join(sorted(s or 'local' for s in schemes))})",
                        hint="run one scan per filesystem (Ray reads one filesystem per job)")
@@ -88,7 +88,7 @@ def expand_inputs(entries: Iterable[str], extensions: tuple[str, ...] | None = N
     skipped = 0
     for entry in flat:
         if not scheme:
-            path = _split_uri(entry)[1]
+            path = split_uri(entry)[1]
             matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
             found, skip = _walk_local(matches or [path], extensions)  # a glob matching nothing: an error row
         else:
@@ -118,10 +118,10 @@ def _expand_remote(uri: str, extensions: tuple[str, ...] | None = None) -> tuple
 
     from dfx.images import IMAGE_SUFFIXES
 
-    scheme = _split_uri(uri)[0]
+    scheme = split_uri(uri)[0]
     pattern = uri if glob.has_magic(uri) else None
     base = uri.split("*", 1)[0].rsplit("/", 1)[0] if pattern else uri
-    fs, path = _filesystem(base)
+    fs, path = filesystem_of(base)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File and not pattern:
         return [uri], 0
@@ -167,11 +167,11 @@ def rows_to_table(rows: list[dict[str, Any]]) -> Any:
     return pa.table(data, schema=schema)
 
 
-def _shards(out: str) -> list[tuple[str, str]]:
+def list_shards(out: str) -> list[tuple[str, str]]:
     """(path on the filesystem, format) of every result shard under `out`."""
     from pyarrow import fs as pafs
 
-    fs, root = _filesystem(out)
+    fs, root = filesystem_of(out)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         return []
@@ -194,10 +194,10 @@ def read_shards(out: str, *, repair: bool = False, columns: list[str] | None = N
     the JSONL one rewritten without the partial line, so the folder reads cleanly afterwards."""
     import pyarrow.parquet as pq
 
-    fs, _ = _filesystem(out)
+    fs, _ = filesystem_of(out)
     wanted = set(only) if only is not None else None
     rows: list[dict[str, Any]] = []
-    for path, fmt in _shards(out):
+    for path, fmt in list_shards(out):
         if wanted is not None and path not in wanted:
             continue
         if fmt == "parquet":
@@ -224,11 +224,11 @@ def read_shards(out: str, *, repair: bool = False, columns: list[str] | None = N
     return rows
 
 
-def _write_table(out: str, table: Any, fmt: str) -> str:
+def write_table(out: str, table: Any, fmt: str) -> str:
     """One shard written by the driver (the completeness pass), in the job's format."""
     import pyarrow.parquet as pq
 
-    fs, root = _filesystem(out)
+    fs, root = filesystem_of(out)
     fs.create_dir(root, recursive=True)
     path = f"{root}/dfx-driver-{uuid.uuid4().hex[:12]}{SHARD_SUFFIXES[fmt]}"
     if fmt == "parquet":

@@ -19,6 +19,8 @@ from dfx.runtime.base import Runner, run_batches
 HINTS = {
     "fp32": "the ONNX conversion is not faithful: try another --opset, and report it with the model",
     "fp16": "the model overflows or underflows float16 somewhere: serve the fp32 or int8 form instead",
+    "bf16": "bfloat16 keeps 8 mantissa bits, so logits near the threshold flip: this form is only measured, not "
+    "required; `auto` does not choose bf16 unless it passes, and fp32 and int8 stay available",
     "int8": "try another --calib-method (entropy, percentile, minmax), more calibration images "
     "(--calib-count 1024, or --calib DATA closer to what you scan), or keep more leading "
     "convolutions float (--int8-float-convs N; calibration.json lists what each choice measured)",
@@ -80,10 +82,19 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# Forms measured because this host can run them, without being asked for: a miss means
+# "not vouched" (choose_runner's `auto` then never picks them), not a failed export.
+OPTIONAL_FORMS = ("openvino-bf16",)
+
+
+def required_passed(forms: dict[str, dict]) -> bool:
+    return all(entry["passed"] for name, entry in forms.items() if name not in OPTIONAL_FORMS)
+
+
 def failures(report: dict) -> list[str]:
-    """One line per failing form: which, by how much, what to try."""
+    """One line per failing required form: which, by how much, what to try."""
     lines = []
     for name, entry in report["forms"].items():
-        if not entry["passed"]:
+        if not entry["passed"] and name not in OPTIONAL_FORMS:
             lines.append(f"{name}: {'; '.join(entry['failures'])} -> {entry.get('hint', hint_for(name))}")
     return lines

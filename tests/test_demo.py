@@ -17,7 +17,7 @@ def test_demo_runs_every_step_and_refuses_a_foreign_folder(tmp_path, capsys):
     bundle = json.loads((out / "bundle" / "manifest.json").read_text())
     assert {"model.keras", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.cpu.onnx"} <= set(bundle["files"])
     rows = [json.loads(line) for line in (out / "scan.jsonl").read_text().splitlines()]
-    assert len(rows) == 120 and all(r["error"] in (None, "") for r in rows)
+    assert len(rows) == 200 and all(r["error"] in (None, "") for r in rows)
     assert "images/s" in capsys.readouterr().out  # the bench summary closes the demo
 
     # A second demo replaces its own folder, but never a folder it did not write.

@@ -75,6 +75,7 @@ def text(result: dict[str, Any]) -> str:
             )
         rates = roof["machine"]
         int8 = f", int8 GEMM {rates['int8_gops']:.1f} GOP/s" if rates.get("int8_gops") else ""
+        int8 += f", bf16 GEMM {rates['bf16_gflops']:.1f} GFLOP/s" if rates.get("bf16_gflops") else ""
         parts.append(f"machine: fp32 GEMM {rates['fp32_gflops']:.1f} GFLOP/s{int8}, copy bandwidth {rates['bandwidth_gb_s']:.1f} GB/s")
         parts.append("roof % = achieved ops/s / min(GEMM rate, ops per minimum byte x bandwidth); minimum bytes = " + roof["minimum_bytes"])
     for name, by_batch in (result.get("trt_profile") or {}).items():

@@ -304,10 +304,11 @@ def vouched(bundle: Bundle, form: str) -> bool:
 
 def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explicit: bool, notes: list[str]) -> tuple[str, ...]:
     """OpenVINO's precisions here: bf16 needs native CPU support; `auto` also needs the parity
-    report to vouch for it, and takes it before fp32 (native bf16 is faster) but after int8."""
+    report to vouch for it and a CPU where it is faster (AMX), and then takes it before fp32
+    but after int8."""
     if "bf16" not in precisions:
         return precisions
-    from dfx.runtime.openvino import bf16_status
+    from dfx.runtime.openvino import bf16_status, has_amx
 
     ok, why = bf16_status()
     if explicit:
@@ -316,7 +317,7 @@ def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explici
             return ()
         return precisions
     rest = tuple(p for p in precisions if p != "bf16")
-    if ok and vouched(bundle, "openvino-bf16"):
+    if ok and has_amx() and vouched(bundle, "openvino-bf16"):
         return tuple(p for p in rest if p == "int8") + ("bf16",) + tuple(p for p in rest if p != "int8")
     return rest
 

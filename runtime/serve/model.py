@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dfx.bundle import Bundle, sigmoid
+from dfx.bundle import Bundle
 from dfx.errors import DfxError
 from dfx.runtime.base import Runner
 from dfx.runtime.results import Result
@@ -53,10 +53,8 @@ class LoadedModel:
         """A scored row, the same fields and values as a `dfx scan` row. `provenance` is the
         image's dfx.runtime.provenance.Provenance (None: not read)."""
         decision = "fake" if logit >= self.threshold else "real"
-        # The bundle's calibrated P(fake) where this dfx has it, as the scan pipeline uses.
-        calibrated = getattr(self.bundle, "probability", None)
-        probability = float(calibrated(logit)) if callable(calibrated) else sigmoid(logit)
-        return Result(path=name, logit=logit, probability=probability, decision=decision, backend=self.backend,
+        # The bundle's calibrated P(fake), as the scan pipeline uses.
+        return Result(path=name, logit=logit, probability=self.bundle.probability(logit), decision=decision, backend=self.backend,
                       precision=self.precision, model_sha256=self.sha256, error=None, **_provenance(decision, provenance))
 
     def error_row(self, name: str, error: str, provenance: Any = None) -> Result:

@@ -5,7 +5,7 @@ Inputs (exactly one per request):
     pixels  UINT8 [N, H, W, 3] RGB pixels; fitted to the model's size by dfx.images like a file
 Outputs (all by default, or those the request names):
     logits       FP32  [N]  the model's score; >= threshold means fake (NaN for an image that failed)
-    probability  FP32  [N]  sigmoid(logit)
+    probability  FP32  [N]  the bundle's calibrated P(fake) of the logit
     decision     BYTES [N]  "fake" | "real" | "error"
     error        BYTES [N]  "" or why the image has no score (does not decode, too large, ...)
 

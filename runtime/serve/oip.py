@@ -103,7 +103,7 @@ def _parse_infer_request(body: bytes, header_length: int | None, max_images: int
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise OipError(f"input {name!r}: shape must be a list of non-negative integers, not {shape!r}")
-    params = tensor.get("parameters") or {}
+    params = _parameters(tensor, f"input {name!r}")
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(binary):
@@ -135,8 +135,18 @@ def _parse_infer_request(body: bytes, header_length: int | None, max_images: int
     )
 
 
+def _parameters(owner: dict[str, Any], what: str) -> dict[str, Any]:
+    """`owner["parameters"]`, which the protocol makes an object (fuzz find: a list was a 500)."""
+    params = owner.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise OipError(f"{what}: parameters must be an object, not {type(params).__name__}")
+    return params
+
+
 def _timeout(request: dict[str, Any]) -> float | None:
-    value = (request.get("parameters") or {}).get("timeout")  # microseconds, as Triton's
+    value = _parameters(request, "the request").get("timeout")  # microseconds, as Triton's
     if value is None:
         return None
     if not isinstance(value, (int, float)) or value <= 0:
@@ -145,7 +155,7 @@ def _timeout(request: dict[str, Any]) -> float | None:
 
 
 def _requested_outputs(request: dict[str, Any]) -> list[tuple[str, bool]]:
-    binary_all = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    binary_all = bool(_parameters(request, "the request").get("binary_data_output", False))
     asked = request.get("outputs")
     if not asked:
         return [(n, binary_all) for n in OUTPUTS]
@@ -156,7 +166,7 @@ def _requested_outputs(request: dict[str, Any]) -> list[tuple[str, bool]]:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in OUTPUTS:
             raise OipError(f"unknown output {name!r}; this model has {', '.join(OUTPUTS)}")
-        chosen.append((name, bool((out.get("parameters") or {}).get("binary_data", binary_all))))
+        chosen.append((name, bool(_parameters(out, f"output {name!r}").get("binary_data", binary_all))))
     return chosen
 
 

@@ -366,3 +366,14 @@ def test_a_good_manifest_still_opens(tmp_path):
 
     bundle = Bundle.open(_bundle_with(tmp_path, calibration={"scale": 1.5, "offset": -0.2}))
     assert bundle.input_size == (16, 16) and bundle.threshold == 0.5 and bundle.signature == "unsigned"
+
+
+def test_soak_script_runs_briefly(tmp_path):
+    """benchmarks/soak.py, seconds instead of minutes, on the tiny bundle: one Detector shared by
+    4 threads answers every input, broken ones as error rows, and the report carries the bar."""
+    from dfx.benchmarks.soak import soak_detector
+    from _hardening_bundle import make_onnx_bundle
+
+    report = soak_detector(str(make_onnx_bundle(tmp_path / "b")), seconds=3, threads=4, window=1, backend="ort-cpu", batch=4)
+    assert report["errors"] == 0 and report["inputs"] > 16 and report["alive_threads_after_stop"] == 0
+    assert report["bad_inputs_answered_as_error_rows"] >= 1 and report["rss_start_mb"] > 0 and report["drift"] is not None

@@ -14,21 +14,10 @@ import sys
 from typing import Any
 
 from dfx.bundle import tool_versions
+from dfx.runtime.base import cpu_model  # noqa: F401  (part of this module's machine section)
 
 # Every framework a bench row can use, plus the ones that made the bundle's files.
 FRAMEWORKS = ("numpy", "onnxruntime", "openvino", "tensorflow", "keras", "onnx", "tensorrt", "cuda-python", "pillow")
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_flags() -> list[str]:

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -41,13 +40,9 @@ UNANSWERED: list[str] = []  # what the client saw instead of an answer, for the 
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from dfx.runtime.base import cpu_model
+
+    return cpu_model()
 
 
 def image_files(folder: str, limit: int) -> list[Path]:

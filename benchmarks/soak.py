@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -33,13 +32,9 @@ import numpy as np
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from dfx.runtime.base import cpu_model
+
+    return cpu_model()
 
 
 def rss_mb(pid: int | None = None) -> float:

@@ -430,9 +430,9 @@ def _write_parity_sample(bundle: Bundle, images: np.ndarray, labels, reference: 
 
 
 def _cpu_name() -> str:
-    from dfx.runtime.parity_check import cpu_name
+    from dfx.runtime.base import cpu_model
 
-    return cpu_name()
+    return cpu_model()
 
 
 def _ort(path, precision: str, size, config: ExportConfig):

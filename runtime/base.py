@@ -104,6 +104,21 @@ class Runner:
         return {"backend": self.backend, "precision": self.precision, "name": self.name}
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor(): speed
+    figures and parity reports name the CPU they came from."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def physical_cores() -> int:
     """Physical cores, the default thread count of the CPU runners: hyper-threads share one
     core's vector units and slow conv kernels down."""

@@ -11,7 +11,7 @@ import numpy as np
 from dfx import parity
 from dfx.bundle import Bundle
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner, run_batches
+from dfx.runtime.base import Runner, cpu_model, run_batches
 
 SAMPLE_ROLE = "parity-sample"
 
@@ -37,7 +37,7 @@ def check(bundle: Bundle, runner: Runner) -> dict:
             logits = run_batches(runner, images, 32)
     form = f"{runner.backend}-{runner.precision}"
     report = parity.compare(form, reference, logits, labels, bundle.threshold)
-    report["cpu"] = cpu_name()
+    report["cpu"] = cpu_model()
     return report
 
 
@@ -51,17 +51,3 @@ def require_parity(bundle: Bundle, runner: Runner) -> dict:
             hint="choose another --backend/--precision, or re-export the bundle on this kind of CPU",
         )
     return report
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ pytest.importorskip("ray", reason="the Ray engine needs the ray extra (pip insta
 pytest.importorskip("pyarrow", reason="the Ray engine needs pyarrow (pip install 'dfx[ray]')")
 
 from _blocked import run_blocked  # noqa: E402
-from test_scan import _huge_png  # noqa: E402
+from test_scan import make_mixed_folder  # noqa: E402
 
 from dfx.cli import main  # noqa: E402
 from dfx.runtime.ray import expand_inputs, read_shards  # noqa: E402
@@ -47,18 +46,7 @@ def _good(synth_data: Path, count: int) -> list[Path]:
 def inbox(synth_data, tmp_path) -> tuple[Path, dict[str, str]]:
     """24 good images (two folders) and bad files; (folder, {bad name: expected error words})."""
     folder = tmp_path / "inbox"
-    (folder / "nested").mkdir(parents=True)
-    good = _good(synth_data, 24)
-    for i, src in enumerate(good):
-        shutil.copy(src, (folder if i % 2 else folder / "nested") / f"good_{i}{src.suffix}")
-    jpeg = next(p for p in good if p.suffix == ".jpg").read_bytes()
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    (folder / "text.png").write_text("this is not an image\n")
-    (folder / "bomb.png").write_bytes(_huge_png())
-    (folder / "README.txt").write_text("skipped, not a row\n")
-    expected = {"empty.jpg": "empty file", "truncated.jpg": "cannot decode", "text.png": "not an image", "bomb.png": "too large"}
-    return folder, expected
+    return folder, make_mixed_folder(synth_data, folder, 24)
 
 
 def _by_path(rows: list[dict]) -> dict[str, dict]:

@@ -39,12 +39,11 @@ def _huge_png() -> bytes:
     return bytes(data)
 
 
-@pytest.fixture()
-def mixed_folder(synth_data, tmp_path) -> tuple[Path, dict[str, str]]:
-    """Good images plus bad files; returns (folder, {bad file name: expected error words})."""
-    folder = tmp_path / "inbox"
+def make_mixed_folder(synth_data: Path, folder: Path, count: int) -> dict[str, str]:
+    """`count` good images (in `folder` and `folder/nested`) plus bad files and a README;
+    returns {bad file name: expected error words}."""
     (folder / "nested").mkdir(parents=True)
-    good = _good_images(synth_data, 9)
+    good = _good_images(synth_data, count)
     for i, src in enumerate(good):
         shutil.copy(src, (folder if i % 2 else folder / "nested") / f"good_{i}{src.suffix}")
     jpeg = next(p for p in good if p.suffix == ".jpg").read_bytes()
@@ -53,8 +52,14 @@ def mixed_folder(synth_data, tmp_path) -> tuple[Path, dict[str, str]]:
     (folder / "text.png").write_text("this is not an image\n")
     (folder / "bomb.png").write_bytes(_huge_png())
     (folder / "README.txt").write_text("not scanned: no image suffix\n")  # skipped, not a row
-    expected = {"empty.jpg": "empty file", "truncated.jpg": "cannot decode", "text.png": "not an image", "bomb.png": "too large"}
-    return folder, expected
+    return {"empty.jpg": "empty file", "truncated.jpg": "cannot decode", "text.png": "not an image", "bomb.png": "too large"}
+
+
+@pytest.fixture()
+def mixed_folder(synth_data, tmp_path) -> tuple[Path, dict[str, str]]:
+    """Good images plus bad files; returns (folder, {bad file name: expected error words})."""
+    folder = tmp_path / "inbox"
+    return folder, make_mixed_folder(synth_data, folder, 9)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])

@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dfx.bundle import Bundle
-    from dfx.runtime.parity_check import cpu_name
+    from dfx.runtime.base import cpu_model as cpu_name
     from dfx.runtime.select import choose_runner
 
     runners = {}

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _step("1/5 synthesize a real-vs-GAN set", ["data", "synth", str(data), "--n", str(args.n), "--size", str(args.size), "--seed", str(args.seed)])
     _step(
-        "2/5 train the seed CNN",
+        "2/5 train the default detector (npr_cnn)",
         # A small set at batch 128 makes 3 steps an epoch; batch 32 gives the short run enough steps.
         ["train", str(data), "--out", str(bundle), "--size", str(args.size), "--train-canvas", str(args.size), "--epochs", str(args.epochs),
          "--batch-size", "32", "--warmup-epochs", "1", "--patience", str(args.epochs), "--seed", str(args.seed)],

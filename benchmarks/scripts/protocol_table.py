@@ -15,7 +15,7 @@ import sys
 
 def main(paths: list[str]) -> None:
     runs = [json.load(open(p)) for p in paths]
-    names = [r["config"]["architecture"] for r in runs]
+    names = [f"{r['config']['architecture']} ({r['config']['fit']})" for r in runs]
     head = "| row | " + " | ".join(f"{n} AUC | {n} at threshold" for n in names) + " | shortcut baseline AUC |"
     print(head)
     print("|" + "---|" * (2 + 2 * len(runs)))

@@ -168,41 +168,54 @@ def summarize(latencies: list[float], codes: dict[str, int], images: int, second
             "codes": dict(sorted(codes.items()))}
 
 
+class Tally:
+    """What one loop's requests got: latencies of 200s, answers by code, images scored."""
+
+    def __init__(self, began: float):
+        self.began = began
+        self.latencies: list[float] = []
+        self.codes: dict[str, int] = {}
+        self.scored = 0
+
+    async def post(self, client: Any, url: str, body: bytes) -> None:
+        """One POST /v1/screen of one image; its answer (or why there was none) is counted."""
+        import httpx
+
+        t0 = time.perf_counter()
+        try:
+            answer = await client.post(url, content=body, headers={"content-type": "image/jpeg"})
+            code = str(answer.status_code)
+            if answer.status_code == 200:
+                self.latencies.append(time.perf_counter() - t0)
+                self.scored += sum(1 for r in answer.json()["results"] if r["error"] is None)
+        except httpx.HTTPError as exc:
+            code = f"no answer ({type(exc).__name__})"
+            UNANSWERED.append(f"{time.perf_counter() - self.began:.2f}s after start, {time.perf_counter() - t0:.2f}s in flight: {exc!r}")
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+
 async def closed_loop(address: str, bodies: list[bytes], concurrency: int, duration: float, max_requests: int) -> dict[str, Any]:
     """`concurrency` clients, each with one request in flight, until `duration` s or `max_requests`."""
     import httpx
 
-    latencies: list[float] = []  # of 200s
-    codes: dict[str, int] = {}
-    scored = [0]
     sent = [0]
     url = f"http://{address}/v1/screen"
     # Keep-alive shorter than uvicorn's 5 s, so the client never reuses a connection the server
     # is closing at that instant (a ReadError that would look like an unanswered request).
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        began = time.perf_counter()
-        end = began + duration
+        tally = Tally(time.perf_counter())
+        end = tally.began + duration
 
         async def one_client(k: int) -> None:
             while time.perf_counter() < end and sent[0] < max_requests:
                 body = bodies[sent[0] % len(bodies)]
                 sent[0] += 1
-                t0 = time.perf_counter()
-                try:
-                    answer = await client.post(url, content=body, headers={"content-type": "image/jpeg"})
-                    code = str(answer.status_code)
-                    if answer.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                        scored[0] += sum(1 for r in answer.json()["results"] if r["error"] is None)
-                except httpx.HTTPError as exc:
-                    code = f"no answer ({type(exc).__name__})"
-                    UNANSWERED.append(f"{time.perf_counter() - began:.2f}s after start, {time.perf_counter() - t0:.2f}s in flight: {exc!r}")
-                codes[code] = codes.get(code, 0) + 1
+                await tally.post(client, url, body)
 
         await asyncio.gather(*(one_client(k) for k in range(concurrency)))
-        seconds = time.perf_counter() - began
-    return summarize(latencies, codes, scored[0], seconds)
+        seconds = time.perf_counter() - tally.began
+    return summarize(tally.latencies, tally.codes, tally.scored, seconds)
 
 
 async def open_loop(address: str, bodies: list[bytes], rate: float, duration: float, max_in_flight: int) -> dict[str, Any]:
@@ -210,46 +223,30 @@ async def open_loop(address: str, bodies: list[bytes], rate: float, duration: fl
     once are counted as 'client overflow', not sent, so the client itself stays bounded)."""
     import httpx
 
-    latencies: list[float] = []
-    codes: dict[str, int] = {}
-    scored = [0]
     url = f"http://{address}/v1/screen"
     # A new connection per arrival, as many independent callers make: a starved client that
     # reuses a keep-alive connection seconds late races the server closing it (a ReadError).
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=0)
     in_flight: set[asyncio.Task] = set()
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-
-        async def one(body: bytes) -> None:
-            t0 = time.perf_counter()
-            try:
-                answer = await client.post(url, content=body, headers={"content-type": "image/jpeg"})
-                code = str(answer.status_code)
-                if answer.status_code == 200:
-                    latencies.append(time.perf_counter() - t0)
-                    scored[0] += sum(1 for r in answer.json()["results"] if r["error"] is None)
-            except httpx.HTTPError as exc:
-                code = f"no answer ({type(exc).__name__})"
-                UNANSWERED.append(f"{time.perf_counter() - began:.2f}s after start, {time.perf_counter() - t0:.2f}s in flight: {exc!r}")
-            codes[code] = codes.get(code, 0) + 1
-
-        began = time.perf_counter()
+        tally = Tally(time.perf_counter())
+        began = tally.began
         total = int(rate * duration)
         for n in range(total):
             delay = began + n / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if len(in_flight) >= max_in_flight:
-                codes["client overflow"] = codes.get("client overflow", 0) + 1
+                tally.codes["client overflow"] = tally.codes.get("client overflow", 0) + 1
                 continue
-            task = asyncio.create_task(one(bodies[n % len(bodies)]))
+            task = asyncio.create_task(tally.post(client, url, bodies[n % len(bodies)]))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         offered = time.perf_counter() - began
         if in_flight:
             await asyncio.wait(in_flight, timeout=120)
         seconds = time.perf_counter() - began
-    result = summarize(latencies, codes, scored[0], seconds)
+    result = summarize(tally.latencies, tally.codes, tally.scored, seconds)
     result["offered_per_s"] = round(total / offered, 1)
     return result
 

@@ -14,24 +14,10 @@ import sys
 from typing import Any
 
 from dfx.bundle import tool_versions
-from dfx.runtime.base import cpu_model  # noqa: F401  (part of this module's machine section)
+from dfx.runtime.base import cpu_flags, cpu_model  # noqa: F401  (part of this module's machine section)
 
 # Every framework a bench row can use, plus the ones that made the bundle's files.
 FRAMEWORKS = ("numpy", "onnxruntime", "openvino", "tensorflow", "keras", "onnx", "tensorrt", "cuda-python", "pillow")
-
-
-def cpu_flags() -> list[str]:
-    """The vector extensions that decide which kernels the frameworks pick (AVX2, AVX-512, VNNI, AMX)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in wanted if flag in present]
-    except OSError:
-        pass
-    return []
 
 
 def cores() -> tuple[int, int]:

@@ -51,14 +51,14 @@ def discover(source, real: list[str] | None = None, fake: list[str] | None = Non
     roots = as_roots(source)
     if not roots:
         raise DatasetError("no data given")
-    samples = [s for root in roots for s in _discover_one(Path(root), real, fake)]
+    samples = discover_any(roots, real, fake)
     labels = {s.label for s in samples}
     if labels != {0, 1}:
         missing = "fake" if 1 not in labels else "real"
         shown = roots[0] if len(roots) == 1 else ", ".join(roots)
         raise DatasetError(f"{shown} has no {missing} images; training and evaluation need both",
                            hint="for one class only, use `dfx eval` (it reports the false-positive or detection rate)")
-    return sorted(set(samples), key=lambda s: s.path)
+    return samples
 
 
 def discover_any(source, real: list[str] | None = None, fake: list[str] | None = None) -> list[Sample]:

@@ -119,6 +119,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide which kernels the frameworks pick (AVX2, AVX-512, VNNI, AMX)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in wanted if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def physical_cores() -> int:
     """Physical cores, the default thread count of the CPU runners: hyper-threads share one
     core's vector units and slow conv kernels down."""

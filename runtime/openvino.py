@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, RunnerError, Source, physical_cores
+from dfx.runtime.base import Runner, RunnerError, Source, cpu_flags, physical_cores
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -61,11 +61,7 @@ def has_amx() -> bool:
     Native bf16 pays off for the CNNs here only with AMX: measured on an AMD EPYC (Zen 4,
     AVX512-BF16 without AMX), the seed CNN at 256 px ran 43 images/s in bf16 against 44 in fp32
     (benchmarks/README.md), while on an AMX Xeon bf16 ran ~3x fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_flags()
 
 
 def available() -> bool:

@@ -184,7 +184,7 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
     assert rows["scan"]["held_out"] == "real" and 0 <= rows["scan"]["held_out_fpr"] <= 1
     assert {f"{IN_DISTRIBUTION} / {p}" for p in PERTURBATIONS} <= set(rows)
     assert all(0 <= r["auc"] <= 1 and 0 <= r["baseline_auc"] <= 1 for k, r in rows.items() if "baseline_auc" in r)
-    fold = Bundle_manifest(tmp_path / "p" / "folds" / "scan")
+    fold = _manifest(tmp_path / "p" / "folds" / "scan")
     assert {g for g in fold["data"]["train"]["groups"]} == {"real/camera", "fake/tconv", "fake/upconv"}  # scan held out
     table = (tmp_path / "p" / "protocol.md").read_text()
     assert "held out: scan" in table and "shortcut baseline" in table
@@ -193,7 +193,7 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
     assert any("reusing" in line for line in logs)
 
 
-def Bundle_manifest(folder: Path) -> dict:
+def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 

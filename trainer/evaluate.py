@@ -108,7 +108,7 @@ def evaluate(config: EvalConfig) -> dict:
         raise DfxError("no image of DATA could be decoded", hint="check DATA and --split")
     threshold = bundle.threshold
     if set(labels.tolist()) != {0, 1}:
-        return one_class_report(bundle, config, kept, labels, logits, errors, reason)
+        return one_class_report(bundle, config, kept, labels, logits, errors, runner, reason)
     report = metrics.summarize(labels, logits, threshold)
     fpr, tpr, _ = metrics.roc_curve(labels, logits)
     report.update(
@@ -130,7 +130,7 @@ def evaluate(config: EvalConfig) -> dict:
     return report
 
 
-def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, errors, reason: str) -> dict:
+def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, errors, runner, reason: str) -> dict:
     """Real photos only ("how many of our users' photos would be flagged?") or fakes only: the
     rate at the bundle's threshold with a 95% Wilson interval. AUC, AP and EER rank fakes against
     reals, so with one class they are undefined and reported as such, not as a number."""
@@ -158,7 +158,8 @@ def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, e
         "split": config.split,
         "data": str(Path(config.data).resolve()) if config.data else bundle.manifest.get("data", {}).get("root"),
         "bundle": str(bundle.root.resolve()),
-        "backend": "?",
+        "backend": runner.backend,
+        "model_precision": runner.precision,
         "runner_reason": reason,
         "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
     }

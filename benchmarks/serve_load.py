@@ -6,7 +6,7 @@ In one run, on this machine:
 1. offline: `dfx scan BUNDLE IMAGES` (a subprocess), its images/s from its JSON summary, once
    before and once right after the closed loop (the server idle), averaged;
 2. `dfx serve BUNDLE --port 0` (a subprocess, loopback only), its RSS sampled throughout;
-3. closed loop: N concurrent HTTP clients (httpx), each sending one image per POST /v1/screen
+3. closed loop: N concurrent HTTP clients (aiohttp), each sending one image per POST /v1/screen
    and the next when the answer comes; requests/s, images/s, p50/p95/p99 latency, every
    non-200 by code, and the batch sizes the server ran (from its /metrics, before and after);
 4. overload: an open loop at `--overload` x the rate step 3 sustained (arrivals do not wait
@@ -49,6 +49,18 @@ def image_files(folder: str, limit: int) -> list[Path]:
     from dfx.images import iter_image_files
 
     return [Path(p) for p in iter_image_files([folder])][:limit]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of one GET: the probes between loops need no client library."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
 
 
 # ---- 1. offline ------------------------------------------------------------------------------------
@@ -121,11 +133,10 @@ class Server:
 
 
 def metrics(address: str) -> dict[str, float]:
-    import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"http://{address}/metrics", timeout=10).text):
+    for family in text_string_to_metric_families(http_get(f"http://{address}/metrics")[1]):
         for sample in family.samples:
             if sample.name == "dfx_request_duration_seconds_sum" and sample.labels.get("endpoint") == "screen":
                 values["screen_seconds_sum"] = sample.value
@@ -179,31 +190,43 @@ class Tally:
 
     async def post(self, client: Any, url: str, body: bytes) -> None:
         """One POST /v1/screen of one image; its answer (or why there was none) is counted."""
-        import httpx
+        import aiohttp
 
         t0 = time.perf_counter()
         try:
-            answer = await client.post(url, content=body, headers={"content-type": "image/jpeg"})
-            code = str(answer.status_code)
-            if answer.status_code == 200:
-                self.latencies.append(time.perf_counter() - t0)
-                self.scored += sum(1 for r in answer.json()["results"] if r["error"] is None)
-        except httpx.HTTPError as exc:
+            async with client.post(url, data=body, headers={"content-type": "image/jpeg"}) as answer:
+                code = str(answer.status)
+                if answer.status == 200:
+                    rows = (await answer.json())["results"]
+                    self.latencies.append(time.perf_counter() - t0)
+                    self.scored += sum(1 for r in rows if r["error"] is None)
+                else:
+                    await answer.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             code = f"no answer ({type(exc).__name__})"
             UNANSWERED.append(f"{time.perf_counter() - self.began:.2f}s after start, {time.perf_counter() - t0:.2f}s in flight: {exc!r}")
         self.codes[code] = self.codes.get(code, 0) + 1
 
 
+def client_cpu_seconds() -> float:
+    """This process's CPU time: the load generator's own cost, taken from the same 2 vCPUs."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def closed_loop(address: str, bodies: list[bytes], concurrency: int, duration: float, max_requests: int) -> dict[str, Any]:
     """`concurrency` clients, each with one request in flight, until `duration` s or `max_requests`."""
-    import httpx
+    import aiohttp
 
     sent = [0]
     url = f"http://{address}/v1/screen"
     # Keep-alive shorter than uvicorn's 5 s, so the client never reuses a connection the server
-    # is closing at that instant (a ReadError that would look like an unanswered request).
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    # is closing at that instant (an error that would look like an unanswered request).
+    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=2.0)
+    cpu0 = client_cpu_seconds()
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         tally = Tally(time.perf_counter())
         end = tally.began + duration
 
@@ -215,20 +238,22 @@ async def closed_loop(address: str, bodies: list[bytes], concurrency: int, durat
 
         await asyncio.gather(*(one_client(k) for k in range(concurrency)))
         seconds = time.perf_counter() - tally.began
-    return summarize(tally.latencies, tally.codes, tally.scored, seconds)
+    result = summarize(tally.latencies, tally.codes, tally.scored, seconds)
+    result["client_cpu"] = round((client_cpu_seconds() - cpu0) / seconds, 2)  # cores the load generator used
+    return result
 
 
 async def open_loop(address: str, bodies: list[bytes], rate: float, duration: float, max_in_flight: int) -> dict[str, Any]:
     """Arrivals at `rate`/s for `duration` s whatever the answers (more than `max_in_flight` at
     once are counted as 'client overflow', not sent, so the client itself stays bounded)."""
-    import httpx
+    import aiohttp
 
     url = f"http://{address}/v1/screen"
     # A new connection per arrival, as many independent callers make: a starved client that
-    # reuses a keep-alive connection seconds late races the server closing it (a ReadError).
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=0)
+    # reuses a keep-alive connection seconds late races the server closing it.
+    connector = aiohttp.TCPConnector(limit=max_in_flight, force_close=True)
     in_flight: set[asyncio.Task] = set()
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         tally = Tally(time.perf_counter())
         began = tally.began
         total = int(rate * duration)
@@ -284,10 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server = Server(args.bundle, args.backend, args.serve_arg)
     try:
-        import httpx
-
         end = time.monotonic() + 120
-        while httpx.get(f"http://{server.address}/v2/health/ready", timeout=5).status_code != 200:
+        while http_get(f"http://{server.address}/v2/health/ready")[0] != 200:
             if time.monotonic() > end:
                 raise SystemExit("dfx serve was not ready within 120 s")
             time.sleep(0.1)
@@ -359,7 +382,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{run['p99_ms']} | {run['batches']['server_mean_ms']} | {run['batches']['mean_batch']} | {answers} | {run.get('peak_rss_mb', '')} |")
     closed = report.get("closed_loop")
     if closed:
-        lines += ["", f"Batch sizes at {report['concurrency']} clients (batches per histogram bucket, upper bound): {closed['batches']['histogram']}"]
+        lines += ["", f"Batch sizes at {report['concurrency']} clients (batches per histogram bucket, upper bound): {closed['batches']['histogram']}",
+                  "", f"The load generator itself (aiohttp, same machine) used {closed.get('client_cpu', '?')} of the {report['cores']} cores."]
     lines += ["", f"Server peak RSS over the whole run: {report['server_peak_rss_mb']} MB; exit code after SIGTERM: {report['server_exit_code']}"]
     return "\n".join(lines)
 

@@ -534,3 +534,42 @@ def test_serve_without_the_extra_names_it():
     assert result.returncode == 2, result.stderr
     assert "pip install 'dfx[serve]'" in result.stderr and "Traceback" not in result.stderr
     assert "/v1/screen" in result.stdout
+
+
+def _trusted_key(tmp_path: Path):
+    pytest.importorskip("cryptography", reason="signed bundles need cryptography (pip install 'dfx[sign]')")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = tmp_path / "trusted.pub.pem"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key, public
+
+
+def test_public_key_refuses_an_unsigned_bundle_before_binding(exported_bundle, tmp_path, capsys):
+    from dfx.cli import main
+
+    _, public = _trusted_key(tmp_path)
+    assert main(["serve", str(exported_bundle), "--public-key", str(public), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "unsigned and a trusted key" in err and "Traceback" not in err
+
+
+def test_public_key_serves_the_signed_bundle_and_refuses_an_unsigned_reload(exported_bundle, images, tmp_path):
+    from dfx.bundle import Bundle
+
+    key, public = _trusted_key(tmp_path)
+    signed = Path(shutil.copytree(exported_bundle, tmp_path / "signed"))
+    Bundle.open(signed).sign(key)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running(ServeConfig(bundle=str(signed), **BACKEND, token=TOKEN, public_key=str(public))) as (address, app):
+        before = app.state.service.model
+        assert before.bundle.signature.startswith("verified: ed25519")
+        # A reload to an unsigned bundle is refused with the reason; the signed one keeps serving.
+        answer = httpx.post(f"http://{address}/v1/admin/reload", headers=auth, json={"bundle": str(exported_bundle)}, timeout=60)
+        assert answer.status_code == 422 and "unsigned" in answer.json()["error"]
+        assert app.state.service.model is before
+        row = httpx.post(f"http://{address}/v1/screen", content=Path(images[0]).read_bytes(),
+                         headers={"content-type": "image/jpeg", **auth}, timeout=30).json()["results"][0]
+        assert row["error"] is None and row["model_sha256"] == before.sha256

@@ -183,3 +183,25 @@ def test_signing_stays_out_of_light_imports_and_names_its_extra(signed, keys):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "signed (ed25519" in result.stdout and "HINT pip install 'dfx[sign]'" in result.stdout
+
+
+def test_export_signs_what_it_wrote_and_readers_verify_it(trained_bundle, keys, tmp_path, capsys):
+    """`dfx export --sign-key` end to end: the exported bundle (ONNX, parity report and all)
+    verifies with the public key in Bundle.open and dfx scan, and any later change is refused."""
+    bundle = Path(shutil.copytree(trained_bundle, tmp_path / "bundle"))
+    secret, public = keys["ed25519"]
+    assert main(["export", str(bundle), "--sign-key", str(secret), "--parity-count", "16"]) == 0
+    assert "signed manifest.json with key" in capsys.readouterr().out
+    opened = Bundle.open(bundle, public_key=public)
+    assert opened.signature.startswith("verified: ed25519") and opened.has("model.onnx")
+    images = sorted(p for p in Path(opened.manifest["data"]["root"]).rglob("*.png"))[:3]
+    out = tmp_path / "rows.jsonl"
+    assert main(["scan", str(bundle), *map(str, images), "--out", str(out), "--public-key", str(public), "--backend", "ort-cpu"]) == 0
+    assert "bundle verified: ed25519" in capsys.readouterr().err and len(out.read_text().splitlines()) == 3
+    with pytest.raises(BundleError, match="not by the trusted key"):
+        Bundle.open(bundle, public_key=keys["other"][1])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["threshold"] = -100.0  # a changed decision rule: everything "fake"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest"):
+        Bundle.open(bundle, public_key=public)

@@ -73,11 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
     p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--public-key", metavar="PEM", help="trusted public key: refuse a bundle that is unsigned or not signed by it, "
+                   "at start and on every reload (default: $DFX_PUBLIC_KEY; without one any bundle loads and the log says whether it is signed)")
     p.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
     p.add_argument("--trust-anchors", metavar="PEM", help="C2PA trust anchors: manifests they vouch for read as 'trusted'")
     p.add_argument("--max-connections", type=int, default=1024, metavar="N",
                    help="connections + requests at once; beyond it uvicorn answers 503 (default %(default)s)")
     p.add_argument("--no-access-log", action="store_true", help="no per-request log line")
+    p.add_argument("--malloc-arenas", type=int, default=2, metavar="N",
+                   help="glibc malloc arenas (default %(default)s: keeps RSS flat under many threads; 0: glibc's default; "
+                   "$MALLOC_ARENA_MAX wins when set)")
     p.set_defaults(handler=serve_command)
 
 
@@ -110,8 +115,12 @@ def serve_command(args: argparse.Namespace) -> int:
     from dfx.runtime.select import plan
     from dfx.runtime.serve.batcher import BatchConfig
     from dfx.runtime.serve.config import ServeConfig
-    from dfx.runtime.serve.server import Listen, serve
+    from dfx.runtime.serve.server import Listen, limit_malloc_arenas, serve
 
+    limit_malloc_arenas(args.malloc_arenas)  # first: before any thread has an arena of its own
+    from dfx.signing import trusted_key_from_env
+
+    public_key = args.public_key or trusted_key_from_env()
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise DfxError("TLS needs both --ssl-certfile and --ssl-keyfile")
     try:
@@ -122,13 +131,16 @@ def serve_command(args: argparse.Namespace) -> int:
     config = ServeConfig(
         bundle=args.bundle, backend=args.backend, precision=args.precision, threads=args.threads, threshold=args.threshold,
         model_name=args.model_name, batch=batch, max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
-        token=read_token(args.token_file, args.token_env), drain_timeout_s=args.drain_timeout,
+        token=read_token(args.token_file, args.token_env), drain_timeout_s=args.drain_timeout, public_key=public_key,
         provenance=not args.no_provenance, trust_anchors=args.trust_anchors,
     )
     # Fail fast, before binding a port, on what can be checked cheaply: the manifest, the hashes
     # and the backend choice. Activation runs after the server is up (readiness says when).
-    choice, why = plan(Bundle.open(args.bundle), args.backend, args.precision)
+    bundle = Bundle.open(args.bundle, public_key=public_key)
+    choice, why = plan(bundle, args.backend, args.precision)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     print(f"dfx serve: {args.bundle}: backend {choice.backend} {why}", file=sys.stderr, flush=True)
+    signed = "is " if bundle.signature.startswith(("unsigned", "signed")) else ""
+    print(f"dfx serve: bundle {signed}{bundle.signature}", file=sys.stderr, flush=True)
     return serve(config, Listen(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                                  access_log=not args.no_access_log, max_connections=args.max_connections))

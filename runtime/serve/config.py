@@ -21,6 +21,9 @@ class ServeConfig:
     precision: str | None = None  # force fp32/fp16/int8; None: the backend's fastest
     threads: int | None = None  # CPU backends' inference threads; None: physical cores
     threshold: float | None = None  # decision threshold on the logit; None: the bundle's
+    # A trusted public key (PEM file): a bundle unsigned or signed by another key is refused,
+    # at start and on every reload. None: $DFX_PUBLIC_KEY if set, else any bundle loads.
+    public_key: str | None = None
     model_name: str = DEFAULT_MODEL_NAME  # the OIP model name: /v2/models/{model_name}
     batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching, queue bound, deadline
     max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies get 413 before they are read whole

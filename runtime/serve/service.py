@@ -83,7 +83,7 @@ class Service:
 
     def _load(self, path: str) -> LoadedModel:
         c = self.config
-        return load_model(path, c.backend, c.precision, threads=c.threads, threshold=c.threshold)
+        return load_model(path, c.backend, c.precision, threads=c.threads, threshold=c.threshold, public_key=c.public_key)
 
     def _install(self, model: LoadedModel) -> LoadedModel | None:
         old = self.batcher.swap(model)

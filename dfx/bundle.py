@@ -131,6 +131,13 @@ class Bundle:
         self.signature = f"signed ({doc['algorithm']}, key {doc['key_id']})"
         return doc["key_id"]
 
+    @property
+    def signature_line(self) -> str:
+        """The signature status as the commands print it: "bundle is unsigned", "bundle is
+        signed (ed25519, key ...), not checked", "bundle verified: ed25519 signature by key ..."."""
+        verb = "is " if self.signature.startswith(("unsigned", "signed")) else ""
+        return f"bundle {verb}{self.signature}"
+
     def require_signature(self, public_key: Any) -> str:
         """Refuse this bundle (BundleError with the reason) unless manifest.sig is a valid
         signature by `public_key` (a key object, PEM bytes or a PEM file path) over the manifest

@@ -139,7 +139,7 @@ def scan_command(args: argparse.Namespace) -> int:
     todo = [f for f in files if f not in done]
     runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {reason}")
-    say(f"dfx scan: bundle {'is ' if bundle.signature.startswith(('unsigned', 'signed')) else ''}{bundle.signature}")
+    say(f"dfx scan: {bundle.signature_line}")
     provenance = _provenance_reader(args, say)
     if done:
         say(f"dfx scan: resuming: {len(files) - len(todo)} of {len(files)} inputs already in {args.out}")

@@ -140,7 +140,6 @@ def serve_command(args: argparse.Namespace) -> int:
     choice, why = plan(bundle, args.backend, args.precision)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     print(f"dfx serve: {args.bundle}: backend {choice.backend} {why}", file=sys.stderr, flush=True)
-    signed = "is " if bundle.signature.startswith(("unsigned", "signed")) else ""
-    print(f"dfx serve: bundle {signed}{bundle.signature}", file=sys.stderr, flush=True)
+    print(f"dfx serve: {bundle.signature_line}", file=sys.stderr, flush=True)
     return serve(config, Listen(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                                  access_log=not args.no_access_log, max_connections=args.max_connections))

@@ -21,7 +21,6 @@ OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 DEFAULT_OPSET = 17
 MAX_OPSET = 18  # tf2onnx 1.17 knows opsets up to 18
-FP32_TOLERANCE = 1e-4  # max |ONNX logit - Keras logit| accepted right after export
 
 
 class ExportError(DfxError):

@@ -58,18 +58,22 @@ def measure(
 
 def format_row(entry: dict) -> str:
     auc = f"AUC {entry['auc']:.4f} (Keras {entry['auc_keras']:.4f})" if "auc" in entry else "AUC n/a"
-    status = "ok" if entry["passed"] else "FAIL: " + "; ".join(entry["failures"])
+    if not entry["passed"]:
+        status = "FAIL: " + "; ".join(entry["failures"])
+    else:
+        status = "vouched" if entry.get("vouched") else "ok, not vouched: " + "; ".join(entry.get("not_vouched", []))
+    near = entry.get("near_threshold_flips")
     return (
         f"{entry['form']:<14} max|d| {entry['max_abs_diff']:.2e}  mean|d| {entry['mean_abs_diff']:.2e}  "
-        f"agree {entry['agreement']:.2%}  {auc}  {status}"
+        f"agree {entry['agreement']:.2%}{f' ({near} near-threshold flips)' if near else ''}  {auc}  {status}"
     )
 
 
 def markdown_table(report: dict) -> str:
     """The README's parity table."""
     lines = [
-        "| form | backend | max abs diff | mean abs diff | agreement | AUC | Keras AUC | best threshold | passed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| form | backend | max abs diff | mean abs diff | agreement | AUC | Keras AUC | best threshold | passed | vouched |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in report["forms"].values():
         auc = f"{entry['auc']:.4f}" if "auc" in entry else "n/a"
@@ -77,7 +81,7 @@ def markdown_table(report: dict) -> str:
         best = f"{entry['best_threshold']:.3f}" if "best_threshold" in entry else "n/a"
         lines.append(
             f"| {entry['form']} | {entry.get('backend', '')} | {entry['max_abs_diff']:.2e} | {entry['mean_abs_diff']:.2e} "
-            f"| {entry['agreement']:.2%} | {auc} | {keras_auc} | {best} | {'yes' if entry['passed'] else 'NO'} |"
+            f"| {entry['agreement']:.2%} | {auc} | {keras_auc} | {best} | {'yes' if entry['passed'] else 'NO'} | {'yes' if entry.get('vouched') else 'no'} |"
         )
     return "\n".join(lines)
 

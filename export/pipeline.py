@@ -24,8 +24,7 @@ from dfx.bundle import ONNX_ROLES, Bundle, BundleError, tool_versions
 from dfx.datasets import DatasetError
 from dfx.export import data as export_data
 from dfx.export import int8, onnx_export, parity_report
-from dfx.export.onnx_export import FP32_TOLERANCE
-from dfx.parity import precision_of
+from dfx.parity import FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT, precision_of
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "cpu-int8": "model.int8.cpu.onnx"}
 # The INT8 files and their activation type: TensorRT's symmetric int8, the CPU's uint8 twin.
@@ -34,9 +33,6 @@ CALIBRATION_REPORT = "calibration.json"
 PARITY_REPORT = "parity.json"
 CACHE_DIR = "calibration-cache"
 TIMING_CACHE = "engines/timing.cache"
-SELECT_MIN_AGREEMENT = 0.995  # int8 vs fp32 decisions on calibration images (parity's bar is 0.98)
-SELECT_MAX_AUC_DROP = 0.005  # and AUC drop (parity's bar is 0.01): margins for unseen images
-FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 vs fp32 on ORT: |diff| <= 1% of the logit scale (parity judges decisions)
 
 
 @dataclass(frozen=True)
@@ -468,7 +464,8 @@ def _write_parity(bundle: Bundle, report: dict) -> None:
     (bundle.root / PARITY_REPORT).write_text(json.dumps(public, indent=2, default=float) + "\n")
     bundle.add_file(PARITY_REPORT, role="parity-report")
     bundle.manifest["parity"] = {"file": PARITY_REPORT, "passed": report["passed"],
-                                 "forms": {k: v["passed"] for k, v in report["forms"].items()}}
+                                 "forms": {k: v["passed"] for k, v in report["forms"].items()},
+                                 "vouched": {k: bool(v.get("vouched")) for k, v in report["forms"].items()}}
     bundle.save()
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from dfx.bundle import ONNX_ROLES, Bundle, BundleError
 from dfx.errors import DfxError
@@ -181,15 +181,15 @@ def _precisions(backend: str, precision: str | None) -> tuple[str, ...]:
     return (precision,) if precision in PREFERENCE[backend] else ()
 
 
-def _onnx_file(bundle: Bundle, precisions: tuple[str, ...], backend: str) -> tuple[str, str] | None:
-    for precision in precisions:
-        roles = [ONNX_ROLES["fp32" if precision == "bf16" else precision]]  # bf16 runs the fp32 file
-        if precision == "int8" and backend in CPU_BACKENDS:
-            roles.insert(0, CPU_INT8_ROLE)  # the uint8 twin: the CPU's fast int8 kernels
-        for role in roles:
-            names = bundle.files_with_role(role)
-            if names:
-                return names[0], precision
+def _onnx_file(bundle: Bundle, precision: str, backend: str) -> tuple[str, str] | None:
+    """(file, role) that `backend` runs at `precision`, or None when the bundle has none."""
+    roles = [ONNX_ROLES["fp32" if precision == "bf16" else precision]]  # bf16 runs the fp32 file
+    if precision == "int8" and backend in CPU_BACKENDS:
+        roles.insert(0, CPU_INT8_ROLE)  # the uint8 twin: the CPU's fast int8 kernels
+    for role in roles:
+        names = bundle.files_with_role(role)
+        if names:
+            return names[0], role
     return None
 
 
@@ -224,82 +224,151 @@ def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
 
 
 def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) -> tuple[Choice, str]:
-    """Decide (without loading anything) which backend and file to use; returns (choice, why)."""
+    """Decide (without loading anything) which backend and file to use; returns (choice, why).
+
+    `auto` serves only what parity.json vouches for: a form whose parity entry failed or is
+    missing is skipped, and `why` says which and for what reason. An explicit backend runs
+    what was asked (the user chose it; `dfx scan --check-parity` checks it on this machine).
+    """
     backend = normalize_backend(backend)
     if precision is not None and precision not in PRECISIONS:
         raise SelectError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
-    notes: list[str] = []
-
-    def choice(name: str, file: str, prec: str) -> Choice:
-        return Choice(name, prec, file, bundle.sha256(file))
-
-    candidates = ("trt", "ort-cuda", "openvino", "ort-cpu", "keras") if backend == "auto" else (backend,)
-    gpu: tuple[bool, str] | None = None
-    for name in candidates:
+    want = _Request(bundle, precision, auto=backend == "auto")
+    for name in ("trt", "ort-cuda", "openvino", "ort-cpu", "keras") if want.auto else (backend,):
         precisions = _precisions(name, precision)
         if not precisions:
-            notes.append(f"{name} does not run {precision}")
+            want.notes.append(f"{name} does not run {precision}")
             continue
-        if name in ("trt", "ort-cuda"):
-            gpu = gpu or gpu_status()
-            if not gpu[0]:
-                notes.append(f"no GPU ({gpu[1]})" if name == "trt" or backend != "auto" else "")
-                continue
-        if name == "trt":
-            from dfx.runtime import trt
-
-            if trt.installed_version() is None:
-                notes.append("TensorRT not installed")
-                continue
-            from dfx.runtime import cuda
-
-            engines, refused = usable_engines(bundle, precisions, cuda.compute_capability(0), trt.installed_version())
-            notes.extend(refused)
-            if engines:
-                entry = engines[0]
-                return choice("trt", _engine_name(entry), str(entry["precision"])), "; ".join(
-                    [f"{entry['precision']} engine {_engine_name(entry)} matches this GPU and TensorRT"] + [n for n in notes if n])
-            continue
-        if name == "ort-cuda":
-            ok, why = ort_cuda_status()
-        elif name == "openvino":
-            ok, why = openvino_status()
-            precisions = _openvino_precisions(bundle, precisions, explicit=precision is not None, notes=notes) if ok else precisions
-            if ok and not precisions:
-                continue
-        elif name == "ort-cpu":
-            ok, why = ort_cpu_status()
-        else:
-            ok, why = (importlib.util.find_spec("tensorflow") is not None, "tensorflow not installed")
-        if not ok:
-            notes.append(why if name != "keras" else f"keras: {why}")
-            continue
-        if name == "keras":
-            names = bundle.files_with_role("keras")
-            if not names:
-                notes.append("the bundle has no Keras model")
-                continue
-            found = (names[0], "fp32")
-            notes.append("the bundle has no ONNX model (run `dfx export`)" if backend == "auto" else "")
-        else:
-            found = _onnx_file(bundle, precisions, name)
-            if found is None:
-                notes.append(f"the bundle has no {'/'.join(precisions)} ONNX for {name}")
-                continue
-        return choice(name, found[0], found[1]), "; ".join([f"{found[1]} {found[0]}"] + [n for n in notes if n])
+        found = _FINDERS[name](want, precisions)
+        if found is not None:
+            return found, "; ".join([f"{found.precision} {found.file}"] + [n for n in want.notes if n])
     wanted = backend + (f" {precision}" if precision else "")
-    if gpu is not None and not gpu[0]:
+    if want.auto and any(n.startswith("skipped ") for n in want.notes):
+        hint = "re-export the bundle (`dfx export`), or name a --backend to run a form parity did not vouch for"
+    elif want.gpu is not None and not want.gpu[0]:
         hint = "this machine has no usable GPU: use --backend auto (or ort-cpu)"
     elif precision is not None:
         hint = "drop --precision to let dfx pick, or export the missing form with `dfx export`"
     else:
         hint = "use --backend auto, or install the backend's extra (see README)"
-    raise SelectError(f"cannot run this bundle with {wanted}: " + "; ".join(n for n in notes if n), hint=hint)
+    raise SelectError(f"cannot run this bundle with {wanted}: " + "; ".join(n for n in want.notes if n), hint=hint)
+
+
+@dataclass
+class _Request:
+    """One plan() call: the bundle, what was asked, and the notes that explain the choice."""
+
+    bundle: Bundle
+    precision: str | None
+    auto: bool
+    notes: list[str] = field(default_factory=list)
+    gpu: tuple[bool, str] | None = None  # probed once, on the first GPU backend
+
+    def choice(self, backend: str, file: str, precision: str) -> Choice:
+        return Choice(backend, precision, file, self.bundle.sha256(file))
+
+    def has_gpu(self, backend: str) -> bool:
+        self.gpu = self.gpu or gpu_status()
+        if not self.gpu[0] and (backend == "trt" or not self.auto):
+            self.notes.append(f"no GPU ({self.gpu[1]})")
+        return self.gpu[0]
+
+    def refused_by_parity(self, form: str) -> bool:
+        """Under `auto`, True (with a note) when parity.json does not vouch for `form`."""
+        if not self.auto:
+            return False
+        reason = parity_refusal(self.bundle, form)
+        if reason:
+            self.notes.append(f"skipped {form}: {reason}")
+        return reason is not None
+
+
+def parity_refusal(bundle: Bundle, form: str) -> str | None:
+    """Why parity.json does not vouch for `form` (e.g. "cpu-int8", "openvino-bf16"), or None."""
+    forms = (bundle.manifest.get("parity") or {}).get("forms")
+    if not forms:
+        return "the bundle has no parity report (re-run `dfx export`)"
+    if form not in forms:
+        return "parity.json has no entry for it (re-run `dfx export` on a host that runs it)"
+    return None if forms[form] else "it failed parity (see parity.json)"
 
 
 def vouched(bundle: Bundle, form: str) -> bool:
-    """True when the bundle's parity report has `form` (e.g. "openvino-bf16") and it passed."""
-    return bool(bundle.manifest.get("parity", {}).get("forms", {}).get(form))
+    """True when the bundle's parity report has `form` and it passed."""
+    return parity_refusal(bundle, form) is None
+
+
+def _parity_form(backend: str, role: str, precision: str) -> str:
+    """The parity.json entry that judged `backend` running a file of `role` at `precision`."""
+    if backend == "openvino":
+        return f"openvino-{precision}"
+    return "cpu-int8" if role == CPU_INT8_ROLE else precision  # ONNX Runtime forms go by file
+
+
+def _find_trt(want: _Request, precisions: tuple[str, ...]) -> Choice | None:
+    if not want.has_gpu("trt"):
+        return None
+    from dfx.runtime import trt
+
+    if trt.installed_version() is None:
+        want.notes.append("TensorRT not installed")
+        return None
+    from dfx.runtime import cuda
+
+    engines, refused = usable_engines(want.bundle, precisions, cuda.compute_capability(0), trt.installed_version())
+    want.notes.extend(refused)
+    for entry in engines:
+        form = f"trt{'-lean' if entry.get('lean') else ''}-{entry['precision']}"
+        if not want.refused_by_parity(form):
+            want.notes.insert(0, f"{entry['precision']} engine {_engine_name(entry)} matches this GPU and TensorRT")
+            return want.choice("trt", _engine_name(entry), str(entry["precision"]))
+    return None
+
+
+def _find_onnx(backend: str, status: Callable[[], tuple[bool, str]]) -> Callable[[_Request, tuple[str, ...]], Choice | None]:
+    """A finder for an ONNX backend: installed, then the best vouched precision whose file exists."""
+
+    def find(want: _Request, precisions: tuple[str, ...]) -> Choice | None:
+        if backend == "ort-cuda" and not want.has_gpu(backend):
+            return None
+        ok, why = status()
+        if not ok:
+            want.notes.append(why)
+            return None
+        if backend == "openvino":
+            precisions = _openvino_precisions(want.bundle, precisions, explicit=want.precision is not None, notes=want.notes)
+        files = {p: _onnx_file(want.bundle, p, backend) for p in precisions}
+        for precision, found in files.items():
+            if found is not None and not want.refused_by_parity(_parity_form(backend, found[1], precision)):
+                return want.choice(backend, found[0], precision)
+        if precisions and not any(files.values()):
+            want.notes.append(f"the bundle has no {'/'.join(precisions)} ONNX for {backend}")
+        return None
+
+    return find
+
+
+def _find_keras(want: _Request, precisions: tuple[str, ...]) -> Choice | None:
+    if importlib.util.find_spec("tensorflow") is None:
+        want.notes.append("keras: tensorflow not installed")
+        return None
+    names = want.bundle.files_with_role("keras")
+    if not names:
+        want.notes.append("the bundle has no Keras model")
+        return None
+    if want.auto:
+        exported = bool(want.bundle.files_with_role(ONNX_ROLES["fp32"]))
+        want.notes.append("no ONNX form is vouched for by parity" if exported else "the bundle has no ONNX model (run `dfx export`)")
+    return want.choice("keras", names[0], "fp32")  # the reference itself: nothing to vouch for
+
+
+_FINDERS: dict[str, Callable[[_Request, tuple[str, ...]], Choice | None]] = {
+    "trt": _find_trt,
+    "ort-cuda": _find_onnx("ort-cuda", lambda: ort_cuda_status()),
+    "openvino": _find_onnx("openvino", lambda: openvino_status()),
+    "ort-cpu": _find_onnx("ort-cpu", lambda: ort_cpu_status()),
+    "keras": _find_keras,
+}
 
 
 def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explicit: bool, notes: list[str]) -> tuple[str, ...]:

@@ -48,6 +48,44 @@ def test_cpu_int8_reads_the_uint8_twin_and_falls_back_without_it(exported_bundle
     assert chosen.file == "model.int8.onnx" and "model.int8.onnx" in why
 
 
+def _with_parity(exported_bundle, tmp_path, **entries) -> Bundle:
+    """A copy of the bundle whose parity.json says `entries` (form -> passed; None = missing)."""
+    copy = Path(shutil.copytree(exported_bundle, tmp_path / "bundle"))
+    bundle = Bundle.open(copy)
+    forms = bundle.manifest["parity"]["forms"]
+    for form, passed in entries.items():
+        if passed is None:
+            forms.pop(form, None)
+        else:
+            forms[form] = passed
+    bundle.save()
+    return Bundle.open(copy)
+
+
+@pytest.mark.skipif(GPU, reason="this host has a GPU: auto would pick a GPU backend")
+def test_auto_skips_every_form_parity_did_not_vouch_for(exported_bundle, tmp_path):
+    """A failed INT8 entry: auto takes the next vouched form and says what it skipped and why."""
+    bundle = _with_parity(exported_bundle, tmp_path, **{"cpu-int8": False, "int8": False, "openvino-int8": False})
+    chosen, why = select.plan(bundle)
+    assert chosen.precision in ("fp32", "bf16") and chosen.backend in ("openvino", "ort-cpu")  # bf16 on AMX
+    first = "openvino-int8" if select.openvino_status()[0] else "cpu-int8"  # the fastest form, skipped
+    assert f"skipped {first}: it failed parity" in why
+    # An explicit request still runs what was asked.
+    assert select.plan(bundle, "ort-cpu", "int8")[0].file == "model.int8.cpu.onnx"
+
+
+@pytest.mark.skipif(GPU, reason="this host has a GPU: auto would pick a GPU backend")
+def test_auto_skips_forms_missing_from_parity(exported_bundle, tmp_path):
+    missing = {"openvino-int8": None, "openvino-fp32": None, "openvino-bf16": None, "cpu-int8": None}
+    bundle = _with_parity(exported_bundle, tmp_path, **missing)
+    chosen, why = select.plan(bundle)
+    assert (chosen.backend, chosen.precision, chosen.file) == ("ort-cpu", "fp32", "model.onnx")
+    assert "skipped cpu-int8: parity.json has no entry" in why
+    bundle.manifest.pop("parity")
+    chosen, why = select.plan(bundle)
+    assert chosen.backend == "keras" and "no ONNX form is vouched for by parity" in why
+
+
 def test_explicit_backend_and_precision(exported_bundle):
     runner, reason = choose_runner(exported_bundle, "ort-cpu", "fp32")
     assert (runner.backend, runner.precision) == ("ort-cpu", "fp32")

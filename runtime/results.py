@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -196,7 +197,10 @@ def _from_dict(row: Any) -> Result:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise TypeError(f"expected a number, got {type(value).__name__}")
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):  # a runner's logit is finite; inf/nan is not a row of ours
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
 
     def text(value: Any) -> str | None:
         if value is None or value == "":
@@ -219,6 +223,8 @@ def _from_dict(row: Any) -> Result:
     path = row["path"]
     if not isinstance(path, str) or not path:
         raise TypeError("the row has no path")
+    if "\x00" in path:  # no file system names a file so
+        raise ValueError("the path holds a NUL character")
     return Result(
         path=path,
         logit=num(row.get("logit")),

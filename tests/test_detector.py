@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dfx.runtime.base import RunnerError
+
 from dfx.images import load_image
 from dfx.runtime.detector import Detector
 
@@ -93,5 +95,5 @@ def test_close(exported_bundle, image_paths):
     with d:
         assert d.predict(image_paths[:1])[0].error is None
     assert not d.runner.is_active
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(RunnerError, match="this Detector is closed"):
         d.scan(image_paths)

@@ -110,7 +110,7 @@ def test_default_recipe_trains_records_balance_and_calibration(npr_bundle):
     assert m["architecture"] == "npr_cnn" and m["training"]["config"]["augment"] == "generalize"
     assert m["training"]["balance"] == {"fake/tconv": 0.25, "fake/upconv": 0.25, "real/camera": 0.25, "real/scan": 0.25}
     assert len(m["data"]["roots"]) == 2
-    assert m["metrics"]["val"]["auc"] > 0.8
+    assert m["metrics"]["val"]["auc"] > 0.8  # measured 0.971-1.000 over seeds 0-2 (fixture_seeds.py)
     cal = m["calibration"]
     assert cal["method"] == "platt" and cal["nll"] <= cal["nll_sigmoid"] + 1e-6 and 0 <= cal["ece"] <= 1
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -128,13 +127,17 @@ def _limit_message(pixels: int, dims: str, limit: int = images.MAX_PIXELS) -> st
 
 
 @pytest.mark.parametrize("width, height", [(10_000, 5_000), (20_000, 10_000), (100_000, 100_000)])
-def test_bombs_get_one_message_with_our_limit_before_decoding(width, height):
+def test_bombs_get_one_message_with_our_limit_before_decoding(width, height, monkeypatch):
     # 50 MP is ours alone to refuse; 200 MP passes Pillow's warning, 10 GP its hard error.
+    from PIL import ImageFile
+
     data = png_declaring(width, height)
-    began = time.perf_counter()
+    decoded: list[object] = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
     with pytest.raises(ImageError) as info:
         load_image(data, 8)
-    assert time.perf_counter() - began < 1.0  # refused from the header, nothing decoded
+    assert decoded == []  # refused from the header: no pixel was decoded
     assert info.value.reason == _limit_message(width * height, f"{width}x{height}") or (
         # Pillow's hard limit fires inside Image.open, before the size is exposed: the count
         # comes from its message, the words and the limit are ours.
@@ -249,36 +252,54 @@ def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "text",
+    "text, why",
     [
-        '{"path": "a", "logit": 1e999999}\n',  # float overflow to inf is fine for json, not for int
-        '{"path": "a", "logit": ' + "9" * 400 + "}\n",  # an int too large for a float
-        "[" * 100_000 + "\n",  # nesting deep enough to exhaust the recursion limit
-        '"just a string"\n',
-        '{"path": {"nested": 1}}\n',
+        ('{"path": "a", "logit": 1e999999}\n', "finite number"),  # json reads it as inf: no runner wrote it
+        ('{"path": "a", "logit": NaN}\n', "finite number"),
+        ('{"path": "a", "logit": ' + "9" * 400 + "}\n", "too large"),  # an int too large for a float
+        ("[" * 100_000 + "\n", "recursion"),  # nesting deep enough to exhaust the recursion limit
+        ('"just a string"\n', "expected an object"),
+        ('{"path": {"nested": 1}}\n', "no path"),
+        ('{"path": "a\\u0000b", "logit": 1}\n', "NUL"),
     ],
 )
-def test_hostile_jsonl_rows_raise_only_dfx_errors(tmp_path, text):
+def test_hostile_jsonl_rows_are_refused_with_a_dfx_error(tmp_path, text, why):
     from dfx.runtime.results import read_results
 
     path = tmp_path / "r.jsonl"
     path.write_text(text)
-    try:
+    with pytest.raises(DfxError, match="is not a dfx result row") as info:
         read_results(path)
-    except DfxError as exc:
-        assert "is not a dfx result row" in str(exc)
+    assert why in str(info.value) and f"{path}:1" in str(info.value)
 
 
-@pytest.mark.parametrize("text", ["path,logit\n" + "a" * 200_000 + ",1\n", "path,logit\n\"a\x00b\",1\n", "path\n\"unterminated\n"])
-def test_hostile_csv_raises_only_dfx_errors(tmp_path, text):
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("path,logit\n" + "a" * 200_000 + ",1\n", "field larger than field limit"),
+        ('path,logit\n"a\x00b",1\n', "NUL"),
+        ("path,logit\na,inf\n", "finite number"),
+    ],
+)
+def test_hostile_csv_is_refused_with_a_dfx_error(tmp_path, text, why):
     from dfx.runtime.results import read_results
 
     path = tmp_path / "r.csv"
     path.write_text(text)
-    try:
+    with pytest.raises(DfxError) as info:
         read_results(path)
-    except DfxError as exc:
-        assert str(path) in str(exc)
+    assert str(path) in str(info.value) and why in str(info.value)
+
+
+def test_an_unterminated_last_csv_row_is_a_cut_off_row_not_an_error(tmp_path):
+    """A quote left open at the end is what a scan killed mid-write leaves: not a row, no error."""
+    from dfx.runtime.results import read_results
+
+    path = tmp_path / "r.csv"
+    path.write_text('path,logit\nok,1\n"unterminated\n')
+    assert [r.path for r in read_results(path)] == ["ok"]
+    read_results(path, repair=True)
+    assert path.read_text() == "path,logit\nok,1\n"
 
 
 # ---- bundle folders from elsewhere -----------------------------------------------------------------

@@ -20,6 +20,7 @@ from _blocked import run_blocked  # noqa: E402
 from test_scan import make_mixed_folder  # noqa: E402
 
 from dfx.cli import main  # noqa: E402
+from dfx.errors import DfxError  # noqa: E402
 from dfx.runtime.ray import expand_inputs, read_shards  # noqa: E402
 from dfx.runtime.results import COLUMNS, read_results  # noqa: E402
 
@@ -172,7 +173,7 @@ def test_expand_inputs_globs_manifests_and_folders(inbox, tmp_path):
     assert str(folder / "empty.jpg") in found.files and str(folder / "text.png") in found.files  # file:// is local
     assert str(tmp_path / "none_*.jpg") in found.files  # a glob matching nothing: an error row, not silence
     assert found.scheme == "" and len(found.files) == len(set(found.files))
-    with pytest.raises(Exception, match="mix filesystems"):
+    with pytest.raises(DfxError, match="inputs mix filesystems"):
         expand_inputs([str(folder), "s3://bucket/key.jpg"])
 
 

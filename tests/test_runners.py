@@ -15,7 +15,7 @@ from dfx import parity
 from dfx.bundle import Bundle
 from dfx.datasets import balanced_sample, splits_from_record
 from dfx.images import load_image
-from dfx.runtime.base import Runner, run_batches
+from dfx.runtime.base import Runner, RunnerError, run_batches
 
 GPU, GPU_REASON = has_gpu()
 PARITY_IMAGES = 320
@@ -100,7 +100,7 @@ def test_runner_contract_checks_input(exported_bundle):
             runner.infer(np.zeros((1, h, w, 3), np.float32))
         with pytest.raises(ValueError, match="takes"):
             runner.infer(np.zeros((1, h + 1, w, 3), np.uint8))
-    with pytest.raises(Exception, match="not active"):
+    with pytest.raises(RunnerError, match="is not active"):
         runner.infer(np.zeros((1, h, w, 3), np.uint8))
 
 

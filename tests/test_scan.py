@@ -136,21 +136,50 @@ def test_killed_scan_resumes_to_the_same_rows(exported_bundle, many_inputs, tmp_
     expected = _rows_by_path(full)
     assert len(expected) > 400
 
-    process = subprocess.Popen(base + ["--out", str(part)])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if part.exists() and part.stat().st_size > 0 and part.read_bytes().count(b"\n") >= 40:
-            break
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = part.read_bytes().count(b"\n")
-    assert 0 < written < len(expected), "the scan was not stopped midway"
+    # Killed midway by construction, not by timing: the scan writes into a pipe that the test
+    # stops reading after 40 rows, so once the pipe's buffer (64 KiB at most, far less than the
+    # whole output) is full the scan blocks on its next row and cannot finish, however fast the CPU.
+    assert full.stat().st_size > 2 * 65536
+    pipe = tmp_path / "pipe.jsonl"
+    os.mkfifo(pipe)
+    process = subprocess.Popen(base + ["--out", str(pipe), "--overwrite"])
+    try:
+        reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # never blocks, even if the scan fails to start
+        received = _read_pipe(reader, process, until_rows=40)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        received += _read_pipe(reader, process, until_rows=None)  # what it wrote before it died
+        os.close(reader)
+    finally:
+        process.kill()
+    part.write_bytes(received)
+    written = received.count(b"\n")
+    assert 40 <= written < len(expected), "the scan was not stopped midway"
     with open(part, "ab") as handle:  # as if killed mid-write: half a row, no newline
         handle.write(b'{"path": "/half/written", "logit": 0.1')
 
     assert subprocess.run(base + ["--out", str(part), "--resume"], timeout=300).returncode == 0
     _same_rows(expected, _rows_by_path(part))
+
+
+def _read_pipe(fd: int, process: subprocess.Popen, until_rows: int | None) -> bytes:
+    """Bytes from a non-blocking pipe: until `until_rows` lines arrived, or (None) until EOF
+    after the writer died. Bounded: fails after 120 s rather than hanging."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        chunk = os.read(fd, 65536) if ready else b""
+        data += chunk
+        if until_rows is not None and data.count(b"\n") >= until_rows:
+            return data
+        if ready and not chunk:
+            if until_rows is None or process.poll() is not None:
+                return data  # EOF: the writer is gone
+            time.sleep(0.01)  # no writer yet (the scan is starting): select reports EOF at once
+    raise AssertionError(f"the pipe gave {len(data.splitlines())} rows in 120 s")
 
 
 def test_stopped_generator_resumes_in_process(exported_bundle, mixed_folder, tmp_path):
@@ -193,6 +222,47 @@ def test_runner_failure_becomes_error_rows(exported_bundle, mixed_folder):
     assert all(r.error for r in rows)
     assert sum("inference failed" in r.error for r in rows) == 9
     assert np.all([r.logit is None for r in rows])
+
+
+def test_one_failed_batch_costs_its_rows_and_later_rows_stay_aligned(exported_bundle, mixed_folder):
+    """The runner fails on its second batch only: exactly that batch's images become error rows,
+    and every other row carries the logit a clean run gives the same input."""
+    from dfx.bundle import Bundle
+    from dfx.images import iter_image_files
+    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.pipeline import iter_results
+
+    class FailsOnce(OrtRunner):
+        calls = 0
+
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 2:
+                raise RuntimeError("the device dropped this batch")
+            return super()._infer(batch)
+
+    folder, _ = mixed_folder
+    bundle = Bundle.open(exported_bundle)
+    files = iter_image_files([folder])
+    settings = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=3, workers=2)
+    with OrtRunner(str(bundle.file("model.onnx")), input_size=bundle.input_size) as runner:
+        clean = list(iter_results(files, runner, **settings))
+    with FailsOnce(str(bundle.file("model.onnx")), input_size=bundle.input_size) as runner:
+        rows = list(iter_results(files, runner, **settings))
+    assert [r.path for r in rows] == [r.path for r in clean] == files
+    failed = [r for r in rows if r.error and "the device dropped this batch" in r.error]
+    scored_clean = [r for r in clean if r.logit is not None]
+    assert [r.path for r in failed] == [r.path for r in scored_clean[3:6]]  # the second batch, whole
+    after = rows[rows.index(failed[-1]) + 1:]
+    assert any(r.logit is not None for r in after)  # the scan went on after the failure
+    for got, want in zip(rows, clean):
+        if got.path in {r.path for r in failed}:
+            assert got.logit is None and got.decision is None
+        else:
+            assert got.error == want.error and got.decision == want.decision
+            assert (got.logit is None) == (want.logit is None)
+            if want.logit is not None:
+                assert got.logit == pytest.approx(want.logit, abs=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])

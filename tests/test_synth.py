@@ -79,11 +79,13 @@ def test_fakes_carry_periodic_spectral_peaks(synth_data):
 
 
 def test_cnn_separates_the_classes(trained_bundle):
-    """The seed CNN at 64 px reaches AUC >= 0.95 after a short CPU training (the fixture)."""
+    """The seed CNN at 64 px separates both generators from the photos after a short CPU
+    training (the fixture). Measured over seeds 0-3 and two CPUs: val AUC 0.957-0.989, each
+    generator 0.948-1.000 (benchmarks/scripts/fixture_seeds.py): the bars keep a margin of 0.05+."""
     from dfx.bundle import Bundle
 
     metrics = Bundle.open(trained_bundle).manifest["metrics"]
-    assert metrics["val"]["auc"] >= 0.95
+    assert metrics["val"]["auc"] >= 0.90
     for name in ("tconv", "upconv"):
         assert metrics["per_generator"][name]["auc"] >= 0.85, (name, metrics["per_generator"][name]["auc"])
 

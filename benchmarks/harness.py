@@ -3,7 +3,7 @@
     rows = run(bundle_dir, BenchConfig(...))["rows"]
 
 How a figure is made (so that ratios between rows are fair on a shared or noisy machine):
-- every runner is built through dfx.runtime.select (exactly what `dfx scan` runs), activated
+- every runner is built through dfx.runtime.scan.select (exactly what `dfx scan` runs), activated
   once, and kept active for the whole run; the Keras reference calls `model.predict(x,
   batch_size=N, verbose=0)`, as users call it (not predict_on_batch);
 - per batch size, each runner first runs `warmup` untimed batches, then the timed budget
@@ -11,7 +11,7 @@ How a figure is made (so that ratios between rows are fair on a shared or noisy 
   take turns slice by slice, so a burst of load from elsewhere hits every row alike;
 - a row's images/s is images / total timed seconds; p50/p95/p99 are per-batch latencies;
   `ratio_vs_keras` divides by the Keras row of the same batch size from the same run.
-End to end (`images=DIR`): the same runners behind dfx.runtime.pipeline.iter_results (the
+End to end (`images=DIR`): the same runners behind dfx.runtime.scan.pipeline.iter_results (the
 `dfx scan` pipeline: threaded JPEG decode + resize + batching), files cycled for the same
 budget; with the `c2pa` extra also an `e2e+c2pa` row per backend, the same pipeline reading
 each file's C2PA manifest as `dfx scan` does by default, in slices alternating with the plain
@@ -34,10 +34,10 @@ import numpy as np
 
 from dfx.bundle import ONNX_ROLES, Bundle
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner
-from dfx.runtime.keras import KerasRunner
+from dfx.runtime.runners.base import Runner
+from dfx.runtime.runners.keras import KerasRunner
 
-# bench backend name -> (dfx.runtime.select backend, precision). "keras" is handled apart.
+# bench backend name -> (dfx.runtime.scan.select backend, precision). "keras" is handled apart.
 BACKENDS: dict[str, tuple[str, str]] = {
     "keras": ("keras", "fp32"),
     "ort-fp32": ("ort-cpu", "fp32"),
@@ -115,7 +115,7 @@ class KerasPredictRunner(KerasRunner):
 def plan_backends(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
     """(the backends to run, {backend: why it is skipped}). Asked-for backends that cannot run
     are skipped with their reason, not fatal: one missing form must not lose the other rows."""
-    from dfx.runtime import select
+    from dfx.runtime.scan import select
 
     names = list(wanted) if wanted else list(BACKENDS)
     run, skipped = [], {}
@@ -139,7 +139,7 @@ def plan_backends(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[
 
 
 def make_runner(bundle: Bundle, name: str, threads: int | None) -> Runner:
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
 
     if name == "keras":
         keras_file = bundle.files_with_role("keras")[0]
@@ -230,8 +230,8 @@ def measure_end_to_end(
     """Images/s through the `dfx scan` pipeline (threaded decode + batching + inference) beside
     pure inference of the same batch size, both in alternating slices, so the ratio holds
     under changing load. Each e2e slice is a fresh pipeline, so its fill time counts, as in a scan."""
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.provenance import ProvenanceReader
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.provenance.c2pa import ProvenanceReader
 
     reader = ProvenanceReader.maybe(config.provenance)  # None: off, or no c2pa extra
     size = config.e2e_batch_size

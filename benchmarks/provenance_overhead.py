@@ -33,9 +33,9 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files, load_image, read_bytes
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.provenance import ProvenanceReader
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.provenance.c2pa import ProvenanceReader
+    from dfx.runtime.scan.select import choose_runner
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from dfx import parity
-from dfx.runtime.base import Runner, run_batches
+from dfx.runtime.runners.base import Runner, run_batches
 
 HINTS = {
     "fp32": "the ONNX conversion is not faithful: try another --opset, and report it with the model",

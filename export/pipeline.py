@@ -80,7 +80,7 @@ def export_bundle(bundle_dir: str | os.PathLike, config: ExportConfig, log: Call
     if not bundle.has("model.keras"):
         raise BundleError(f"{bundle.root} has no model.keras to export", hint="train one with `dfx train`")
     # The Keras model, loaded once: the export source and the parity reference.
-    from dfx.runtime.keras import KerasRunner
+    from dfx.runtime.runners.keras import KerasRunner
 
     keras_runner = KerasRunner(str(bundle.file("model.keras")), input_size=bundle.input_size, batch_size=config.batch_size)
     keras_runner.activate()
@@ -370,7 +370,7 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
         bundle.save()
         built[precision] = name
 
-    from dfx.runtime.trt import TrtRunner  # helper R's runner; needs a GPU, imported only here
+    from dfx.runtime.runners.trt import TrtRunner  # helper R's runner; needs a GPU, imported only here
 
     forms = {
         f"trt{'-lean' if config.lean else ''}-{precision}": (
@@ -393,7 +393,7 @@ def _openvino_forms(bundle: Bundle, size, log) -> dict:
     """OpenVINO runs the same files with its own kernels, and `auto` picks it on CPU hosts, so
     parity.json vouches for what it runs too: fp32 and the int8 CPU twin pinned to f32, and
     bf16 where this CPU executes it natively (elsewhere it is not measured, and not vouched)."""
-    from dfx.runtime import openvino
+    from dfx.runtime.runners import openvino
 
     if not openvino.available():
         return {}
@@ -430,19 +430,19 @@ def _write_parity_sample(bundle: Bundle, images: np.ndarray, labels, reference: 
 
 
 def _cpu_name() -> str:
-    from dfx.runtime.base import cpu_model
+    from dfx.runtime.runners.base import cpu_model
 
     return cpu_model()
 
 
 def _ort(path, precision: str, size, config: ExportConfig):
-    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.runners.ort import OrtRunner
 
     return OrtRunner(str(path), device=config.ort_device, precision=precision, input_size=size)
 
 
 def _run(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
-    from dfx.runtime.base import run_batches
+    from dfx.runtime.runners.base import run_batches
 
     if runner.is_active:
         return run_batches(runner, images, batch_size)

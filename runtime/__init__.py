@@ -6,10 +6,10 @@ binding on GPU hosts); every framework is imported inside the Runner that uses i
 
 # Lazy shortcuts (`from dfx.runtime import Detector`) that import nothing until used.
 _EXPORTS = {
-    "Detector": "dfx.runtime.detector",
-    "Result": "dfx.runtime.results",
-    "choose_runner": "dfx.runtime.select",
-    "iter_results": "dfx.runtime.pipeline",
+    "Detector": "dfx.runtime.scan.detector",
+    "Result": "dfx.runtime.scan.results",
+    "choose_runner": "dfx.runtime.scan.select",
+    "iter_results": "dfx.runtime.scan.pipeline",
 }
 
 

@@ -1,4 +1,4 @@
-"""dfx.runtime.cuda: the probe never crashes; on a GPU host the memory/stream/event helpers work."""
+"""dfx.runtime.runners.cuda: the probe never crashes; on a GPU host the memory/stream/event helpers work."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import has_gpu
-from dfx.runtime import cuda
+from dfx.runtime.runners import cuda
 
 GPU, GPU_REASON = has_gpu()
 
@@ -24,7 +24,7 @@ def test_probe_returns_bool_and_reason():
 
 
 def _probe_in_subprocess(prelude: str) -> str:
-    code = prelude + "\nfrom dfx.runtime import cuda\nok, why = cuda.probe()\nprint(ok, why, sep='|')\n"
+    code = prelude + "\nfrom dfx.runtime.runners import cuda\nok, why = cuda.probe()\nprint(ok, why, sep='|')\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()

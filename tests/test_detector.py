@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dfx.images import load_image
-from dfx.runtime.detector import Detector
+from dfx.runtime.scan.detector import Detector
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
     """dfx scan on a tiny ONNX bundle: a PNG stored without a suffix gets a score, a text file
     is counted as skipped, and --extensions restricts the walk."""
     from dfx.cli import main
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
     from _hardening_bundle import make_onnx_bundle
 
     bundle = make_onnx_bundle(tmp_path / "bundle")
@@ -259,7 +259,7 @@ def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
     ],
 )
 def test_hostile_jsonl_rows_raise_only_dfx_errors(tmp_path, text):
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
 
     path = tmp_path / "r.jsonl"
     path.write_text(text)
@@ -271,7 +271,7 @@ def test_hostile_jsonl_rows_raise_only_dfx_errors(tmp_path, text):
 
 @pytest.mark.parametrize("text", ["path,logit\n" + "a" * 200_000 + ",1\n", "path,logit\n\"a\x00b\",1\n", "path\n\"unterminated\n"])
 def test_hostile_csv_raises_only_dfx_errors(tmp_path, text):
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
 
     path = tmp_path / "r.csv"
     path.write_text(text)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dfx.cli import main
-from dfx.runtime.results import ResultWriter, read_results
+from dfx.runtime.scan.results import ResultWriter, read_results
 
 
 def _good_images(synth_data: Path, count: int) -> list[Path]:
@@ -157,8 +157,8 @@ def test_stopped_generator_resumes_in_process(exported_bundle, mixed_folder, tmp
     """Stop the row stream midway (no subprocess), then --resume: same rows as one full scan."""
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.scan.select import choose_runner
 
     folder, _ = mixed_folder
     full, part = tmp_path / "full.csv", tmp_path / "part.csv"
@@ -180,8 +180,8 @@ def test_runner_failure_becomes_error_rows(exported_bundle, mixed_folder):
     """A runner that rejects every batch (wrong input size) costs rows, not the scan."""
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files
-    from dfx.runtime.ort import OrtRunner
-    from dfx.runtime.pipeline import iter_results
+    from dfx.runtime.runners.ort import OrtRunner
+    from dfx.runtime.scan.pipeline import iter_results
 
     folder, expected = mixed_folder
     bundle = Bundle.open(exported_bundle)
@@ -197,7 +197,7 @@ def test_runner_failure_becomes_error_rows(exported_bundle, mixed_folder):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_resume_reading_cuts_a_half_written_row(tmp_path, suffix):
-    from dfx.runtime.results import Result, done_paths
+    from dfx.runtime.scan.results import Result, done_paths
 
     out = tmp_path / f"rows{suffix}"
     rows = [Result("a.jpg", 1.5, 0.82, "fake", "ort-cpu", "int8", "f" * 64), Result("b,\"odd\".jpg", None, None, None, "ort-cpu", "int8", "f" * 64, "empty file")]

@@ -11,8 +11,8 @@ import pytest
 from conftest import has_gpu
 from dfx.bundle import Bundle
 from dfx.errors import DfxError
-from dfx.runtime import select
-from dfx.runtime.select import SelectError, choose_runner, engine_mismatch, usable_engines
+from dfx.runtime.scan import select
+from dfx.runtime.scan.select import SelectError, choose_runner, engine_mismatch, usable_engines
 
 GPU, GPU_REASON = has_gpu()
 
@@ -57,7 +57,7 @@ def test_explicit_backend_and_precision(exported_bundle):
 
 
 def test_openvino_alias(exported_bundle):
-    from dfx.runtime import openvino
+    from dfx.runtime.runners import openvino
 
     if not openvino.available():
         with pytest.raises(SelectError, match="openvino"):
@@ -146,8 +146,8 @@ def test_engines_are_matched_and_tampered_ones_refused(exported_bundle, tmp_path
 
 
 def test_trt_runner_refuses_bytes_the_manifest_does_not_vouch_for(tmp_path):
-    from dfx.runtime.base import RunnerError
-    from dfx.runtime.trt import TrtRunner
+    from dfx.runtime.runners.base import RunnerError
+    from dfx.runtime.runners.trt import TrtRunner
 
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"not what was exported")
@@ -165,9 +165,9 @@ def test_runtime_imports_without_optional_frameworks():
 
     done = run_blocked(
         """
-        import dfx.runtime.cuda, dfx.runtime.trt, dfx.runtime.ort, dfx.runtime.select, dfx.runtime.pipeline
-        import dfx.runtime.results, dfx.runtime.detector, dfx.runtime.commands
-        from dfx.runtime import cuda
+        import dfx.runtime.runners.cuda, dfx.runtime.runners.trt, dfx.runtime.runners.ort, dfx.runtime.scan.select, dfx.runtime.scan.pipeline
+        import dfx.runtime.scan.results, dfx.runtime.scan.detector, dfx.runtime.scan.commands
+        from dfx.runtime.runners import cuda
         assert cuda.probe()[0] is False
         from dfx.cli import main
         try:

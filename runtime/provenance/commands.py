@@ -24,8 +24,8 @@ emailProtection or documentSigning, an authority key identifier and an O= in the
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.provenance import ALGORITHMS
-    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.provenance.c2pa import ALGORITHMS
+    from dfx.runtime.scan.select import ALIASES, BACKENDS, PRECISIONS
 
     group = sub.add_parser("c2pa", help="C2PA Content Credentials: sign the finding into an image, read a manifest",
                            description="C2PA Content Credentials (pip install 'dfx[c2pa]').")
@@ -56,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def sign_command(args: argparse.Namespace) -> int:
     from dfx.errors import require
-    from dfx.runtime.detector import Detector
-    from dfx.runtime.provenance import ProvenanceReader, SigningIdentity, sign_image
+    from dfx.runtime.scan.detector import Detector
+    from dfx.runtime.provenance.c2pa import ProvenanceReader, SigningIdentity, sign_image
 
     require("c2pa", "c2pa", "dfx c2pa sign")
     if os.path.abspath(args.out) == os.path.abspath(args.image):
@@ -79,7 +79,7 @@ def sign_command(args: argparse.Namespace) -> int:
 
 def read_command(args: argparse.Namespace) -> int:
     from dfx.images import ImageError, read_bytes
-    from dfx.runtime.provenance import ProvenanceReader, read_detection
+    from dfx.runtime.provenance.c2pa import ProvenanceReader, read_detection
 
     reader = ProvenanceReader(args.trust_anchors)
     failed = 0

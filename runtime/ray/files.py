@@ -1,4 +1,4 @@
-"""Inputs and outputs of `dfx scan --engine ray` (dfx.runtime.ray): expanding paths, globs,
+"""Inputs and outputs of `dfx scan --engine ray` (dfx.runtime.ray.scan): expanding paths, globs,
 manifests and object-store prefixes into the files to scan, and the Parquet / JSONL shards of
 result rows (a fixed schema from `Result`'s fields; reading them back for --resume, dropping
 what a killed writer cut off). pyarrow is imported inside the functions.
@@ -141,7 +141,7 @@ def _expand_remote(uri: str, extensions: tuple[str, ...] | None = None) -> tuple
 
 def _columns() -> list[tuple[str, str]]:
     """(name, arrow type name) of every Result field, read now: other parts add columns."""
-    from dfx.runtime.results import Result
+    from dfx.runtime.scan.results import Result
 
     arrow = {"float": "float64", "int": "int64", "bool": "bool_", "str": "string"}
     kinds = []

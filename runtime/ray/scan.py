@@ -10,13 +10,13 @@
     completeness pass: every input without a row (missing file) gets its error row
 
 Decoding happens in dfx's pixel path on the bytes Ray read, so a corrupt file becomes that
-row's `error`, never a failed job. Rows carry `dfx.runtime.results.Result`'s fields, whatever
+row's `error`, never a failed job. Rows carry `dfx.runtime.scan.results.Result`'s fields, whatever
 they are at the time. A driver killed midway leaves whole shards (and at worst one cut-off
 shard, which --resume drops); --resume skips every input that has a row, so a resumed job ends
 with exactly one row per input.
 
-Inputs and shards live in dfx.runtime.ray_io; the Ray Serve deployment in dfx.runtime.ray_serve.
-This module is `dfx.runtime.ray`; `import ray` inside it is an absolute import and gets the
+Inputs and shards live in dfx.runtime.ray.files; the Ray Serve deployment in dfx.runtime.ray.deployment.
+This module is `dfx.runtime.ray.scan`; `import ray` inside it is an absolute import and gets the
 real package. Ray, pyarrow and the runners are imported inside functions only.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from dfx.errors import DfxError, require
-from dfx.runtime.ray_io import (
+from dfx.runtime.ray.files import (
     SHARD_SUFFIXES,
     expand_inputs,
     filesystem_of,
@@ -83,7 +83,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
     "provenance" (JSON of the provenance columns, "" when not read)}. A failed decode gets zero
     pixels, which the actor never feeds the model."""
     from dfx.images import MAX_FILE_BYTES
-    from dfx.runtime import pipeline  # the very functions `dfx scan`'s decode pool runs
+    from dfx.runtime.scan import pipeline  # the very functions `dfx scan`'s decode pool runs
 
     reader = _provenance_reader(trust_anchors) if provenance else None
     height, width = size
@@ -112,7 +112,7 @@ _READERS: dict[str | None, Any] = {}  # one C2PA reader per worker process (and 
 
 def _provenance_reader(trust_anchors: str | None) -> Any:
     if trust_anchors not in _READERS:
-        from dfx.runtime.provenance import ProvenanceReader
+        from dfx.runtime.provenance.c2pa import ProvenanceReader
 
         _READERS[trust_anchors] = ProvenanceReader.maybe(True, trust_anchors)
     return _READERS[trust_anchors]
@@ -129,7 +129,7 @@ class InferActor:
         import ray
 
         from dfx.bundle import Bundle
-        from dfx.runtime.select import choose_runner
+        from dfx.runtime.scan.select import choose_runner
 
         if isinstance(bundle_files, (tuple, list)):  # (ObjectRef,): a borrowed reference, see _run_pipeline
             bundle_files = bundle_files[0]
@@ -149,8 +149,8 @@ class InferActor:
         self.model_sha256 = str(getattr(self.runner, "model_sha256", ""))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        from dfx.runtime.provenance import combined_verdict
-        from dfx.runtime.results import Result
+        from dfx.runtime.provenance.c2pa import combined_verdict
+        from dfx.runtime.scan.results import Result
 
         errors = [str(e) for e in batch["error"]]
         good = [i for i, e in enumerate(errors) if not e]
@@ -243,7 +243,7 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     if config.format not in FORMATS:
         raise DfxError(f"unknown format {config.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     from dfx.bundle import Bundle
-    from dfx.runtime.select import normalize_backend, plan
+    from dfx.runtime.scan.select import normalize_backend, plan
 
     bundle = Bundle.open(bundle_dir, public_key=config.public_key)
     normalize_backend(config.backend)  # a typo fails here, not in every actor
@@ -351,7 +351,7 @@ def _env_public_key() -> str | None:
 
 
 def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
-    from dfx.runtime.results import Result
+    from dfx.runtime.scan.results import Result
 
     local = not split_uri(path)[0]
     if local and os.path.isdir(path):
@@ -360,7 +360,7 @@ def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
         error = "cannot read file" if os.path.exists(path) else "no such file"
     else:
         error = NO_ROW
-    from dfx.runtime.provenance import combined_verdict
+    from dfx.runtime.provenance.c2pa import combined_verdict
 
     return Result(path, None, None, None, str(like.get("backend") or ""), str(like.get("precision") or ""),
                   str(like.get("model_sha256") or ""), error, verdict=combined_verdict(None, None, None)).to_dict()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, Source
+from dfx.runtime.runners.base import Runner, Source
 
 
 class KerasRunner(Runner):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, RunnerError, Source, cpu_flags, physical_cores
+from dfx.runtime.runners.base import Runner, RunnerError, Source, cpu_flags, physical_cores
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from dfx.errors import MissingExtraError
-from dfx.runtime.base import Runner, RunnerError, Source
+from dfx.runtime.runners.base import Runner, RunnerError, Source
 
 N_STREAMS = 3  # copy-in, compute and copy-out of three consecutive batches in flight
 
@@ -153,7 +153,7 @@ class TrtRunner(Runner):
         return data
 
     def _activate(self) -> None:
-        from dfx.runtime import cuda as cuda_mod
+        from dfx.runtime.runners import cuda as cuda_mod
 
         data = self._engine_bytes()  # checked before TensorRT (or CUDA) sees a byte of it
         trt = _import_tensorrt(self.lean)

@@ -41,7 +41,7 @@ with --resume to finish).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.scan.select import ALIASES, BACKENDS, PRECISIONS
 
     p = sub.add_parser(
         "scan",
@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _provenance_reader(args: argparse.Namespace, say: Any) -> Any:
     """The scan's C2PA reader, or None (off, or the c2pa extra missing: said once, not fatal)."""
-    from dfx.runtime.provenance import ProvenanceReader
+    from dfx.runtime.provenance.c2pa import ProvenanceReader
 
     if getattr(args, "no_provenance", False):
         return None
@@ -105,12 +105,12 @@ def _provenance_reader(args: argparse.Namespace, say: Any) -> Any:
 def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
     from dfx.images import parse_extensions, walk_images
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.results import ResultWriter, output_format, read_results
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.scan.results import ResultWriter, output_format, read_results
+    from dfx.runtime.scan.select import choose_runner
 
     if getattr(args, "engine", "local") == "ray":
-        from dfx.runtime.ray import scan_command as ray_scan_command
+        from dfx.runtime.ray.scan import scan_command as ray_scan_command
 
         return ray_scan_command(args)
     if args.batch is None:
@@ -153,7 +153,7 @@ def scan_command(args: argparse.Namespace) -> int:
     verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real (ai-declared, conflict, ...)
     threshold = bundle.threshold if args.threshold is None else args.threshold
     if getattr(args, "check_parity", False):
-        from dfx.runtime.parity_check import require_parity
+        from dfx.runtime.scan.parity_check import require_parity
 
         runner.activate()
         checked = require_parity(bundle, runner)

@@ -1,6 +1,6 @@
 """The Python API that moderation and provenance pipelines embed.
 
-    from dfx.runtime.detector import Detector
+    from dfx.runtime.scan.detector import Detector
 
     with Detector.load("bundles/faces") as detector:      # picks TensorRT/ORT/OpenVINO, says why
         print(detector.reason)
@@ -22,12 +22,12 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from dfx.bundle import Bundle
-from dfx.runtime.base import Runner
-from dfx.runtime.pipeline import iter_results
-from dfx.runtime.results import Result
+from dfx.runtime.runners.base import Runner
+from dfx.runtime.scan.pipeline import iter_results
+from dfx.runtime.scan.results import Result
 
 if TYPE_CHECKING:
-    from dfx.runtime.provenance import ProvenanceReader
+    from dfx.runtime.provenance.c2pa import ProvenanceReader
 
 
 class Detector:
@@ -45,7 +45,7 @@ class Detector:
         provenance: "bool | ProvenanceReader" = True,
         trust_anchors: str | os.PathLike | None = None,
     ):
-        from dfx.runtime.provenance import ProvenanceReader
+        from dfx.runtime.provenance.c2pa import ProvenanceReader
 
         self.bundle = bundle
         # C2PA reading: a reader, or None when off or the `c2pa` extra is missing.
@@ -83,7 +83,7 @@ class Detector:
         `check_parity` runs the bundle's parity sample through the chosen backend first and
         raises ParityCheckError when it misses its tolerance on this machine.
         """
-        from dfx.runtime.select import choose_runner
+        from dfx.runtime.scan.select import choose_runner
         from dfx.signing import trusted_key_from_env
 
         key = public_key if public_key is not None else trusted_key_from_env()
@@ -92,13 +92,13 @@ class Detector:
                 bundle.require_signature(key)
         else:
             bundle = Bundle.open(bundle, public_key=key)
-        from dfx.runtime.provenance import ProvenanceReader
+        from dfx.runtime.provenance.c2pa import ProvenanceReader
 
         reader = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)
         runner, reason = choose_runner(bundle, backend, precision, threads=threads)
         runner.activate()
         if check_parity:
-            from dfx.runtime.parity_check import require_parity
+            from dfx.runtime.scan.parity_check import require_parity
 
             try:
                 require_parity(bundle, runner)
@@ -118,7 +118,7 @@ class Detector:
     def scan(self, images: Iterable[Any]) -> Iterator[Result]:
         """Yield one Result per image (path, bytes, PIL image or array) as batches finish."""
         if self._closed:
-            from dfx.runtime.base import RunnerError
+            from dfx.runtime.runners.base import RunnerError
 
             raise RunnerError("this Detector is closed")
         return iter_results(

@@ -16,8 +16,8 @@ import numpy as np
 
 from dfx.bundle import Bundle
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner
-from dfx.runtime.results import Result
+from dfx.runtime.runners.base import Runner
+from dfx.runtime.scan.results import Result
 
 
 class ModelLoadError(DfxError):
@@ -73,7 +73,7 @@ def _provenance(decision: str | None, provenance: Any) -> dict[str, Any]:
     """The row's C2PA columns and combined verdict, as `dfx scan` writes them (when this dfx has
     provenance columns at all)."""
     try:
-        from dfx.runtime.provenance import NOT_READ, combined_verdict
+        from dfx.runtime.provenance.c2pa import NOT_READ, combined_verdict
     except ImportError:
         return {}
     prov = provenance if provenance is not None else NOT_READ
@@ -91,7 +91,7 @@ def load_model(
 ) -> LoadedModel:
     """Open, verify, activate and check a bundle's model. Raises ModelLoadError (or the
     SelectError/BundleError DfxError that says why) and leaves nothing active on failure."""
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
     from dfx.signing import trusted_key_from_env
 
     # A trusted key (argument, else $DFX_PUBLIC_KEY) refuses unsigned or foreign bundles.

@@ -34,9 +34,9 @@ import numpy as np
 
 from dfx.bundle import sigmoid
 from dfx.images import describe, load_image
-from dfx.runtime.base import Runner
-from dfx.runtime.provenance import NOT_READ, Provenance, ProvenanceReader, combined_verdict
-from dfx.runtime.results import Result
+from dfx.runtime.runners.base import Runner
+from dfx.runtime.provenance.c2pa import NOT_READ, Provenance, ProvenanceReader, combined_verdict
+from dfx.runtime.scan.results import Result
 
 
 def default_workers() -> int:

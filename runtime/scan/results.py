@@ -35,7 +35,7 @@ class Result:
     precision: str  # "fp32" | "fp16" | "int8"
     model_sha256: str  # hash of the model file that produced the score
     error: str | None = None  # why this input has no score
-    # C2PA provenance (dfx.runtime.provenance), null when not read (off, no `c2pa` extra, no bytes):
+    # C2PA provenance (dfx.runtime.provenance.c2pa), null when not read (off, no `c2pa` extra, no bytes):
     c2pa: str | None = None  # "none" | "valid" | "trusted" | "invalid"
     c2pa_failures: str | None = None  # validation failure codes, "; "-joined, when invalid
     claim_generator: str | None = None  # the active manifest's claim generator

@@ -24,7 +24,7 @@ from typing import Any
 
 from dfx.bundle import ONNX_ROLES, Bundle, BundleError
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner
+from dfx.runtime.runners.base import Runner
 
 BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "keras")
 ALIASES = {"ov-cpu": "openvino", "ov": "openvino", "tensorrt": "trt"}
@@ -63,7 +63,7 @@ class Choice:
 
 
 def gpu_status() -> tuple[bool, str]:
-    from dfx.runtime import cuda
+    from dfx.runtime.runners import cuda
 
     return cuda.probe()
 
@@ -80,9 +80,9 @@ def ort_cuda_status() -> tuple[bool, str]:
 
 def openvino_status() -> tuple[bool, str]:
     try:
-        from dfx.runtime import openvino
+        from dfx.runtime.runners import openvino
     except ImportError:
-        return False, "openvino backend not available (dfx.runtime.openvino missing)"
+        return False, "openvino backend not available (dfx.runtime.runners.openvino missing)"
     try:
         ok = bool(openvino.available())
     except Exception as exc:  # a broken install must mean "unavailable", not a crash
@@ -197,7 +197,7 @@ def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
     path = os.fspath(bundle.file(choice.file))  # verified against the manifest here
     size = bundle.input_size
     if choice.backend == "trt":
-        from dfx.runtime.trt import TrtRunner
+        from dfx.runtime.runners.trt import TrtRunner
 
         entry = next(e for e in bundle.manifest["engines"] if _engine_name(e) == choice.file)
         return TrtRunner(
@@ -211,14 +211,14 @@ def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
             expected_sha256=choice.sha256,
         )
     if choice.backend in ("ort-cpu", "ort-cuda"):
-        from dfx.runtime.ort import OrtRunner
+        from dfx.runtime.runners.ort import OrtRunner
 
         return OrtRunner(path, device=choice.backend[4:], precision=choice.precision, input_size=size, threads=threads)
     if choice.backend == "openvino":
-        from dfx.runtime.openvino import OpenVinoRunner
+        from dfx.runtime.runners.openvino import OpenVinoRunner
 
         return OpenVinoRunner(path, precision=choice.precision, input_size=size, threads=threads)
-    from dfx.runtime.keras import KerasRunner
+    from dfx.runtime.runners.keras import KerasRunner
 
     return KerasRunner(path, input_size=size)
 
@@ -246,12 +246,12 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None) ->
                 notes.append(f"no GPU ({gpu[1]})" if name == "trt" or backend != "auto" else "")
                 continue
         if name == "trt":
-            from dfx.runtime import trt
+            from dfx.runtime.runners import trt
 
             if trt.installed_version() is None:
                 notes.append("TensorRT not installed")
                 continue
-            from dfx.runtime import cuda
+            from dfx.runtime.runners import cuda
 
             engines, refused = usable_engines(bundle, precisions, cuda.compute_capability(0), trt.installed_version())
             notes.extend(refused)
@@ -308,7 +308,7 @@ def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explici
     but after int8."""
     if "bf16" not in precisions:
         return precisions
-    from dfx.runtime.openvino import bf16_status, has_amx
+    from dfx.runtime.runners.openvino import bf16_status, has_amx
 
     ok, why = bf16_status()
     if explicit:

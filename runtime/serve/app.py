@@ -32,11 +32,11 @@ from dfx.errors import require
 fastapi = require("fastapi", "serve", "dfx serve")
 from fastapi import Request  # noqa: E402  (FastAPI resolves handler annotations in module globals)
 
-from dfx.runtime.results import Result
+from dfx.runtime.scan.results import Result
 from dfx.runtime.serve import oip
 from dfx.runtime.serve.batcher import DeadlineExceeded, NotReady, QueueFull
 from dfx.runtime.serve.config import ServeConfig
-from dfx.runtime.serve.model import LoadedModel
+from dfx.runtime.scan.model import LoadedModel
 from dfx.runtime.serve.service import ReloadError, Service
 
 access_log = logging.getLogger("dfx.serve.access")

@@ -38,8 +38,8 @@ import numpy as np
 
 from dfx.errors import DfxError
 from dfx.images import describe, load_image
-from dfx.runtime.results import Result
-from dfx.runtime.serve.model import LoadedModel
+from dfx.runtime.scan.results import Result
+from dfx.runtime.scan.model import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class DynamicBatcher:
 
     def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None,
                  provenance: Any = None):
-        from dfx.runtime.pipeline import default_workers
+        from dfx.runtime.scan.pipeline import default_workers
 
         self.config = config
         # A dfx.runtime.provenance.ProvenanceReader: encoded images get their C2PA columns read

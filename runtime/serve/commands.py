@@ -43,7 +43,7 @@ Needs the `serve` extra: pip install 'dfx[serve]' (plus `cpu` or `gpu` for the r
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.scan.select import ALIASES, BACKENDS, PRECISIONS
     from dfx.runtime.serve.batcher import BatchConfig
     from dfx.runtime.serve.config import DEFAULT_MODEL_NAME, ServeConfig
 
@@ -112,7 +112,7 @@ def serve_command(args: argparse.Namespace) -> int:
     require("uvicorn", "serve", "dfx serve")
     require("prometheus_client", "serve", "dfx serve")
     from dfx.bundle import Bundle
-    from dfx.runtime.select import plan
+    from dfx.runtime.scan.select import plan
     from dfx.runtime.serve.batcher import BatchConfig
     from dfx.runtime.serve.config import ServeConfig
     from dfx.runtime.serve.server import Listen, limit_malloc_arenas, serve

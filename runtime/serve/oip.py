@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import DfxError
-from dfx.runtime.results import Result
+from dfx.runtime.scan.results import Result
 
 BYTES_INPUT, PIXELS_INPUT = "images", "pixels"
 OUTPUTS = ("logits", "probability", "decision", "error")

@@ -17,7 +17,7 @@ from dfx.errors import DfxError
 from dfx.runtime.serve.batcher import DynamicBatcher
 from dfx.runtime.serve.config import ServeConfig
 from dfx.runtime.serve.metrics import ServeMetrics
-from dfx.runtime.serve.model import LoadedModel, load_model
+from dfx.runtime.scan.model import LoadedModel, load_model
 
 log = logging.getLogger("dfx.serve")
 
@@ -138,7 +138,7 @@ def _provenance_reader(config: ServeConfig) -> object | None:
     if not config.provenance:
         return None
     try:
-        from dfx.runtime.provenance import ProvenanceReader
+        from dfx.runtime.provenance.c2pa import ProvenanceReader
     except ImportError:  # a dfx without provenance support
         return None
     return ProvenanceReader.maybe(True, config.trust_anchors)

@@ -17,7 +17,8 @@ COMMAND_MODULES = (
     "dfx.trainer.commands",  # data synth, train, eval
     "dfx.export.commands",  # export
     "dfx.runtime.scan.commands",  # scan
-    "dfx.runtime.provenance.commands",  # c2pa sign, c2pa read
+    "dfx.runtime.provenance.commands",  # c2pa sign, c2pa read; the provenance flags of scan
+    "dfx.runtime.ray.commands",  # the Ray flags of scan (--engine ray)
     "dfx.runtime.serve.commands",  # serve
     "dfx.benchmarks.commands",  # bench
     "dfx.demo",  # demo

@@ -147,8 +147,8 @@ def engine_bundle(exported_bundle, tmp_path_factory):
 def test_tensorrt(engine_bundle, reference, precision):
     from dfx.runtime.scan.select import choose_runner
 
-    runner, reason = choose_runner(engine_bundle, "trt", precision)
-    assert runner.backend == "trt" and "matches this GPU" in reason
+    runner, choice = choose_runner(engine_bundle, "trt", precision)
+    assert runner.backend == "trt" and "matches this GPU" in choice.reason
     check_parity(runner, f"trt-{precision}", reference, Bundle.open(engine_bundle).threshold)
 
 

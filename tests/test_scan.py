@@ -164,10 +164,10 @@ def test_stopped_generator_resumes_in_process(exported_bundle, mixed_folder, tmp
     full, part = tmp_path / "full.csv", tmp_path / "part.csv"
     assert main(["scan", str(exported_bundle), str(folder), "--out", str(full), "--batch", "3", "--quiet"]) == 0
     bundle = Bundle.open(exported_bundle)
-    runner, _ = choose_runner(bundle)
+    runner, choice = choose_runner(bundle)
     with runner, ResultWriter(part) as writer:
         stream = iter_results(iter_image_files([folder]), runner, size=bundle.input_size, fit=bundle.fit,
-                              threshold=bundle.threshold, batch_size=3, model_sha256=runner.model_sha256)
+                              threshold=bundle.threshold, batch_size=3, model_sha256=choice.sha256)
         for _, result in zip(range(5), stream):
             writer.write(result)
         stream.close()  # the consumer stops: decoders are cancelled, nothing else is written

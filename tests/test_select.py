@@ -19,7 +19,8 @@ GPU, GPU_REASON = has_gpu()
 
 @pytest.mark.skipif(GPU, reason="this host has a GPU: auto would pick a GPU backend")
 def test_auto_on_cpu_takes_int8_and_says_why(exported_bundle):
-    runner, reason = choose_runner(exported_bundle)
+    runner, choice = choose_runner(exported_bundle)
+    reason = choice.reason
     assert runner.precision == "int8"
     assert runner.backend in ("openvino", "ort-cpu")
     assert reason.startswith(f"{runner.backend} int8 ")
@@ -27,7 +28,7 @@ def test_auto_on_cpu_takes_int8_and_says_why(exported_bundle):
     if runner.backend == "ort-cpu":
         assert "openvino" in reason  # says why OpenVINO was not taken
     bundle = Bundle.open(exported_bundle)
-    assert runner.model_sha256 == bundle.sha256("model.int8.cpu.onnx")  # the CPU's uint8 twin
+    assert choice.sha256 == bundle.sha256("model.int8.cpu.onnx")  # the CPU's uint8 twin
     assert "model.int8.cpu.onnx" in reason
     assert not runner.is_active  # choosing loads nothing
 
@@ -49,7 +50,8 @@ def test_cpu_int8_reads_the_uint8_twin_and_falls_back_without_it(exported_bundle
 
 
 def test_explicit_backend_and_precision(exported_bundle):
-    runner, reason = choose_runner(exported_bundle, "ort-cpu", "fp32")
+    runner, choice = choose_runner(exported_bundle, "ort-cpu", "fp32")
+    reason = choice.reason
     assert (runner.backend, runner.precision) == ("ort-cpu", "fp32")
     assert "model.onnx" in reason
     runner, _ = choose_runner(exported_bundle, "ort-cpu")
@@ -85,7 +87,8 @@ def test_unknown_names(exported_bundle):
 
 
 def test_unexported_bundle_falls_back_to_keras(trained_bundle):
-    runner, reason = choose_runner(trained_bundle)
+    runner, choice = choose_runner(trained_bundle)
+    reason = choice.reason
     assert runner.backend == "keras"
     assert "dfx export" in reason
     with pytest.raises(SelectError) as info:

@@ -99,7 +99,8 @@ def evaluate(config: EvalConfig) -> dict:
     samples = select_samples(bundle, config)
     from dfx.runtime.scan.select import choose_runner
 
-    runner, reason = choose_runner(bundle, config.backend, config.precision)
+    runner, choice = choose_runner(bundle, config.backend, config.precision)
+    reason = choice.reason
     logits, kept, errors = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers, progress=config.progress)
     if errors:
         print(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)

@@ -44,8 +44,6 @@ AI_SOURCE_TYPES = frozenset(
 # Ingredients whose content ends up in the asset: the edited original and composited parts.
 # inputTo (e.g. a reference image fed to a generator) does not put its pixels into the output.
 CARRIED_RELATIONSHIPS = frozenset({"parentOf", "componentOf"})
-STATES = ("none", "valid", "trusted", "invalid")
-VERDICTS = ("ai-declared", "conflict", "invalid-manifest", "fake", "real")
 # A manifest store whose JSON report is larger than this is refused (a row error, not a
 # memory spike): real stores are kilobytes, thumbnails included.
 MAX_REPORT_CHARS = 8 * 1024 * 1024
@@ -79,14 +77,6 @@ class Provenance:
 
 
 NOT_READ = Provenance(None)
-
-
-def with_provenance(result: Any, prov: Provenance) -> Any:
-    """`result` (a dfx Result) carrying `prov`'s columns and the combined verdict; its detector
-    fields are kept as they are. For screens that decode on their own (the service, Ray)."""
-    import dataclasses
-
-    return dataclasses.replace(result, **prov.columns(), verdict=combined_verdict(result.decision, prov.c2pa, prov.ai_declared))
 
 
 def combined_verdict(decision: str | None, c2pa: str | None, ai_declared: bool | None) -> str | None:

@@ -1,5 +1,7 @@
 """`dfx c2pa sign` and `dfx c2pa read`: sign the detector's finding into an image's C2PA
-manifest, and show what an image's manifest says (the same reader `dfx scan` uses)."""
+manifest, and show what an image's manifest says (the same reader `dfx scan` uses); and the
+provenance flags of `dfx scan` (--no-provenance, --trust-anchors), which plug this room's row
+hook into the scan."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from dfx.errors import DfxError
 
@@ -52,6 +55,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("images", metavar="IMAGE", nargs="+")
     r.add_argument("--trust-anchors", metavar="PEM", help="PEM file of trusted root certificates")
     r.set_defaults(handler=read_command)
+
+    scan = sub.choices.get("scan")
+    if scan is not None:  # dfx.cli registers the scan first
+        prov = scan.add_argument_group("C2PA provenance (pip install 'dfx[c2pa]'; see docs/c2pa.md)")
+        prov.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
+        prov.add_argument("--trust-anchors", metavar="PEM", help="PEM file of trusted root certificates: manifests signed under "
+                          "them read `trusted` (without it at most `valid`)")
+        scan.set_defaults(row_hook=scan_hook)
+
+
+def scan_hook(args: argparse.Namespace, say: Any) -> Any:
+    """The scan's row hook: C2PA columns when reading (said once when the c2pa extra is missing:
+    not fatal), else null columns and the detector's decision as the verdict."""
+    from dfx.runtime.provenance.hook import ProvenanceHook
+
+    hook = ProvenanceHook.maybe(not getattr(args, "no_provenance", False), getattr(args, "trust_anchors", None))
+    if not hook.reading and not getattr(args, "no_provenance", False):  # reading was asked for: the extra is missing
+        say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
+    return hook
 
 
 def sign_command(args: argparse.Namespace) -> int:

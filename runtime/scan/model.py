@@ -1,8 +1,10 @@
-"""The model a service runs: a bundle, its activated Runner, the threshold, and how to make rows.
+"""A loaded bundle model: the bundle, its activated Runner, what was chosen and why, the threshold.
 
-`load_model` opens and verifies the bundle (manifest and hashes), picks the runner as `dfx scan`
-does, activates it and checks it on one image before it may serve, so a reload that would fail
-on the first request fails here instead, while the old model keeps serving.
+The one object behind the Detector, the service (`dfx serve`) and Ray's inference actors.
+`load_model` opens and verifies the bundle (manifest, hashes, signature when a key is given),
+picks the runner as `dfx scan` does, activates it and, with `check=True`, runs it on one image
+first, so a reload that would fail on the first request fails here instead, while the old model
+keeps serving.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dfx.bundle import Bundle
 from dfx.errors import DfxError
 from dfx.runtime.runners.base import Runner
 from dfx.runtime.scan.results import Result
+from dfx.runtime.scan.rows import RowFactory, RowHook
+from dfx.runtime.scan.select import Choice
 
 
 class ModelLoadError(DfxError):
@@ -27,11 +31,9 @@ class ModelLoadError(DfxError):
 @dataclass(frozen=True)
 class LoadedModel:
     bundle: Bundle  # verified against its manifest when loaded
-    runner: Runner  # active; only the batcher's worker calls it
-    reason: str  # why choose_runner picked this backend, for the log
+    runner: Runner  # active
+    choice: Choice  # backend, precision, file and sha256 the runner loaded, and why
     threshold: float  # on the logit: logit >= threshold means "fake"
-    sha256: str  # of the model file the runner loaded: every row carries it
-    file: str  # bundle-relative name of that file
 
     @property
     def backend(self) -> str:
@@ -42,6 +44,18 @@ class LoadedModel:
         return self.runner.precision
 
     @property
+    def reason(self) -> str:  # why choose_runner picked this backend, for the log
+        return self.choice.reason
+
+    @property
+    def sha256(self) -> str:  # of the model file the runner loaded: every row carries it
+        return self.choice.sha256
+
+    @property
+    def file(self) -> str:  # bundle-relative name of that file
+        return self.choice.file
+
+    @property
     def input_size(self) -> tuple[int, int]:
         return self.bundle.input_size
 
@@ -49,17 +63,16 @@ class LoadedModel:
     def fit(self) -> str:
         return self.bundle.fit
 
-    def row(self, name: str, logit: float, provenance: Any = None) -> Result:
-        """A scored row, the same fields and values as a `dfx scan` row. `provenance` is the
-        image's dfx.runtime.provenance.Provenance (None: not read)."""
-        decision = "fake" if logit >= self.threshold else "real"
-        # The bundle's calibrated P(fake), as the scan pipeline uses.
-        return Result(path=name, logit=logit, probability=self.bundle.probability(logit), decision=decision, backend=self.backend,
-                      precision=self.precision, model_sha256=self.sha256, error=None, **_provenance(decision, provenance))
+    def rows(self, hook: RowHook | None = None) -> RowFactory:
+        """The factory of this model's rows (the bundle's calibrated P(fake), its threshold)."""
+        return RowFactory(self.backend, self.precision, self.sha256, self.threshold, self.bundle.probability, hook)
 
-    def error_row(self, name: str, error: str, provenance: Any = None) -> Result:
-        return Result(path=name, logit=None, probability=None, decision=None, backend=self.backend,
-                      precision=self.precision, model_sha256=self.sha256, error=error, **_provenance(None, provenance))
+    def row(self, name: str, logit: float, columns: dict[str, Any] | None = None, hook: RowHook | None = None) -> Result:
+        """A scored row, the same fields and values as a `dfx scan` row."""
+        return self.rows(hook).scored(name, logit, columns)
+
+    def error_row(self, name: str, error: str, columns: dict[str, Any] | None = None, hook: RowHook | None = None) -> Result:
+        return self.rows(hook).error(name, error, columns)
 
     def describe(self) -> dict[str, Any]:
         return {"bundle": os.fspath(self.bundle.root), "file": self.file, "sha256": self.sha256, "backend": self.backend,
@@ -69,58 +82,61 @@ class LoadedModel:
         self.runner.deactivate()
 
 
-def _provenance(decision: str | None, provenance: Any) -> dict[str, Any]:
-    """The row's C2PA columns and combined verdict, as `dfx scan` writes them (when this dfx has
-    provenance columns at all)."""
-    try:
-        from dfx.runtime.provenance.c2pa import NOT_READ, combined_verdict
-    except ImportError:
-        return {}
-    prov = provenance if provenance is not None else NOT_READ
-    return {"verdict": combined_verdict(decision, prov.c2pa, prov.ai_declared), **prov.columns()}
+def open_bundle(bundle: Bundle | str | os.PathLike, public_key: Any = None) -> Bundle:
+    """Open and verify a bundle; a trusted key (argument, else $DFX_PUBLIC_KEY) refuses unsigned
+    or foreign bundles. An opened Bundle is checked against the key only. `public_key=False`:
+    no signature check (the caller made it, e.g. Ray's driver before shipping the files)."""
+    from dfx.signing import trusted_key_from_env
+
+    key = None if public_key is False else public_key if public_key is not None else trusted_key_from_env()
+    if isinstance(bundle, Bundle):
+        if key is not None:
+            bundle.require_signature(key)
+        return bundle
+    return Bundle.open(bundle, public_key=key)
 
 
 def load_model(
-    bundle: str | os.PathLike,
+    bundle: Bundle | str | os.PathLike,
     backend: str = "auto",
     precision: str | None = None,
     *,
     threads: int | None = None,
     threshold: float | None = None,
     public_key: Any = None,
+    check: bool = True,
+    check_parity: bool = False,
 ) -> LoadedModel:
-    """Open, verify, activate and check a bundle's model. Raises ModelLoadError (or the
-    SelectError/BundleError DfxError that says why) and leaves nothing active on failure."""
-    from dfx.runtime.scan.select import choose_runner
-    from dfx.signing import trusted_key_from_env
+    """Open, verify, activate and (with `check`) check a bundle's model. Raises ModelLoadError
+    (or the SelectError/BundleError DfxError that says why) and leaves nothing active on failure.
 
-    # A trusted key (argument, else $DFX_PUBLIC_KEY) refuses unsigned or foreign bundles.
-    key = public_key if public_key is not None else trusted_key_from_env()
+    `check` runs one image of zeros through the model: a file that loads but cannot run (or gives
+    NaN) is refused. `check_parity` runs the bundle's parity sample through the chosen backend and
+    raises ParityCheckError when it misses its tolerance on this machine."""
+    from dfx.runtime.scan.select import choose_runner
+
+    name = os.fspath(bundle.root if isinstance(bundle, Bundle) else bundle)
     try:
-        opened = Bundle.open(bundle, public_key=key)
-        runner, reason = choose_runner(opened, backend, precision, threads=threads)
+        opened = open_bundle(bundle, public_key)
+        runner, choice = choose_runner(opened, backend, precision, threads=threads)
     except DfxError:
         raise
     except Exception as exc:  # a malformed manifest can fail in many ways: say which bundle
-        raise ModelLoadError(f"cannot open the bundle {os.fspath(bundle)}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"cannot open the bundle {name}: {type(exc).__name__}: {exc}") from exc
     try:
         runner.activate()
-        # One image of zeros through the model: a file that loads but cannot run (or gives
-        # NaN) is refused before it serves anyone.
-        height, width = opened.input_size
-        logit = float(runner.infer(np.zeros((1, height, width, 3), np.uint8))[0])
-        if not math.isfinite(logit):
-            raise ModelLoadError(f"{os.fspath(bundle)}: the model's check gave a non-finite logit ({logit})")
-    except Exception as exc:
+        if check:
+            height, width = opened.input_size
+            logit = float(runner.infer(np.zeros((1, height, width, 3), np.uint8))[0])
+            if not math.isfinite(logit):
+                raise ModelLoadError(f"{name}: the model's check gave a non-finite logit ({logit})")
+        if check_parity:
+            from dfx.runtime.scan.parity_check import require_parity
+
+            require_parity(opened, runner)
+    except BaseException as exc:
         runner.deactivate()
-        if isinstance(exc, DfxError):
+        if isinstance(exc, DfxError) or not isinstance(exc, Exception):
             raise
-        raise ModelLoadError(f"cannot start {os.fspath(bundle)} on {runner.backend}: {type(exc).__name__}: {exc}") from exc
-    return LoadedModel(
-        bundle=opened,
-        runner=runner,
-        reason=reason,
-        threshold=opened.threshold if threshold is None else float(threshold),
-        sha256=str(getattr(runner, "model_sha256", "")),
-        file=str(getattr(runner, "model_file", "")),
-    )
+        raise ModelLoadError(f"cannot start {name} on {runner.backend}: {type(exc).__name__}: {exc}") from exc
+    return LoadedModel(opened, runner, choice, opened.threshold if threshold is None else float(threshold))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dfx.bundle import ONNX_ROLES, Bundle, BundleError
@@ -57,6 +57,10 @@ class Choice:
     precision: str
     file: str  # bundle-relative name of the model file or engine
     sha256: str
+    reason: str = ""  # why, for logs: "ort-cpu int8 model.int8.cpu.onnx; no GPU (...)"
+
+    def __str__(self) -> str:
+        return self.reason or f"{self.backend} {self.precision} {self.file}"
 
 
 # ---- what this machine offers ----------------------------------------------------------------
@@ -328,15 +332,13 @@ def choose_runner(
     precision: str | None = None,
     *,
     threads: int | None = None,
-) -> tuple[Runner, str]:
-    """(an inactive Runner, a human reason such as "ort-cpu int8: ...; no GPU (...)").
+) -> tuple[Runner, Choice]:
+    """(an inactive Runner, the Choice: backend, precision, file, sha256 and the reason, such as
+    "ort-cpu int8 model.int8.cpu.onnx; no GPU (...)").
 
     The runner's file was verified against the manifest; activate it with `with runner:`.
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)
     chosen, why = plan(bundle, backend, precision)
-    runner = _make_runner(bundle, chosen, threads)
-    runner.model_sha256 = chosen.sha256  # type: ignore[attr-defined]  # carried into result rows
-    runner.model_file = chosen.file  # type: ignore[attr-defined]  # which file of the bundle, for reports
-    return runner, f"{chosen.backend} {why}"
+    return _make_runner(bundle, chosen, threads), replace(chosen, reason=f"{chosen.backend} {why}")

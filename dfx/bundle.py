@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dfx.forms import FORMS, ONNX_FORMS
 from dfx.errors import DfxError
 
 FORMAT = "dfx-bundle"
@@ -25,7 +26,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = ("real", "fake")  # index = model target; the logit scores "fake"
 # The manifest role of each ONNX form: export writes them, the runtime and the bench look them up.
-ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
+# The manifest roles of the ONNX forms (dfx.forms is the table).
+ONNX_ROLES = {name: FORMS[name].role for name in ONNX_FORMS}
 
 
 # Bounds for manifests from elsewhere: a hostile one must not make a reader allocate gigabytes

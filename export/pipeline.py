@@ -25,11 +25,12 @@ from dfx.datasets import DatasetError
 from dfx.export import data as export_data
 from dfx.export import int8, onnx_export, parity_report
 from dfx.export.onnx_export import FP32_TOLERANCE
+from dfx.forms import FORMS, ONNX_FORMS
 from dfx.parity import precision_of
 
-FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "cpu-int8": "model.int8.cpu.onnx"}
+FILES = {name: FORMS[name].file for name in ONNX_FORMS}  # dfx.forms is the table
 # The INT8 files and their activation type: TensorRT's symmetric int8, the CPU's uint8 twin.
-INT8_FORMS = {"int8": "int8", "cpu-int8": "uint8"}
+INT8_FORMS = {name: form.activations for name, form in FORMS.items() if form.activations}
 CALIBRATION_REPORT = "calibration.json"
 PARITY_REPORT = "parity.json"
 CACHE_DIR = "calibration-cache"
@@ -108,7 +109,7 @@ def _export_onnx_forms(bundle: Bundle, config: ExportConfig, keras_runner, log) 
     # ---- ONNX fp32 ------------------------------------------------------------------
     log(f"exporting {FILES['fp32']} (tf2onnx, opset {config.opset})")
     fp32_path = bundle.root / FILES["fp32"]
-    details = onnx_export.export_onnx(keras_runner._model, fp32_path, size, config.opset)
+    details = onnx_export.export_onnx(keras_runner.model, fp32_path, size, config.opset)
     ort_val = _run(_ort(fp32_path, "fp32", size, config), validation.images, config.batch_size)
     diff = onnx_export.validate(
         "ONNX fp32", keras_val, ort_val, FP32_TOLERANCE, validation.source,

@@ -28,7 +28,7 @@ emailProtection or documentSigning, an authority key identifier and an O= in the
 
 def register(sub: argparse._SubParsersAction) -> None:
     from dfx.runtime.provenance.c2pa import ALGORITHMS
-    from dfx.runtime.scan.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.scan.flags import add_backend_flags
 
     group = sub.add_parser("c2pa", help="C2PA Content Credentials: sign the finding into an image, read a manifest",
                            description="C2PA Content Credentials (pip install 'dfx[c2pa]').")
@@ -46,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="SIGNED", help="where the signed image goes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--trust-anchors", metavar="PEM", help="trusted roots for the read-back (then `trusted` instead of `valid`)")
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS) + sorted(ALIASES), help="as in dfx scan (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, help="as in dfx scan")
+    add_backend_flags(p, threads=False, public_key=False)
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's)")
     p.set_defaults(handler=sign_command)
 

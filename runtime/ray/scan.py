@@ -302,16 +302,14 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
         say(f"dfx scan: warning: {twice} inputs have more than one row in {out} (same input, same model: "
             "keep one row per path when reading)")
 
-    counts = {"images": len(written), "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    from dfx.runtime.scan.results import RowCounts
+
+    counts = RowCounts()
     verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real, as dfx scan counts them
     for row in written:
         if row.get("verdict") not in (None, "fake", "real"):
             verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
-        if row.get("error"):
-            counts["errors"] += 1
-        else:
-            counts["scored"] += 1
-            counts["fake" if row.get("decision") == "fake" else "real"] += 1
+        counts.add(row.get("decision"), row.get("error"))
     backends = sorted({f"{r['backend']} {r['precision']}" for r in written if r.get("backend")})
     return {
         **counts,

@@ -22,6 +22,15 @@ class KerasRunner(Runner):
         self.batch_size = batch_size
         self._model: Any = None
 
+    @property
+    def model(self) -> Any:
+        """The loaded keras.Model (while active): export converts this very object to ONNX."""
+        if self._model is None:
+            from dfx.runtime.runners.base import RunnerError
+
+            raise RunnerError(f"{self.name} is not active")
+        return self._model
+
     def _activate(self) -> None:
         require("tensorflow", "train", "the Keras reference runner")
         import keras

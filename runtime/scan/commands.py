@@ -42,7 +42,7 @@ with --resume to finish).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.scan.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.scan.flags import add_backend_flags
 
     p = sub.add_parser(
         "scan",
@@ -54,22 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by `dfx train`, ideally `dfx export`ed)")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders to scan")
     p.add_argument("--out", required=True, metavar="FILE", help="where rows go: FILE.jsonl or FILE.csv")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=list(BACKENDS) + sorted(ALIASES),
-        help="auto (default): a matching TensorRT engine, else ONNX Runtime CUDA, else OpenVINO/ONNX "
-        "Runtime CPU (INT8 where the bundle has it), else Keras; or force one",
-    )
-    p.add_argument("--precision", choices=PRECISIONS, help="force a model precision (default: the fastest the backend runs)")
-    p.add_argument("--batch", type=int, metavar="N", help="images per inference batch (default 32; --engine ray: 32 per CPU actor, 64 per GPU actor)")
+    add_backend_flags(p, batch="images per inference batch (default 32; --engine ray: 32 per CPU actor, 64 per GPU actor)",
+                      public_key="trusted public key: refuse a bundle that is unsigned or not signed by it (default: "
+                      "$DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
     p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU backends: inference threads (default: physical cores)")
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's); logit >= it means fake")
     p.add_argument("--extensions", metavar="EXT[,EXT...]", help="inside folders scan only files with these suffixes "
                    "(e.g. jpg,png); default: image suffixes plus any file whose first bytes are an image")
-    p.add_argument("--public-key", metavar="PEM", help="trusted public key: refuse a bundle that is unsigned or not "
-                   "signed by it (default: $DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
     p.add_argument("--check-parity", action="store_true", help="before scanning, run the bundle's parity sample through the "
                    "chosen backend on this machine and refuse to start when it misses its tolerance against Keras (exit 2)")
     p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
@@ -84,7 +75,7 @@ def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
     from dfx.images import parse_extensions, walk_images
     from dfx.runtime.scan.pipeline import iter_results
-    from dfx.runtime.scan.results import ResultWriter, output_format, read_results
+    from dfx.runtime.scan.results import ResultWriter, RowCounts, output_format, read_results
     from dfx.runtime.scan.select import choose_runner
 
     if args.batch is None:
@@ -124,7 +115,7 @@ def scan_command(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    counts = {"images": 0, "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    counts = RowCounts()
     threshold = bundle.threshold if args.threshold is None else args.threshold
     if getattr(args, "check_parity", False):
         from dfx.runtime.scan.parity_check import require_parity
@@ -150,14 +141,9 @@ def scan_command(args: argparse.Namespace) -> int:
             )
             for result in results:
                 writer.write(result)
-                counts["images"] += 1
+                counts.add(result.decision, result.error)
                 if hook is not None:
                     hook.tally(result)
-                if result.error is not None:
-                    counts["errors"] += 1
-                else:
-                    counts["scored"] += 1
-                    counts["fake" if result.decision == "fake" else "real"] += 1
                 bar.update(1)
                 if counts["images"] % 64 == 0:
                     bar.set_postfix(fake=counts["fake"], errors=counts["errors"], refresh=False)

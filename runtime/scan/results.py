@@ -106,6 +106,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class RowCounts(dict):
+    """The counts a scan summary reports: images, scored, fake, real, errors."""
+
+    def __init__(self) -> None:
+        super().__init__(images=0, scored=0, fake=0, real=0, errors=0)
+
+    def add(self, decision: str | None, error: str | None) -> None:
+        self["images"] += 1
+        if error:
+            self["errors"] += 1
+        else:
+            self["scored"] += 1
+            self["fake" if decision == "fake" else "real"] += 1
+
+
 def output_format(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:

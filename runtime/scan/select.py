@@ -24,6 +24,7 @@ from typing import Any
 
 from dfx.bundle import ONNX_ROLES, Bundle, BundleError
 from dfx.errors import DfxError
+from dfx.forms import FORMS
 from dfx.runtime.runners.base import Runner
 
 BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "keras")
@@ -41,8 +42,8 @@ PREFERENCE = {
 }
 # CPU backends read the uint8-activation twin of the INT8 file when the bundle has one (bundles
 # exported before it existed have only the symmetric file, which they also run).
-CPU_INT8_ROLE = ONNX_ROLES["cpu-int8"]
-CPU_BACKENDS = ("ort-cpu", "openvino")
+CPU_INT8_ROLE = FORMS["cpu-int8"].role
+CPU_BACKENDS = FORMS["cpu-int8"].runners  # ("ort-cpu", "openvino")
 
 
 class SelectError(DfxError):

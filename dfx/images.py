@@ -49,6 +49,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "BMP"),
 )
 SNIFF_BYTES = 16
+# The MIME type of each sniffed format (C2PA readers take one).
+MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp",
+              "WEBP": "image/webp"}
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 

@@ -117,20 +117,17 @@ def has_manifest_marker(data: bytes | bytearray | memoryview) -> bool:
     return view.find(b"jumb") >= 0 or view.find(b"c2pa") >= 0
 
 
+# The formats dfx decodes that carry C2PA manifests (c2pa reads no BMP).
+_C2PA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF")
+
+
 def sniff_mime(data: bytes) -> str | None:
-    """The MIME type from the first bytes, for the formats dfx decodes (None: unknown)."""
-    head = bytes(data[:16])
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None
+    """The MIME type from the first bytes (dfx.images' signatures), for the formats C2PA reads
+    (None: unknown or not one of them)."""
+    from dfx.images import MIME_TYPES, SNIFF_BYTES, sniff
+
+    fmt = sniff(bytes(data[:SNIFF_BYTES]))
+    return MIME_TYPES[fmt] if fmt in _C2PA_FORMATS else None
 
 
 def _read_pem(path: str | os.PathLike, what: str) -> str:

@@ -84,10 +84,8 @@ def ort_cuda_status() -> tuple[bool, str]:
 
 
 def openvino_status() -> tuple[bool, str]:
-    try:
-        from dfx.runtime.runners import openvino
-    except ImportError:
-        return False, "openvino backend not available (dfx.runtime.runners.openvino missing)"
+    from dfx.runtime.runners import openvino  # light: openvino itself is imported inside it
+
     try:
         ok = bool(openvino.available())
     except Exception as exc:  # a broken install must mean "unavailable", not a crash

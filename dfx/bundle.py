@@ -312,7 +312,7 @@ def check_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> Non
     if not isinstance(spec, dict):
         raise bad("input", "is missing")
     for key in ("height", "width"):
-        value = spec.get(key)
+        value: Any = spec.get(key)
         if not _is_int(value) or not 1 <= value <= MAX_INPUT_SIDE:
             raise bad(f"input.{key}", f"must be an integer in 1..{MAX_INPUT_SIDE}, not {str(value)[:40]}")
     if spec.get("fit") not in FIT_POLICIES:

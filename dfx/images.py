@@ -15,11 +15,14 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
 from dfx.errors import DfxError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 FIT_POLICIES = ("resize", "crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -385,7 +388,7 @@ def parse_extensions(text: str | None) -> tuple[str, ...] | None:
 
 
 def walk_images(
-    paths: list[str | os.PathLike], extensions: tuple[str, ...] | None = None
+    paths: Sequence[str | os.PathLike], extensions: tuple[str, ...] | None = None
 ) -> tuple[list[str], list[str]]:
     """(inputs to scan, files skipped) for files and folders (folders walked recursively, sorted).
 

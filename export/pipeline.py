@@ -458,7 +458,8 @@ def _validation_entry(diff: float, tolerance: float, against: str, images) -> di
 def _cache_key(source_id: dict, options: int8.CalibrationOptions, samples, size, fit: str) -> str:
     """Same model, same images, same method and options, same pixels -> same ranges."""
     payload = json.dumps(
-        {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples], "size": list(size), "fit": fit},
+        {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples],
+         "size": list(size), "fit": fit},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -300,10 +300,10 @@ def _source_types(manifest: dict[str, Any], manifests: dict[str, Any], depth: in
     for ingredient in manifest.get("ingredients") or []:
         if not isinstance(ingredient, dict) or ingredient.get("relationship", "componentOf") not in CARRIED_RELATIONSHIPS:
             continue
-        label = ingredient.get("active_manifest")
-        child = manifests.get(label) if isinstance(label, str) else None
-        if isinstance(child, dict) and label not in seen:
-            seen.add(label)
+        ref = ingredient.get("active_manifest")
+        child = manifests.get(ref) if isinstance(ref, str) else None
+        if isinstance(child, dict) and isinstance(ref, str) and ref not in seen:
+            seen.add(ref)
             yield from _source_types(child, manifests, depth + 1, seen)
 
 
@@ -325,7 +325,8 @@ class SigningIdentity:
     def from_files(cls, cert: str | os.PathLike, key: str | os.PathLike, alg: str = "es256", tsa_url: str | None = None) -> "SigningIdentity":
         chain, private = _read_pem(cert, "certificate chain"), _read_pem(key, "private key")
         if "-----BEGIN CERTIFICATE-----" not in chain:
-            raise ProvenanceError(f"{os.fspath(cert)} holds no PEM certificate", hint="--cert takes the PEM chain: signing certificate first, then intermediates")
+            raise ProvenanceError(f"{os.fspath(cert)} holds no PEM certificate",
+                                  hint="--cert takes the PEM chain: signing certificate first, then intermediates")
         if "PRIVATE KEY-----" not in private:
             raise ProvenanceError(f"{os.fspath(key)} holds no PEM private key", hint="--key takes an unencrypted PEM (PKCS#8) private key")
         if "ENCRYPTED PRIVATE KEY" in private:

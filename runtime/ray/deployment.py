@@ -57,7 +57,7 @@ def application(config: Any, *, replicas: int = 1, threads: int | None = None, g
 
             return create_app(self.serve_config)
 
-    return DfxServe.bind(config)
+    return DfxServe.bind(config)  # type: ignore[attr-defined]  # serve.deployment adds bind
 
 
 def app_builder(args: dict[str, str]) -> Any:

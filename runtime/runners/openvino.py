@@ -208,7 +208,8 @@ class OpenVinoRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(execution_precision=getattr(self, "execution_precision", EXECUTION_HINT[self.precision]), hint=self.hint, threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
+        info.update(execution_precision=getattr(self, "execution_precision", EXECUTION_HINT[self.precision]), hint=self.hint,
+                    threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
         return info
 
 

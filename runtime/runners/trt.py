@@ -174,7 +174,8 @@ class TrtRunner(Runner):
                 hint="rebuild engines on this machine with `dfx export --engine`",
             )
         self._engine = engine
-        inputs, outputs = [], []
+        inputs: list[str] = []
+        outputs: list[str] = []
         for i in range(engine.num_io_tensors):
             tname = engine.get_tensor_name(i)
             (inputs if engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT else outputs).append(tname)

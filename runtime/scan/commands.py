@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 from dfx.errors import DfxError
 from dfx.runtime.scan.rows import ScanHook

@@ -29,7 +29,7 @@ class Column:
     """A column a row hook adds to every row; `kind` says how a CSV cell reads back."""
 
     name: str
-    kind: str  # "text" | "flag" (true/false)
+    kind: str  # "text" | "flag" (true/false) | "number"
 
 
 # Hook columns, in the order rows carry them after the core columns (see register_columns).
@@ -48,6 +48,13 @@ def register_columns(*columns: Column) -> None:
 
 def hook_columns() -> tuple[str, ...]:
     return tuple(c.name for c in _HOOK_COLUMNS)
+
+
+def column_kinds() -> list[Column]:
+    """Every column of a row, in order, with its kind ("number" | "text" | "flag"), for writers
+    with a typed schema (Ray's Parquet shards)."""
+    numbers = ("logit", "probability")
+    return [Column(name, "number" if name in numbers else "text") for name in CORE_COLUMNS] + list(_HOOK_COLUMNS)
 
 
 @dataclass(frozen=True, init=False)
@@ -282,7 +289,7 @@ def _from_dict(row: Any) -> Result:
     path = row["path"]
     if not isinstance(path, str) or not path:
         raise TypeError("the row has no path")
-    kinds = {"text": text, "flag": flag}
+    kinds = {"text": text, "flag": flag, "number": num}
     return Result(
         path=path,
         logit=num(row.get("logit")),

@@ -279,7 +279,8 @@ class DynamicBatcher:
                 self._batch_done()
             except BaseException as exc:  # the worker must survive anything one batch does
                 model = self._model
-                rows = [(it.job, it.index, model.error_row(it.job.names[it.index], f"internal error: {exc}", hook=self.hook) if model else None) for it in items]
+                rows = [(it.job, it.index, model.error_row(it.job.names[it.index], f"internal error: {exc}", hook=self.hook) if model else None)
+                        for it in items]
                 self._settle(rows)
 
     def _next_batch(self) -> list[_Item] | None:
@@ -321,7 +322,8 @@ class DynamicBatcher:
             # A reload to another input size while these waited: their pixels no longer fit.
             misfit = [it for it in live if it.pixels.shape[:2] != tuple(model.input_size)]
             if misfit:
-                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], "the model was reloaded with another input size while this image waited; send it again", it.columns, self.hook)) for it in misfit])
+                reloaded = "the model was reloaded with another input size while this image waited; send it again"
+                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], reloaded, it.columns, self.hook)) for it in misfit])
                 live = [it for it in live if it.pixels.shape[:2] == tuple(model.input_size)]
                 if not live:
                     return

@@ -62,11 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long a batch waits for more images after its first (default %(default)s µs)")
     p.add_argument("--max-queue", type=int, default=b["max_queue_images"].default, metavar="N",
                    help="images admitted at once; more get 503 + Retry-After (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=b["timeout_s"].default, metavar="S", help="per-request deadline; later gets 504 (default %(default)g s)")
+    p.add_argument("--timeout", type=float, default=b["timeout_s"].default, metavar="S",
+                   help="per-request deadline; later gets 504 (default %(default)g s)")
     p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
     p.add_argument("--max-images", type=int, default=s["max_images"].default, metavar="N", help="images per request (default %(default)s)")
-    p.add_argument("--max-body-mb", type=float, default=s["max_body_bytes"].default / 2**20, metavar="MB", help="request body limit (default %(default)g MiB)")
-    p.add_argument("--drain-timeout", type=float, default=s["drain_timeout_s"].default, metavar="S", help="on SIGTERM, time for in-flight requests (default %(default)g s)")
+    p.add_argument("--max-body-mb", type=float, default=ServeConfig.max_body_bytes / 2**20, metavar="MB",
+                   help="request body limit (default %(default)g MiB)")
+    p.add_argument("--drain-timeout", type=float, default=s["drain_timeout_s"].default, metavar="S",
+                   help="on SIGTERM, time for in-flight requests (default %(default)g s)")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--token-file", metavar="FILE", help="require `Authorization: Bearer TOKEN`, TOKEN read from FILE")
     auth.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")

@@ -231,7 +231,7 @@ def _flatten(data: Any):
 def encode_infer_response(model_name: str, request: InferRequest, results: list[Result]) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of the response: JSON, or JSON + binary outputs when any is asked binary."""
     n = len(results)
-    columns = {
+    columns: dict[str, Any] = {
         "logits": np.array([r.logit if r.logit is not None else np.nan for r in results], np.float32),
         "probability": np.array([r.probability if r.probability is not None else np.nan for r in results], np.float32),
         "decision": [r.decision if r.error is None else "error" for r in results],

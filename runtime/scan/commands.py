@@ -17,7 +17,7 @@ flushed row by row): path, logit, probability, decision (fake/real), backend, pr
 model_sha256, error; then the C2PA provenance read from the same bytes (c2pa:
 none/valid/trusted/invalid, c2pa_failures, claim_generator, ai_declared, provenance_error; null
 without the c2pa extra or with --no-provenance) and the combined verdict (ai-declared, conflict,
-invalid-manifest, fake, real; the policy is in the README, "Provenance: C2PA").
+invalid-manifest, fake, real; the policy is in docs/c2pa.md).
 
 Inputs: files named on the command line are always scanned (a bad one gets an error row).
 Inside folders (walked recursively, in sorted order) a file is scanned when it has an image

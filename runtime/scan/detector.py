@@ -23,11 +23,14 @@ import threading
 from typing import Any, Iterable, Iterator
 
 from dfx.bundle import Bundle
-from dfx.runtime.runners.base import Runner
 from dfx.runtime.scan.model import LoadedModel, load_model
 from dfx.runtime.scan.pipeline import iter_results
 from dfx.runtime.scan.results import Result
 from dfx.runtime.scan.rows import RowHook
+
+
+def _from_model(name: str, doc: str = "") -> Any:
+    return property(lambda self: getattr(self.model, name), doc=doc or f"the loaded model's {name}")
 
 
 class Detector:
@@ -84,33 +87,14 @@ class Detector:
                            check=False, check_parity=check_parity)
         return cls(model, batch_size=batch_size, workers=workers, hook=hook)
 
-    @property
-    def bundle(self) -> Bundle:
-        return self.model.bundle
-
-    @property
-    def runner(self) -> Runner:
-        return self.model.runner
-
-    @property
-    def reason(self) -> str:  # why this backend was chosen, for logs
-        return self.model.reason
-
-    @property
-    def threshold(self) -> float:  # on the logit
-        return self.model.threshold
-
-    @property
-    def model_sha256(self) -> str:
-        return self.model.sha256
-
-    @property
-    def backend(self) -> str:
-        return self.runner.backend
-
-    @property
-    def precision(self) -> str:
-        return self.runner.precision
+    # The loaded model's identity, read through: the Detector adds batching and the row hook.
+    bundle = _from_model("bundle")
+    runner = _from_model("runner")
+    reason = _from_model("reason", "why this backend was chosen, for logs")
+    threshold = _from_model("threshold", "on the logit")
+    model_sha256 = _from_model("sha256", "of the model file every row carries")
+    backend = _from_model("backend")
+    precision = _from_model("precision")
 
     def scan(self, images: Iterable[Any]) -> Iterator[Result]:
         """Yield one Result per image (path, bytes, PIL image or array) as batches finish."""

@@ -108,7 +108,7 @@ class Bundle:
         the old manifest cannot hold for the new one, so it is removed: sign() again."""
         from dfx.signing import SIGNATURE
 
-        text = json.dumps(self.manifest, indent=2, sort_keys=False, default=_json_default)
+        text = json.dumps(self.manifest, indent=2, sort_keys=False, default=json_default)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             handle.write(text + "\n")
@@ -383,7 +383,7 @@ _DISTRIBUTIONS = {
 }
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     # numpy scalars and arrays, Paths
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()

@@ -3,7 +3,7 @@
     rows = run(bundle_dir, BenchConfig(...))["rows"]
 
 How a figure is made (so that ratios between rows are fair on a shared or noisy machine):
-- every runner is built through dfx.runtime.select (exactly what `dfx scan` runs), activated
+- every runner is built through dfx.runtime.scan.select (exactly what `dfx scan` runs), activated
   once, and kept active for the whole run; the Keras reference calls `model.predict(x,
   batch_size=N, verbose=0)`, as users call it (not predict_on_batch);
 - per batch size, each runner first runs `warmup` untimed batches, then the timed budget
@@ -11,7 +11,7 @@ How a figure is made (so that ratios between rows are fair on a shared or noisy 
   take turns slice by slice, so a burst of load from elsewhere hits every row alike;
 - a row's images/s is images / total timed seconds; p50/p95/p99 are per-batch latencies;
   `ratio_vs_keras` divides by the Keras row of the same batch size from the same run.
-End to end (`images=DIR`): the same runners behind dfx.runtime.pipeline.iter_results (the
+End to end (`images=DIR`): the same runners behind dfx.runtime.scan.pipeline.iter_results (the
 `dfx scan` pipeline: threaded JPEG decode + resize + batching), files cycled for the same
 budget; with the `c2pa` extra also an `e2e+c2pa` row per backend, the same pipeline reading
 each file's C2PA manifest as `dfx scan` does by default, in slices alternating with the plain
@@ -34,10 +34,10 @@ import numpy as np
 
 from dfx.bundle import ONNX_ROLES, Bundle
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner
-from dfx.runtime.keras import KerasRunner
+from dfx.runtime.runners.base import Runner
+from dfx.runtime.runners.keras import KerasRunner
 
-# bench backend name -> (dfx.runtime.select backend, precision). "keras" is handled apart.
+# bench backend name -> (dfx.runtime.scan.select backend, precision). "keras" is handled apart.
 BACKENDS: dict[str, tuple[str, str]] = {
     "keras": ("keras", "fp32"),
     "ort-fp32": ("ort-cpu", "fp32"),
@@ -115,7 +115,7 @@ class KerasPredictRunner(KerasRunner):
 def plan_backends(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
     """(the backends to run, {backend: why it is skipped}). Asked-for backends that cannot run
     are skipped with their reason, not fatal: one missing form must not lose the other rows."""
-    from dfx.runtime import select
+    from dfx.runtime.scan import select
 
     names = list(wanted) if wanted else list(BACKENDS)
     run, skipped = [], {}
@@ -138,17 +138,16 @@ def plan_backends(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[
     return run, skipped
 
 
-def make_runner(bundle: Bundle, name: str, threads: int | None) -> Runner:
-    from dfx.runtime.select import choose_runner
+def make_runner(bundle: Bundle, name: str, threads: int | None) -> tuple[Runner, str]:
+    """(the runner, the bundle file it runs)."""
+    from dfx.runtime.scan.select import choose_runner
 
     if name == "keras":
         keras_file = bundle.files_with_role("keras")[0]
-        runner = KerasPredictRunner(os.fspath(bundle.file(keras_file)), input_size=bundle.input_size, name="keras-predict")
-        runner.model_file = keras_file  # type: ignore[attr-defined]
-        return runner
+        return KerasPredictRunner(os.fspath(bundle.file(keras_file)), input_size=bundle.input_size, name="keras-predict"), keras_file
     backend, precision = BACKENDS[name]
-    runner, _ = choose_runner(bundle, backend, precision, threads=threads)
-    return runner
+    runner, choice = choose_runner(bundle, backend, precision, threads=threads)
+    return runner, choice.file
 
 
 # ---- measuring -----------------------------------------------------------------------------------
@@ -230,10 +229,11 @@ def measure_end_to_end(
     """Images/s through the `dfx scan` pipeline (threaded decode + batching + inference) beside
     pure inference of the same batch size, both in alternating slices, so the ratio holds
     under changing load. Each e2e slice is a fresh pipeline, so its fill time counts, as in a scan."""
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.provenance import ProvenanceReader
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.provenance.hook import ProvenanceHook
 
-    reader = ProvenanceReader.maybe(config.provenance)  # None: off, or no c2pa extra
+    reader = ProvenanceHook.maybe(config.provenance)  # the row hook `dfx scan` uses
+    reader = reader if reader.reading else None  # None: off, or no c2pa extra
     size = config.e2e_batch_size
     common = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=size)
     rounds = max(config.rounds, 1)
@@ -275,7 +275,7 @@ def measure_end_to_end(
                 for prov in ([None, reader] if round_index % 2 == 0 else [reader, None]) if reader is not None else [None]:
                     began = time.perf_counter()
                     count = 0
-                    for result in iter_results(sources(budget, by_count), runner, **common, provenance=prov):
+                    for result in iter_results(sources(budget, by_count), runner, **common, hook=prov):
                         count += 1
                         total["errors"] += result.error is not None and prov is None
                     side = total if prov is None else with_c2pa[name]
@@ -384,10 +384,11 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
     # two, so a burst of load from elsewhere during one measurement does not lower the limit.
     rates_before = _measure_rates(config) if config.roofline else None
     runners: dict[str, Runner] = {}
+    model_files: dict[str, str] = {}  # the bundle file each runner runs (CPU int8: the uint8 twin)
     rows: list[dict[str, Any]] = []
     for name in names:
         try:
-            runner = make_runner(bundle, name, config.threads)
+            runner, model_files[name] = make_runner(bundle, name, config.threads)
             runner.activate()
             runners[name] = runner
         except Exception as exc:
@@ -400,7 +401,7 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 batch = _input_batch(sample, bundle.input_size, batch_size, config.seed)
                 stats = measure_inference(runners, batch, config, progress=lambda: bar.update(1))
                 for name, stat in stats.items():
-                    rows.append(_row(name, runners[name], batch_size, "inference", stat))
+                    rows.append(_row(name, runners[name], model_files[name], batch_size, "inference", stat))
         _add_ratios(rows)
         extra: dict[str, Any] = {}
         trt_names = [n for n in runners if n.startswith("trt-")]
@@ -418,9 +419,9 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 stats = measure_end_to_end(e2e_runners, files, e2e_batch, bundle, config, progress=lambda: bar.update(1))
             for name, stat in stats.items():
                 c2pa = stat.pop("c2pa", None)
-                rows.append(_row(name, runners[name], config.e2e_batch_size, "e2e", stat))
+                rows.append(_row(name, runners[name], model_files[name], config.e2e_batch_size, "e2e", stat))
                 if c2pa is not None:
-                    rows.append(_row(name, runners[name], config.e2e_batch_size, "e2e+c2pa", c2pa))
+                    rows.append(_row(name, runners[name], model_files[name], config.e2e_batch_size, "e2e+c2pa", c2pa))
     finally:
         for runner in runners.values():
             runner.deactivate()
@@ -446,13 +447,13 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
     return result
 
 
-def _row(name: str, runner: Runner, batch: int, mode: str, stat: dict[str, Any]) -> dict[str, Any]:
+def _row(name: str, runner: Runner, file: str, batch: int, mode: str, stat: dict[str, Any]) -> dict[str, Any]:
     return {
         "mode": mode,  # "inference": pixels already in memory; "e2e": JPEG files through dfx scan's pipeline
         "backend_name": name,
         "backend": runner.backend,
         "precision": runner.precision,  # what ran: OpenVINO pins and reads back its execution precision
-        "file": getattr(runner, "model_file", None),  # the bundle file it ran (CPU int8: the uint8 twin)
+        "file": file,  # the bundle file it ran (CPU int8: the uint8 twin)
         "batch": batch,
         **stat,
         "ratio_vs_keras": None,

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from dfx.bundle import tool_versions
-from dfx.runtime.base import cpu_flags, cpu_model  # noqa: F401  (part of this module's machine section)
+from dfx.runtime.runners.base import cpu_flags, cpu_model  # noqa: F401  (part of this module's machine section)
 
 # Every framework a bench row can use, plus the ones that made the bundle's files.
 FRAMEWORKS = ("numpy", "onnxruntime", "openvino", "tensorflow", "keras", "onnx", "tensorrt", "cuda-python", "pillow")
@@ -22,7 +22,7 @@ FRAMEWORKS = ("numpy", "onnxruntime", "openvino", "tensorflow", "keras", "onnx",
 
 def cores() -> tuple[int, int]:
     """(physical, logical) cores available to this process."""
-    from dfx.runtime.base import physical_cores
+    from dfx.runtime.runners.base import physical_cores
 
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(physical_cores(), logical), logical

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from _c2pa_certs import created, make_pki, sign, tamper_jpeg_pixels
 
     from dfx.cli import main as dfx
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")

@@ -33,9 +33,10 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files, load_image, read_bytes
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.provenance import ProvenanceReader
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.provenance.c2pa import ProvenanceReader
+    from dfx.runtime.provenance.hook import ProvenanceHook
+    from dfx.runtime.scan.select import choose_runner
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     files = iter_image_files([args.images])
     if args.limit:  # spread over real and fake: every k-th file
         files = files[:: max(1, len(files) // args.limit)][: args.limit]
-    reader = ProvenanceReader()
+    reader = ProvenanceHook(ProvenanceReader())
     runner, reason = choose_runner(bundle, args.backend, args.precision)
     common = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=args.batch)
     passes: list[dict] = []
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for pair in range(args.pairs):
             for on in ((False, True) if pair % 2 == 0 else (True, False)):
                 wall, cpu = time.perf_counter(), time.process_time()
-                rows = list(iter_results(files, runner, **common, provenance=reader if on else None))
+                rows = list(iter_results(files, runner, **common, hook=reader if on else None))
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 states = {r.c2pa for r in rows}
                 passes.append({"pair": pair, "provenance": on, "images": len(rows), "images_per_s": round(len(rows) / wall, 2),

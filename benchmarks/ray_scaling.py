@@ -25,7 +25,7 @@ from typing import Any
 
 
 def _cpu() -> str:
-    from dfx.runtime.base import cpu_model
+    from dfx.runtime.runners.base import cpu_model
 
     return cpu_model()
 
@@ -38,8 +38,8 @@ def _scan(cmd: list[str]) -> dict[str, Any]:
 
 
 def end_to_end(bundle: str, images: str, rounds: int, backend: str, work: Path) -> dict[str, Any]:
-    from dfx.runtime.ray import read_shards
-    from dfx.runtime.results import read_results
+    from dfx.runtime.ray.scan import read_shards
+    from dfx.runtime.scan.results import read_results
 
     base = [sys.executable, "-m", "dfx", "scan", bundle, images, "--backend", backend]
     engines = ["local", "ray"]
@@ -77,7 +77,7 @@ def stages(bundle_dir: str, images: str, backend: str, rounds: int = 2) -> dict[
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     from dfx.bundle import Bundle
-    from dfx.runtime.ray import InferActor, bundle_payload, decode_batch, expand_inputs, start_ray
+    from dfx.runtime.ray.scan import InferActor, bundle_payload, decode_batch, expand_inputs, start_ray
 
     bundle = Bundle.open(bundle_dir)
     # Three passes over the files: long enough that worker start-up (imports, model load) is a

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any
 
-from dfx.bundle import _json_default
+from dfx.bundle import json_default
 
 COLUMNS = (  # (header, row key, format)
     ("mode", "mode", "{}"),
@@ -102,7 +102,7 @@ def text(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
     with open(path, "w") as handle:
-        json.dump(result, handle, indent=2, default=_json_default)
+        json.dump(result, handle, indent=2, default=json_default)
         handle.write("\n")
 
 

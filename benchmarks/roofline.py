@@ -234,14 +234,14 @@ def measure_bf16_gemm(n: int = 1024, seconds: float = 1.0, threads: int | None =
     """bfloat16 GEMM through OpenVINO's CPU plugin (MatMul pinned to bf16), or None where the CPU
     has no native bf16 or OpenVINO is missing."""
     try:
-        from dfx.runtime.openvino import bf16_status
+        from dfx.runtime.runners.openvino import bf16_status
 
         if not bf16_status()[0]:
             return None
         import openvino as ov
         import openvino.opset13 as ops
 
-        from dfx.runtime.base import physical_cores
+        from dfx.runtime.runners.base import physical_cores
 
         rng = np.random.default_rng(0)
         a = ops.parameter([n, n], ov.Type.f32)

@@ -36,8 +36,8 @@ def agreement(bundle_dir: str, rows_path: str, threshold: float | None = None, b
     from dfx import parity
     from dfx.bundle import Bundle
     from dfx.images import load_image
-    from dfx.runtime.keras import KerasRunner
-    from dfx.runtime.results import read_results
+    from dfx.runtime.runners.keras import KerasRunner
+    from dfx.runtime.scan.results import read_results
 
     bundle = Bundle.open(bundle_dir)
     rows = read_results(rows_path)

@@ -40,7 +40,7 @@ UNANSWERED: list[str] = []  # what the client saw instead of an answer, for the 
 
 
 def cpu_name() -> str:
-    from dfx.runtime.base import cpu_model
+    from dfx.runtime.runners.base import cpu_model
 
     return cpu_model()
 

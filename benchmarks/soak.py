@@ -36,7 +36,7 @@ import numpy as np
 
 
 def cpu_name() -> str:
-    from dfx.runtime.base import cpu_model
+    from dfx.runtime.runners.base import cpu_model
 
     return cpu_model()
 
@@ -148,7 +148,7 @@ def _soak(name: str, workers: int, work: Callable[[int, Tally, threading.Event],
 
 
 def soak_detector(bundle: str, seconds: float, threads: int, window: float, backend: str, batch: int) -> dict[str, Any]:
-    from dfx.runtime.detector import Detector
+    from dfx.runtime.scan.detector import Detector
 
     with Detector.load(bundle, backend=backend, workers=2) as detector:
         size = detector.bundle.input_size[0]

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dfx.forms import FORMS, ONNX_FORMS
 from dfx.errors import DfxError
 
 FORMAT = "dfx-bundle"
@@ -25,7 +26,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = ("real", "fake")  # index = model target; the logit scores "fake"
 # The manifest role of each ONNX form: export writes them, the runtime and the bench look them up.
-ONNX_ROLES = {"fp32": "onnx-fp32", "fp16": "onnx-fp16", "int8": "onnx-int8", "cpu-int8": "onnx-cpu-int8"}
+# The manifest roles of the ONNX forms (dfx.forms is the table).
+ONNX_ROLES = {name: FORMS[name].role for name in ONNX_FORMS}
 
 
 # Bounds for manifests from elsewhere: a hostile one must not make a reader allocate gigabytes
@@ -106,7 +108,7 @@ class Bundle:
         the old manifest cannot hold for the new one, so it is removed: sign() again."""
         from dfx.signing import SIGNATURE
 
-        text = json.dumps(self.manifest, indent=2, sort_keys=False, default=_json_default)
+        text = json.dumps(self.manifest, indent=2, sort_keys=False, default=json_default)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             handle.write(text + "\n")
@@ -310,7 +312,7 @@ def check_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> Non
     if not isinstance(spec, dict):
         raise bad("input", "is missing")
     for key in ("height", "width"):
-        value = spec.get(key)
+        value: Any = spec.get(key)
         if not _is_int(value) or not 1 <= value <= MAX_INPUT_SIDE:
             raise bad(f"input.{key}", f"must be an integer in 1..{MAX_INPUT_SIDE}, not {str(value)[:40]}")
     if spec.get("fit") not in FIT_POLICIES:
@@ -381,7 +383,7 @@ _DISTRIBUTIONS = {
 }
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     # numpy scalars and arrays, Paths
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()

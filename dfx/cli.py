@@ -16,8 +16,9 @@ from dfx.errors import DfxError
 COMMAND_MODULES = (
     "dfx.trainer.commands",  # data synth, train, eval
     "dfx.export.commands",  # export
-    "dfx.runtime.commands",  # scan
-    "dfx.runtime.c2pa_commands",  # c2pa sign, c2pa read
+    "dfx.runtime.scan.commands",  # scan
+    "dfx.runtime.provenance.commands",  # c2pa sign, c2pa read; the provenance flags of scan
+    "dfx.runtime.ray.commands",  # the Ray flags of scan (--engine ray)
     "dfx.runtime.serve.commands",  # serve
     "dfx.benchmarks.commands",  # bench
     "dfx.demo",  # demo

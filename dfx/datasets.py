@@ -99,7 +99,7 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images_under(folder: Path) -> list[str]:
-    found = []
+    found: list[str] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(os.path.join(root, f) for f in sorted(files) if is_image_path(f) and not f.startswith("."))
@@ -120,7 +120,7 @@ def _label_tree(root: Path) -> list[Sample]:
 
 
 def _mapped_folders(root: Path, real: list[str], fake: list[str]) -> list[Sample]:
-    samples = []
+    samples: list[Sample] = []
     for names, label in ((real, 0), (fake, 1)):
         for name in names:
             folder = root / name
@@ -161,7 +161,8 @@ def split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0) -> tu
     for sample in sorted(samples, key=lambda s: s.path):
         strata.setdefault((sample.label, sample.group), []).append(sample)
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[Sample] = []
+    val: list[Sample] = []
     for key in sorted(strata):
         members = strata[key]
         order = rng.permutation(len(members))

@@ -1,4 +1,23 @@
-"""Typed errors. The CLI prints a DfxError as one line (plus its hint), never a traceback."""
+"""Typed errors. The CLI prints a DfxError as one line (plus its hint) and exits 2, never a traceback.
+
+Every error dfx raises on purpose is a DfxError; each room defines its own beside the code that
+raises it:
+
+    DfxError                          an error a user can act on; `hint` says what to try
+    ├── MissingExtraError (ImportError)   an optional framework is missing: the pip extra to install
+    ├── dfx: BundleError (bundle: manifest, hashes, paths), SignatureError (signing),
+    │        ImageError (images: one input's reason), DatasetError (datasets),
+    │        ParityError (parity: a form misses its tolerance)
+    ├── trainer: TrainingError
+    ├── export: ExportError, ValidationError (onnx_export: a form against Keras, with the
+    │           measured difference), CalibrationError (int8), EngineBuildError (tensorrt)
+    ├── runtime/runners: RunnerError (base), CudaError (cuda: carries the binding's error code)
+    ├── runtime/scan: SelectError (select), ModelLoadError (model), ParityCheckError (parity_check)
+    ├── runtime/serve: ServeConfigError (config), QueueFull, DeadlineExceeded, NotReady
+    │                  (batcher: 503/504), OipError (oip: a 400 with the field), ReloadError (service)
+    ├── runtime/provenance: ProvenanceError (c2pa)
+    └── benchmarks: BenchError (harness)
+"""
 
 from __future__ import annotations
 

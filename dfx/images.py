@@ -15,11 +15,14 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
 from dfx.errors import DfxError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 FIT_POLICIES = ("resize", "crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -49,6 +52,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "BMP"),
 )
 SNIFF_BYTES = 16
+# The MIME type of each sniffed format (C2PA readers take one).
+MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp",
+              "WEBP": "image/webp"}
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -382,7 +388,7 @@ def parse_extensions(text: str | None) -> tuple[str, ...] | None:
 
 
 def walk_images(
-    paths: list[str | os.PathLike], extensions: tuple[str, ...] | None = None
+    paths: Sequence[str | os.PathLike], extensions: tuple[str, ...] | None = None
 ) -> tuple[list[str], list[str]]:
     """(inputs to scan, files skipped) for files and folders (folders walked recursively, sorted).
 

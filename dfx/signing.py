@@ -54,10 +54,8 @@ def load_private_key(path: str | os.PathLike) -> Any:
     password = os.environ.get(PASSWORD_ENV)
     secret = password.encode() if password else None
     try:
-        if b"OPENSSH PRIVATE KEY" in data:
-            key = serialization.load_ssh_private_key(data, secret)
-        else:
-            key = serialization.load_pem_private_key(data, secret)
+        key: Any = (serialization.load_ssh_private_key(data, secret) if b"OPENSSH PRIVATE KEY" in data
+                    else serialization.load_pem_private_key(data, secret))  # which kinds are accepted is checked below
     except (ValueError, TypeError) as exc:
         raise SignatureError(
             f"cannot read the signing key {os.fspath(path)} ({exc})",
@@ -81,10 +79,9 @@ def load_public_key(source: Any) -> Any:
         data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_key_file(source)
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the public key"
         try:
-            if data.lstrip().startswith((b"ssh-", b"ecdsa-")):
-                key = serialization.load_ssh_public_key(data.strip())
-            else:
-                key = serialization.load_pem_public_key(data)
+            loaded: Any = (serialization.load_ssh_public_key(data.strip()) if data.lstrip().startswith((b"ssh-", b"ecdsa-"))
+                           else serialization.load_pem_public_key(data))
+            key = loaded  # which kinds are accepted is checked below
         except (ValueError, TypeError) as exc:
             raise SignatureError(
                 f"cannot read {name} as a public key ({exc})",

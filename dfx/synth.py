@@ -62,7 +62,8 @@ def generate(out_dir: str | os.PathLike, n: int = 400, size: int = 64, seed: int
         key = f"{label}/{group}"
         counts[key] = counts.get(key, 0) + 1
     real = sum(v for k, v in counts.items() if k.startswith("real/"))
-    return {"root": str(root.resolve()), "images": n, "real": real, "fake": n - real, "size": size, "seed": seed, "groups": dict(sorted(counts.items()))}
+    return {"root": str(root.resolve()), "images": n, "real": real, "fake": n - real, "size": size, "seed": seed,
+            "groups": dict(sorted(counts.items()))}
 
 
 # ---- content ------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dfx.forms import FORMS
+
 DESCRIPTION = """\
 Turn a trained bundle into its optimized forms and prove each one against the Keras model.
 
@@ -94,7 +96,35 @@ def _positive(text: str) -> int:
     return value
 
 
+# Flags that only apply with another: given without it they would be silently ignored, so they
+# are refused. (flag, its argparse dest, the flag it needs, the dest of that.)
+NEEDS = tuple(
+    (flag, flag[2:].replace("-", "_"), needs, needs[2:])
+    for needs, flags in (
+        (FORMS["int8"].export_flag or "--int8", ("--calib", "--calib-count", "--calib-method", "--calib-seed", "--recalibrate",
+                                                  "--quantize-first-conv", "--int8-float-convs")),
+        ("--engine", ("--lean", "--max-batch", "--opt-batch")),
+    )
+    for flag in flags
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag that does not apply to what was asked (e.g. --calib without --int8). A flag
+    counts as given when its value differs from the default `dfx export --help` shows."""
+    from dfx.errors import DfxError
+    from dfx.export.pipeline import ExportConfig
+
+    fields = ExportConfig.__dataclass_fields__
+    for flag, dest, needs, needed in NEEDS:
+        value = getattr(args, dest, None)
+        field = fields.get("float_convs" if dest == "int8_float_convs" else dest)
+        if value not in (None, False) and (field is None or value != field.default) and not getattr(args, needed, False):
+            raise DfxError(f"{flag} applies only with {needs}", hint=f"add {needs}, or drop {flag}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_flags(args)
     signing_key = None
     if getattr(args, "sign_key", None):
         from dfx.signing import load_private_key

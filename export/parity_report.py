@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from dfx import parity
-from dfx.runtime.base import Runner, run_batches
+from dfx.runtime.runners.base import Runner, run_batches
 
 HINTS = {
     "fp32": "the ONNX conversion is not faithful: try another --opset, and report it with the model",
@@ -79,9 +79,10 @@ def markdown_table(report: dict) -> str:
         auc = f"{entry['auc']:.4f}" if "auc" in entry else "n/a"
         keras_auc = f"{entry['auc_keras']:.4f}" if "auc_keras" in entry else "n/a"
         best = f"{entry['best_threshold']:.3f}" if "best_threshold" in entry else "n/a"
+        vouched = "yes" if entry.get("vouched") else "no"
         lines.append(
             f"| {entry['form']} | {entry.get('backend', '')} | {entry['max_abs_diff']:.2e} | {entry['mean_abs_diff']:.2e} "
-            f"| {entry['agreement']:.2%} | {auc} | {keras_auc} | {best} | {'yes' if entry['passed'] else 'NO'} | {'yes' if entry.get('vouched') else 'no'} |"
+            f"| {entry['agreement']:.2%} | {auc} | {keras_auc} | {best} | {'yes' if entry['passed'] else 'NO'} | {vouched} |"
         )
     return "\n".join(lines)
 

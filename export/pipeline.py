@@ -24,11 +24,12 @@ from dfx.bundle import ONNX_ROLES, Bundle, BundleError, tool_versions
 from dfx.datasets import DatasetError
 from dfx.export import data as export_data
 from dfx.export import int8, onnx_export, parity_report
+from dfx.forms import FORMS, ONNX_FORMS
 from dfx.parity import FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT, precision_of
 
-FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "cpu-int8": "model.int8.cpu.onnx"}
+FILES = {name: FORMS[name].file for name in ONNX_FORMS}  # dfx.forms is the table
 # The INT8 files and their activation type: TensorRT's symmetric int8, the CPU's uint8 twin.
-INT8_FORMS = {"int8": "int8", "cpu-int8": "uint8"}
+INT8_FORMS = {name: form.activations for name, form in FORMS.items() if form.activations}
 CALIBRATION_REPORT = "calibration.json"
 PARITY_REPORT = "parity.json"
 CACHE_DIR = "calibration-cache"
@@ -76,7 +77,7 @@ def export_bundle(bundle_dir: str | os.PathLike, config: ExportConfig, log: Call
     if not bundle.has("model.keras"):
         raise BundleError(f"{bundle.root} has no model.keras to export", hint="train one with `dfx train`")
     # The Keras model, loaded once: the export source and the parity reference.
-    from dfx.runtime.keras import KerasRunner
+    from dfx.runtime.runners.keras import KerasRunner
 
     keras_runner = KerasRunner(str(bundle.file("model.keras")), input_size=bundle.input_size, batch_size=config.batch_size)
     keras_runner.activate()
@@ -104,7 +105,7 @@ def _export_onnx_forms(bundle: Bundle, config: ExportConfig, keras_runner, log) 
     # ---- ONNX fp32 ------------------------------------------------------------------
     log(f"exporting {FILES['fp32']} (tf2onnx, opset {config.opset})")
     fp32_path = bundle.root / FILES["fp32"]
-    details = onnx_export.export_onnx(keras_runner._model, fp32_path, size, config.opset)
+    details = onnx_export.export_onnx(keras_runner.model, fp32_path, size, config.opset)
     ort_val = _run(_ort(fp32_path, "fp32", size, config), validation.images, config.batch_size)
     diff = onnx_export.validate(
         "ONNX fp32", keras_val, ort_val, FP32_TOLERANCE, validation.source,
@@ -366,7 +367,7 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
         bundle.save()
         built[precision] = name
 
-    from dfx.runtime.trt import TrtRunner  # helper R's runner; needs a GPU, imported only here
+    from dfx.runtime.runners.trt import TrtRunner  # helper R's runner; needs a GPU, imported only here
 
     forms = {
         f"trt{'-lean' if config.lean else ''}-{precision}": (
@@ -389,7 +390,7 @@ def _openvino_forms(bundle: Bundle, size, log) -> dict:
     """OpenVINO runs the same files with its own kernels, and `auto` picks it on CPU hosts, so
     parity.json vouches for what it runs too: fp32 and the int8 CPU twin pinned to f32, and
     bf16 where this CPU executes it natively (elsewhere it is not measured, and not vouched)."""
-    from dfx.runtime import openvino
+    from dfx.runtime.runners import openvino
 
     if not openvino.available():
         return {}
@@ -426,19 +427,19 @@ def _write_parity_sample(bundle: Bundle, images: np.ndarray, labels, reference: 
 
 
 def _cpu_name() -> str:
-    from dfx.runtime.base import cpu_model
+    from dfx.runtime.runners.base import cpu_model
 
     return cpu_model()
 
 
 def _ort(path, precision: str, size, config: ExportConfig):
-    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.runners.ort import OrtRunner
 
     return OrtRunner(str(path), device=config.ort_device, precision=precision, input_size=size)
 
 
 def _run(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
-    from dfx.runtime.base import run_batches
+    from dfx.runtime.runners.base import run_batches
 
     if runner.is_active:
         return run_batches(runner, images, batch_size)
@@ -453,7 +454,8 @@ def _validation_entry(diff: float, tolerance: float, against: str, images) -> di
 def _cache_key(source_id: dict, options: int8.CalibrationOptions, samples, size, fit: str) -> str:
     """Same model, same images, same method and options, same pixels -> same ranges."""
     payload = json.dumps(
-        {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples], "size": list(size), "fit": fit},
+        {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples],
+         "size": list(size), "fit": fit},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -10,7 +10,7 @@ gives them). No FP16/INT8 builder flags and no calibrator: TensorRT 11 removed b
 - TensorRT 11: networks are always strongly typed; the flag is kept but ignored, and
   `EXPLICIT_BATCH` no longer exists.
 
-The GPU is probed through dfx.runtime.cuda first: creating a TensorRT builder or runtime
+The GPU is probed through dfx.runtime.runners.cuda first: creating a TensorRT builder or runtime
 without a driver logs an error and the process may crash later, so we never get that far.
 """
 
@@ -43,10 +43,8 @@ class EngineSpec:
 def gpu_or_raise() -> str:
     """The compute capability ("9.0") of device 0, or EngineBuildError saying why not.
     Uses the CUDA runtime probe only; TensorRT is not imported until a GPU is known."""
-    try:
-        from dfx.runtime import cuda
-    except ImportError as exc:  # the runtime part not installed/importable
-        raise EngineBuildError(f"cannot probe for a GPU ({exc})", hint=TRT_HINT) from exc
+    from dfx.runtime.runners import cuda  # light: the binding is imported inside it
+
     ok, reason = cuda.probe()
     if not ok:
         raise EngineBuildError(f"TensorRT engines need an NVIDIA GPU: {reason}", hint=TRT_HINT)

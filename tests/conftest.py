@@ -30,7 +30,7 @@ def faces_dir() -> Path:
 def has_gpu() -> tuple[bool, str]:
     """(present, reason): probes the CUDA runtime without touching TensorRT."""
     try:
-        from dfx.runtime import cuda
+        from dfx.runtime.runners import cuda
     except ImportError as exc:
-        return False, f"dfx.runtime.cuda unavailable ({exc})"
+        return False, f"dfx.runtime.runners.cuda unavailable ({exc})"
     return cuda.probe()

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from dfx.benchmarks import harness, report
-from dfx.runtime import openvino
+from dfx.runtime.runners import openvino
 
 ROW_KEYS = {"backend", "precision", "batch", "images_per_s", "p50_ms", "p95_ms", "p99_ms", "ratio_vs_keras"}
 
@@ -121,7 +121,7 @@ def test_bench_imports_and_help_without_optional_frameworks():
     done = run_blocked(
         """
         import dfx.benchmarks.harness, dfx.benchmarks.roofline, dfx.benchmarks.report, dfx.benchmarks.machine
-        import dfx.runtime.openvino
+        import dfx.runtime.runners.openvino
         info = dfx.benchmarks.machine.machine_info()
         assert info['physical_cores'] >= 1 and 'onnxruntime' in info['frameworks']
         from dfx.cli import main

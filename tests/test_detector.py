@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfx.runtime.base import RunnerError
+from dfx.runtime.runners.base import RunnerError
 
 from dfx.images import load_image
-from dfx.runtime.detector import Detector
+from dfx.runtime.scan.detector import Detector
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,8 @@ def test_manifest_records_route_opset_tools_and_validation(exported_bundle):
 
 
 def test_onnx_matches_keras_at_any_batch_size(exported_bundle):
-    from dfx.runtime.keras import KerasRunner
-    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.runners.keras import KerasRunner
+    from dfx.runtime.runners.ort import OrtRunner
 
     batch = np.random.default_rng(3).integers(0, 256, size=(5, 64, 64, 3), dtype=np.uint8)
     with KerasRunner(str(exported_bundle / "model.keras")) as keras_runner, OrtRunner(exported_bundle / "model.onnx") as ort:

@@ -128,7 +128,7 @@ def test_npr_bundle_exports_and_its_int8_forms_pass_parity(npr_bundle, synth_dat
 
 def test_probability_is_the_calibrated_one(npr_bundle, synth_data):
     from dfx.bundle import Bundle, sigmoid
-    from dfx.runtime.detector import Detector
+    from dfx.runtime.scan.detector import Detector
 
     bundle = Bundle.open(npr_bundle)
     cal = bundle.manifest["calibration"]

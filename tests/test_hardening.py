@@ -226,7 +226,7 @@ def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
     """dfx scan on a tiny ONNX bundle: a PNG stored without a suffix gets a score, a text file
     is counted as skipped, and --extensions restricts the walk."""
     from dfx.cli import main
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
     from _hardening_bundle import make_onnx_bundle
 
     bundle = make_onnx_bundle(tmp_path / "bundle")
@@ -264,7 +264,7 @@ def test_scan_reports_extensionless_images_and_skipped_files(tmp_path, capsys):
     ],
 )
 def test_hostile_jsonl_rows_are_refused_with_a_dfx_error(tmp_path, text, why):
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
 
     path = tmp_path / "r.jsonl"
     path.write_text(text)
@@ -282,7 +282,7 @@ def test_hostile_jsonl_rows_are_refused_with_a_dfx_error(tmp_path, text, why):
     ],
 )
 def test_hostile_csv_is_refused_with_a_dfx_error(tmp_path, text, why):
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
 
     path = tmp_path / "r.csv"
     path.write_text(text)
@@ -293,7 +293,7 @@ def test_hostile_csv_is_refused_with_a_dfx_error(tmp_path, text, why):
 
 def test_an_unterminated_last_csv_row_is_a_cut_off_row_not_an_error(tmp_path):
     """A quote left open at the end is what a scan killed mid-write leaves: not a row, no error."""
-    from dfx.runtime.results import read_results
+    from dfx.runtime.scan.results import read_results
 
     path = tmp_path / "r.csv"
     path.write_text('path,logit\nok,1\n"unterminated\n')

@@ -18,7 +18,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def _runtime_modules() -> list[str]:
-    return sorted(f"dfx.runtime.{p.stem}" for p in (ROOT / "runtime").glob("*.py") if p.stem != "__init__")
+    root = ROOT / "runtime"
+    names = (p.relative_to(root).with_suffix("").parts for p in root.rglob("*.py"))
+    return sorted("dfx.runtime." + ".".join(n[:-1] if n[-1] == "__init__" else n) for n in names if n != ("__init__",))
 
 
 def test_blocker_blocks():

@@ -9,7 +9,7 @@ import pytest
 
 from dfx.bundle import Bundle
 from dfx.parity import precision_of
-from dfx.runtime import openvino
+from dfx.runtime.runners import openvino
 from test_runners import check_parity, reference  # noqa: F401  (the shared checker and its Keras reference fixture)
 
 needs_openvino = pytest.mark.skipif(not openvino.available(), reason="openvino is not installed (pip install 'dfx[openvino]')")
@@ -41,7 +41,7 @@ def test_parity_against_keras(exported_bundle, reference, precision, options):  
 def test_int8_matches_onnx_runtime_on_the_same_file(exported_bundle, reference, form):  # noqa: F811
     """No second calibration: OpenVINO runs the very Q/DQ file ORT runs, so the logits agree
     far more closely than either agrees with Keras."""
-    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.runners.ort import OrtRunner
 
     bundle = Bundle.open(exported_bundle)
     images = reference[0][:32]
@@ -75,7 +75,7 @@ def test_compiles_once_per_batch_shape_and_bounds_the_cache(exported_bundle, ref
 
 @needs_openvino
 def test_unreadable_model_is_a_runner_error(tmp_path):
-    from dfx.runtime.base import RunnerError
+    from dfx.runtime.runners.base import RunnerError
 
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file")
@@ -89,7 +89,7 @@ def test_without_the_extra_nothing_breaks_until_used(tmp_path):
 
     done = run_blocked(
         """
-        from dfx.runtime import openvino
+        from dfx.runtime.runners import openvino
         from dfx.errors import MissingExtraError
         assert openvino.available() is False
         runner = openvino.OpenVinoRunner('model.onnx', precision='int8')
@@ -146,8 +146,8 @@ def test_bf16_runs_bf16_and_meets_its_parity_tolerance(exported_bundle, referenc
 @needs_openvino
 def test_bf16_on_a_cpu_without_it_is_a_clear_error(exported_bundle, monkeypatch):
     """Simulates a CPU without native bf16 (the status function is what the CPU check reads)."""
-    from dfx.runtime import select
-    from dfx.runtime.base import RunnerError
+    from dfx.runtime.scan import select
+    from dfx.runtime.runners.base import RunnerError
 
     monkeypatch.setattr(openvino, "bf16_status", lambda: (False, "this CPU has no native bf16 (needs AVX512-BF16 or AMX)"))
     bundle = Bundle.open(exported_bundle)

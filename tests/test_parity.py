@@ -18,7 +18,7 @@ def parity(exported_bundle) -> dict:
 def test_parity_report_covers_every_onnx_form(parity, exported_bundle):
     from dfx.bundle import Bundle
 
-    from dfx.runtime import openvino
+    from dfx.runtime.runners import openvino
 
     onnx_runtime_forms = {"fp32", "fp16", "int8", "cpu-int8"}
     openvino_forms = {"openvino-fp32", "openvino-int8"} | ({"openvino-bf16"} if openvino.bf16_status()[0] else set())

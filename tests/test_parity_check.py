@@ -9,8 +9,8 @@ import pytest
 
 from dfx import parity
 from dfx.bundle import Bundle
-from dfx.runtime import parity_check
-from dfx.runtime.select import choose_runner
+from dfx.runtime.scan import parity_check
+from dfx.runtime.scan.select import choose_runner
 
 
 def test_the_bundle_carries_a_parity_sample_and_ort_passes_it(exported_bundle):

@@ -12,8 +12,8 @@ import pytest
 
 from _blocked import run_blocked
 from dfx.cli import main
-from dfx.runtime.provenance import AI_SOURCE_TYPES, Provenance, combined_verdict, has_manifest_marker, interpret
-from dfx.runtime.results import Result, ResultWriter, read_results
+from dfx.runtime.provenance.c2pa import AI_SOURCE_TYPES, Provenance, combined_verdict, has_manifest_marker, interpret
+from dfx.runtime.scan.results import Result, ResultWriter, read_results
 
 
 # ---- the policy (no c2pa needed) -----------------------------------------------------------------
@@ -141,7 +141,7 @@ EXPECTED = {
 
 
 def test_reader_states_with_and_without_trust_anchors(pki, signed_images):
-    from dfx.runtime.provenance import ProvenanceReader
+    from dfx.runtime.provenance.c2pa import ProvenanceReader
 
     _, paths = pki
     trusting, plain = ProvenanceReader(paths["root"]), ProvenanceReader()
@@ -163,7 +163,7 @@ def test_reader_states_with_and_without_trust_anchors(pki, signed_images):
 
 
 def test_bad_manifests_never_raise(pki, signed_images):
-    from dfx.runtime.provenance import read_provenance
+    from dfx.runtime.provenance.c2pa import read_provenance
 
     ai = signed_images["ai.jpg"].read_bytes()
     start = ai.find(b"jumb")
@@ -187,7 +187,7 @@ def test_bad_manifests_never_raise(pki, signed_images):
 
 
 def test_oversized_manifest_store_is_a_row_error(pki, signed_images, monkeypatch):
-    from dfx.runtime import provenance
+    from dfx.runtime.provenance import c2pa as provenance
 
     monkeypatch.setattr(provenance, "MAX_REPORT_CHARS", 200)  # the real cap is 8 MB of JSON; ours is a few kB
     prov = provenance.ProvenanceReader().read(signed_images["ai.jpg"].read_bytes())
@@ -195,7 +195,7 @@ def test_oversized_manifest_store_is_a_row_error(pki, signed_images, monkeypatch
 
 
 def test_trust_anchor_file_errors(tmp_path, pki):
-    from dfx.runtime.provenance import ProvenanceError, ProvenanceReader
+    from dfx.runtime.provenance.c2pa import ProvenanceError, ProvenanceReader
 
     (tmp_path / "empty.pem").write_text("no certificate here\n")
     with pytest.raises(ProvenanceError, match="no PEM certificate"):
@@ -251,7 +251,7 @@ def test_scan_conflict_when_trusted_capture_meets_a_fake_score(exported_bundle, 
 def test_detector_reads_provenance_from_bytes_and_paths(exported_bundle, pki, signed_images):
     from PIL import Image
 
-    from dfx.runtime.detector import Detector
+    from dfx.runtime.scan.detector import Detector
 
     _, paths = pki
     ai = signed_images["ai.jpg"]
@@ -274,7 +274,7 @@ def test_detector_reads_provenance_from_bytes_and_paths(exported_bundle, pki, si
 def test_c2pa_sign_reads_back_with_the_finding_and_catches_tampering(exported_bundle, pki, signed_images, tmp_path, capsys):
     from _c2pa_certs import tamper_jpeg_pixels
 
-    from dfx.runtime.provenance import DETECTION_LABEL, ProvenanceReader, read_detection
+    from dfx.runtime.provenance.c2pa import DETECTION_LABEL, ProvenanceReader, read_detection
 
     _, paths = pki
     signed = tmp_path / "signed.jpg"
@@ -329,7 +329,7 @@ def test_without_c2pa_scans_work_and_sign_names_the_extra(exported_bundle, signe
     result = run_blocked(
         f"""
         from dfx import cli
-        import dfx.runtime.provenance, dfx.runtime.pipeline, dfx.runtime.c2pa_commands
+        import dfx.runtime.provenance.c2pa, dfx.runtime.scan.pipeline, dfx.runtime.provenance.commands
         assert "c2pa" not in sys.modules and "cryptography" not in sys.modules
         code = cli.main(["scan", {str(exported_bundle)!r}, {str(signed_images["ai.jpg"])!r}, "--out", {str(out)!r}, "--backend", "ort-cpu"])
         assert code == 0, code

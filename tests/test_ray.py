@@ -21,8 +21,8 @@ from test_scan import make_mixed_folder  # noqa: E402
 
 from dfx.cli import main  # noqa: E402
 from dfx.errors import DfxError  # noqa: E402
-from dfx.runtime.ray import expand_inputs, read_shards  # noqa: E402
-from dfx.runtime.results import COLUMNS, read_results  # noqa: E402
+from dfx.runtime.ray.scan import expand_inputs, read_shards  # noqa: E402
+from dfx.runtime.scan.results import COLUMNS, read_results  # noqa: E402
 
 
 
@@ -181,8 +181,8 @@ def test_without_ray_the_cli_names_the_extra(exported_bundle, inbox, tmp_path):
     folder, _ = inbox
     result = run_blocked(
         f"""
-        import dfx.runtime.ray
-        assert "ray" not in sys.modules, "dfx.runtime.ray imported ray at module level"
+        import dfx.runtime.ray.scan
+        assert "ray" not in sys.modules, "dfx.runtime.ray.scan imported ray at module level"
         from dfx import cli
         sys.exit(cli.main(["scan", {str(exported_bundle)!r}, {str(folder)!r}, "--engine", "ray", "--out", {str(tmp_path / "o")!r}]))
         """,
@@ -201,7 +201,7 @@ def test_dfx_serve_app_on_ray_serve(exported_bundle, inbox, tmp_path, ray_addres
 
     from ray import serve
 
-    from dfx.runtime.ray_serve import application
+    from dfx.runtime.ray.deployment import application
     from dfx.runtime.serve.config import ServeConfig
 
     folder, _ = inbox

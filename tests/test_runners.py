@@ -15,7 +15,7 @@ from dfx import parity
 from dfx.bundle import Bundle
 from dfx.datasets import balanced_sample, splits_from_record
 from dfx.images import load_image
-from dfx.runtime.base import Runner, RunnerError, run_batches
+from dfx.runtime.runners.base import Runner, RunnerError, run_batches
 
 GPU, GPU_REASON = has_gpu()
 PARITY_IMAGES = 320
@@ -27,7 +27,7 @@ def reference(exported_bundle):
 
     Runner parity is about numerical faithfulness, not generalisation, so training images count
     too; a few hundred images make the 98% agreement bar mean more than "at most one flip"."""
-    from dfx.runtime.keras import KerasRunner
+    from dfx.runtime.runners.keras import KerasRunner
 
     bundle = Bundle.open(exported_bundle)
     train, val = splits_from_record(bundle.manifest["data"])
@@ -54,7 +54,7 @@ def check_parity(runner: Runner, form: str, reference, threshold: float) -> dict
 
 
 def ort(bundle: Bundle, role: str, precision: str, device: str = "cpu") -> Runner:
-    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.runners.ort import OrtRunner
 
     return OrtRunner(str(bundle.file(bundle.files_with_role(role)[0])), device=device, precision=precision, input_size=bundle.input_size)
 
@@ -86,7 +86,7 @@ def test_ort_cpu_int8_logits_are_those_of_a_default_session(exported_bundle, ref
 
 def test_chosen_runner_passes_too(exported_bundle, reference):
     """Whatever auto picks on this machine meets its precision's tolerance."""
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
 
     runner, _ = choose_runner(exported_bundle)
     check_parity(runner, f"{runner.backend}-{runner.precision}", reference, Bundle.open(exported_bundle).threshold)
@@ -110,7 +110,7 @@ gpu = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason=f"no GPU: {GPU_REASON
 
 
 def _ort_cuda_or_skip() -> None:
-    from dfx.runtime.select import ort_cuda_status
+    from dfx.runtime.scan.select import ort_cuda_status
 
     ok, why = ort_cuda_status()
     if not ok:
@@ -129,7 +129,7 @@ def test_ort_cuda(exported_bundle, reference, role, precision):
 @pytest.fixture(scope="module")
 def engine_bundle(exported_bundle, tmp_path_factory):
     """A copy of the exported bundle with TensorRT engines built on this GPU (fp16 and int8)."""
-    from dfx.runtime import trt
+    from dfx.runtime.runners import trt
 
     if trt.installed_version() is None:
         pytest.skip("TensorRT is not installed (pip install 'dfx[trt]')")
@@ -145,17 +145,17 @@ def engine_bundle(exported_bundle, tmp_path_factory):
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason=f"no GPU: {GPU_REASON}")
 def test_tensorrt(engine_bundle, reference, precision):
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
 
-    runner, reason = choose_runner(engine_bundle, "trt", precision)
-    assert runner.backend == "trt" and "matches this GPU" in reason
+    runner, choice = choose_runner(engine_bundle, "trt", precision)
+    assert runner.backend == "trt" and "matches this GPU" in choice.reason
     check_parity(runner, f"trt-{precision}", reference, Bundle.open(engine_bundle).threshold)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason=f"no GPU: {GPU_REASON}")
 def test_tensorrt_pipelined_graphs_and_timings(engine_bundle, reference):
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
 
     images = reference[0]
     runner, _ = choose_runner(engine_bundle, "trt", "fp16")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dfx.cli import main
-from dfx.runtime.results import ResultWriter, read_results
+from dfx.runtime.scan.results import ResultWriter, read_results
 
 
 def _good_images(synth_data: Path, count: int) -> list[Path]:
@@ -186,17 +186,17 @@ def test_stopped_generator_resumes_in_process(exported_bundle, mixed_folder, tmp
     """Stop the row stream midway (no subprocess), then --resume: same rows as one full scan."""
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.scan.select import choose_runner
 
     folder, _ = mixed_folder
     full, part = tmp_path / "full.csv", tmp_path / "part.csv"
     assert main(["scan", str(exported_bundle), str(folder), "--out", str(full), "--batch", "3", "--quiet"]) == 0
     bundle = Bundle.open(exported_bundle)
-    runner, _ = choose_runner(bundle)
+    runner, choice = choose_runner(bundle)
     with runner, ResultWriter(part) as writer:
         stream = iter_results(iter_image_files([folder]), runner, size=bundle.input_size, fit=bundle.fit,
-                              threshold=bundle.threshold, batch_size=3, model_sha256=runner.model_sha256)
+                              threshold=bundle.threshold, batch_size=3, model_sha256=choice.sha256)
         for _, result in zip(range(5), stream):
             writer.write(result)
         stream.close()  # the consumer stops: decoders are cancelled, nothing else is written
@@ -209,8 +209,8 @@ def test_runner_failure_becomes_error_rows(exported_bundle, mixed_folder):
     """A runner that rejects every batch (wrong input size) costs rows, not the scan."""
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files
-    from dfx.runtime.ort import OrtRunner
-    from dfx.runtime.pipeline import iter_results
+    from dfx.runtime.runners.ort import OrtRunner
+    from dfx.runtime.scan.pipeline import iter_results
 
     folder, expected = mixed_folder
     bundle = Bundle.open(exported_bundle)
@@ -229,8 +229,8 @@ def test_one_failed_batch_costs_its_rows_and_later_rows_stay_aligned(exported_bu
     and every other row carries the logit a clean run gives the same input."""
     from dfx.bundle import Bundle
     from dfx.images import iter_image_files
-    from dfx.runtime.ort import OrtRunner
-    from dfx.runtime.pipeline import iter_results
+    from dfx.runtime.runners.ort import OrtRunner
+    from dfx.runtime.scan.pipeline import iter_results
 
     class FailsOnce(OrtRunner):
         calls = 0
@@ -267,7 +267,7 @@ def test_one_failed_batch_costs_its_rows_and_later_rows_stay_aligned(exported_bu
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_resume_reading_cuts_a_half_written_row(tmp_path, suffix):
-    from dfx.runtime.results import Result, done_paths
+    from dfx.runtime.scan.results import Result, done_paths
 
     out = tmp_path / f"rows{suffix}"
     rows = [Result("a.jpg", 1.5, 0.82, "fake", "ort-cpu", "int8", "f" * 64), Result("b,\"odd\".jpg", None, None, None, "ort-cpu", "int8", "f" * 64, "empty file")]

@@ -11,15 +11,16 @@ import pytest
 from conftest import has_gpu
 from dfx.bundle import Bundle
 from dfx.errors import DfxError
-from dfx.runtime import select
-from dfx.runtime.select import SelectError, choose_runner, engine_mismatch, usable_engines
+from dfx.runtime.scan import select
+from dfx.runtime.scan.select import SelectError, choose_runner, engine_mismatch, usable_engines
 
 GPU, GPU_REASON = has_gpu()
 
 
 @pytest.mark.skipif(GPU, reason="this host has a GPU: auto would pick a GPU backend")
 def test_auto_on_cpu_takes_int8_and_says_why(exported_bundle):
-    runner, reason = choose_runner(exported_bundle)
+    runner, choice = choose_runner(exported_bundle)
+    reason = choice.reason
     assert runner.precision == "int8"
     assert runner.backend in ("openvino", "ort-cpu")
     assert reason.startswith(f"{runner.backend} int8 ")
@@ -27,7 +28,7 @@ def test_auto_on_cpu_takes_int8_and_says_why(exported_bundle):
     if runner.backend == "ort-cpu":
         assert "openvino" in reason  # says why OpenVINO was not taken
     bundle = Bundle.open(exported_bundle)
-    assert runner.model_sha256 == bundle.sha256("model.int8.cpu.onnx")  # the CPU's uint8 twin
+    assert choice.sha256 == bundle.sha256("model.int8.cpu.onnx")  # the CPU's uint8 twin
     assert "model.int8.cpu.onnx" in reason
     assert not runner.is_active  # choosing loads nothing
 
@@ -87,7 +88,8 @@ def test_auto_skips_forms_missing_from_parity(exported_bundle, tmp_path):
 
 
 def test_explicit_backend_and_precision(exported_bundle):
-    runner, reason = choose_runner(exported_bundle, "ort-cpu", "fp32")
+    runner, choice = choose_runner(exported_bundle, "ort-cpu", "fp32")
+    reason = choice.reason
     assert (runner.backend, runner.precision) == ("ort-cpu", "fp32")
     assert "model.onnx" in reason
     runner, _ = choose_runner(exported_bundle, "ort-cpu")
@@ -95,7 +97,7 @@ def test_explicit_backend_and_precision(exported_bundle):
 
 
 def test_openvino_alias(exported_bundle):
-    from dfx.runtime import openvino
+    from dfx.runtime.runners import openvino
 
     if not openvino.available():
         with pytest.raises(SelectError, match="openvino"):
@@ -123,7 +125,8 @@ def test_unknown_names(exported_bundle):
 
 
 def test_unexported_bundle_falls_back_to_keras(trained_bundle):
-    runner, reason = choose_runner(trained_bundle)
+    runner, choice = choose_runner(trained_bundle)
+    reason = choice.reason
     assert runner.backend == "keras"
     assert "dfx export" in reason
     with pytest.raises(SelectError) as info:
@@ -184,8 +187,8 @@ def test_engines_are_matched_and_tampered_ones_refused(exported_bundle, tmp_path
 
 
 def test_trt_runner_refuses_bytes_the_manifest_does_not_vouch_for(tmp_path):
-    from dfx.runtime.base import RunnerError
-    from dfx.runtime.trt import TrtRunner
+    from dfx.runtime.runners.base import RunnerError
+    from dfx.runtime.runners.trt import TrtRunner
 
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"not what was exported")
@@ -203,9 +206,9 @@ def test_runtime_imports_without_optional_frameworks():
 
     done = run_blocked(
         """
-        import dfx.runtime.cuda, dfx.runtime.trt, dfx.runtime.ort, dfx.runtime.select, dfx.runtime.pipeline
-        import dfx.runtime.results, dfx.runtime.detector, dfx.runtime.commands
-        from dfx.runtime import cuda
+        import dfx.runtime.runners.cuda, dfx.runtime.runners.trt, dfx.runtime.runners.ort, dfx.runtime.scan.select, dfx.runtime.scan.pipeline
+        import dfx.runtime.scan.results, dfx.runtime.scan.detector, dfx.runtime.scan.commands
+        from dfx.runtime.runners import cuda
         assert cuda.probe()[0] is False
         from dfx.cli import main
         try:

@@ -25,11 +25,11 @@ pytest.importorskip("uvicorn", reason="dfx serve needs the serve extra (pip inst
 httpx = pytest.importorskip("httpx", reason="the serve tests use httpx (pip install 'dfx[test]')")
 
 from dfx.images import load_image  # noqa: E402
-from dfx.runtime.detector import Detector  # noqa: E402
-from dfx.runtime.results import COLUMNS  # noqa: E402
+from dfx.runtime.scan.detector import Detector  # noqa: E402
+from dfx.runtime.scan.results import COLUMNS  # noqa: E402
 from dfx.runtime.serve.batcher import BatchConfig, DynamicBatcher, QueueFull  # noqa: E402
 from dfx.runtime.serve.config import ServeConfig  # noqa: E402
-from dfx.runtime.serve.model import load_model  # noqa: E402
+from dfx.runtime.scan.model import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = dict(backend="ort-cpu", precision="fp32")  # the same runner as the Detector reference

@@ -121,7 +121,7 @@ def test_saving_the_manifest_drops_the_stale_signature(signed, keys):
 
 
 def test_detector_load_checks_the_key(plain, signed, keys, monkeypatch):
-    from dfx.runtime.detector import Detector
+    from dfx.runtime.scan.detector import Detector
 
     with pytest.raises(BundleError, match="unsigned"):
         Detector.load(plain, backend="ort-cpu", public_key=keys["ed25519"][1])

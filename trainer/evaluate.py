@@ -2,7 +2,7 @@
 specificity, AUC-ROC) plus average precision, EER, TPR at 1 % FPR and the confusion matrix,
 overall and per generator/source.
 
-Inference goes through the Runner dfx.runtime.select.choose_runner picks (as `dfx scan` does),
+Inference goes through the Runner dfx.runtime.scan.select.choose_runner picks (as `dfx scan` does),
 fed by dfx.images.load_image: the same pixels as serving.
 """
 
@@ -97,9 +97,10 @@ def evaluate(config: EvalConfig) -> dict:
     ROC curve points (under "roc") for plotting."""
     bundle = Bundle.open(config.bundle)
     samples = select_samples(bundle, config)
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
 
-    runner, reason = choose_runner(bundle, config.backend, config.precision)
+    runner, choice = choose_runner(bundle, config.backend, config.precision)
+    reason = choice.reason
     logits, kept, errors = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers, progress=config.progress)
     if errors:
         print(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)

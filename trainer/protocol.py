@@ -31,6 +31,7 @@ import numpy as np
 
 from dfx import datasets, metrics
 from dfx.errors import DfxError
+from dfx.trainer.models import DEFAULT_ARCHITECTURE
 
 IN_DISTRIBUTION = "in-distribution"
 # Bump when the recipe behind a fold changes (models, augmentation, training loop), so finished
@@ -44,7 +45,7 @@ PERTURBATIONS = ("jpeg-q60", "blur-sigma1", "half-size", "crop-80", "mirror", "r
 class ProtocolConfig:
     data: tuple[str, ...]  # labelled roots pooled into one set (real/<source>, fake/<generator>)
     out: str  # folder for folds/, cache/, protocol.json and protocol.md
-    architecture: str = "npr_cnn"  # what is trained in every fold
+    architecture: str = DEFAULT_ARCHITECTURE  # what is trained in every fold
     size: int = 96  # model input side
     fit: str = "crop"  # the bundle's pixel policy (native-resolution centre crop)
     train_canvas: int | None = 128  # training images stored at this side; random size windows per step

@@ -38,6 +38,7 @@ from dfx import datasets, metrics
 from dfx.bundle import Bundle, tool_versions
 from dfx.errors import DfxError, require
 from dfx.images import FIT_POLICIES
+from dfx.trainer.models import DEFAULT_ARCHITECTURE
 
 MODEL_FILE = "model.keras"
 HISTORY_JSON = "history.json"
@@ -73,7 +74,7 @@ class TrainConfig:
     guard_epochs: int = 2  # epochs after which a constant output counts as a dead start
     max_restarts: int = 3  # fresh starts allowed after a dead start
     restart_lr_factor: float = 0.3  # each restart multiplies the learning rate by this
-    architecture: str = "npr_cnn"  # see dfx.trainer.models.ARCHITECTURES
+    architecture: str = DEFAULT_ARCHITECTURE  # see dfx.trainer.models.ARCHITECTURES
     # Training images are stored at this side (native-resolution centre crop) and each step takes
     # a random `size` window of them; None: stored at `size`, no random window.
     train_canvas: int | None = 128

@@ -38,12 +38,12 @@ def _warm(door: str) -> None:
         assert len(dfx.images.IMAGE_FORMATS) == 6
     elif door == "bundle":
         import dfx.bundle  # noqa: F401
-        import dfx.runtime.select  # noqa: F401
+        import dfx.runtime.scan.select  # noqa: F401
         import dfx.signing  # noqa: F401
     elif door == "results":
-        import dfx.runtime.results  # noqa: F401
+        import dfx.runtime.scan.results  # noqa: F401
     elif door == "provenance":
-        import dfx.runtime.provenance  # noqa: F401
+        import dfx.runtime.provenance.c2pa  # noqa: F401
     elif door == "serve":
         import dfx.runtime.serve.oip  # noqa: F401
     elif door == "http":

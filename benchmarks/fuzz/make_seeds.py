@@ -122,7 +122,7 @@ def bundle_seeds() -> dict[str, bytes]:
 
 
 def results_seeds() -> dict[str, bytes]:
-    from dfx.runtime.results import Result, ResultWriter
+    from dfx.runtime.scan.results import Result, ResultWriter
 
     rows = [
         Result("a.jpg", 1.25, 0.777, "fake", "ort-cpu", "int8", "ab" * 32, None),

@@ -81,7 +81,7 @@ def bundle(data: bytes) -> None:
     and without the trusted key, read every view a reader uses, and plan a backend."""
     from dfx.bundle import Bundle, BundleError
     from dfx.errors import DfxError
-    from dfx.runtime.select import plan, usable_engines
+    from dfx.runtime.scan.select import plan, usable_engines
 
     root = _bundle_folder()
     manifest, _, signature = data.partition(SIG_SEPARATOR)
@@ -120,7 +120,7 @@ def results(data: bytes) -> None:
     does (cutting a half-written row), then append a row and read it back: whatever an earlier
     run left, a resumed scan must either refuse with DfxError or append rows that read back."""
     from dfx.errors import DfxError
-    from dfx.runtime.results import Result, ResultWriter, read_results
+    from dfx.runtime.scan.results import Result, ResultWriter, read_results
 
     global _results_dir
     if _results_dir is None:
@@ -147,7 +147,7 @@ _reader = None
 
 def provenance(data: bytes) -> None:
     """Any bytes -> a Provenance; the reader never raises."""
-    from dfx.runtime.provenance import Provenance, ProvenanceReader, read_provenance
+    from dfx.runtime.provenance.c2pa import Provenance, ProvenanceReader, read_provenance
 
     global _reader
     if _reader is None:
@@ -241,7 +241,7 @@ def available(door: str) -> str | None:
     """None when the door's code and extras are here, else why not (for skips and the runner)."""
     import importlib.util
 
-    needs = {"provenance": ("c2pa", "dfx.runtime.provenance"), "serve": ("dfx.runtime.serve.oip",), "bundle": ("cryptography",),
+    needs = {"provenance": ("c2pa", "dfx.runtime.provenance.c2pa"), "serve": ("dfx.runtime.serve.oip",), "bundle": ("cryptography",),
              "http": ("dfx.runtime.serve.app", "fastapi", "httpx", "onnx", "onnxruntime")}
     for module in needs.get(door, ()):
         try:

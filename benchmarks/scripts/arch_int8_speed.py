@@ -25,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from dfx.bundle import Bundle
-    from dfx.runtime.base import cpu_model as cpu_name
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.runners.base import cpu_model as cpu_name
+    from dfx.runtime.scan.select import choose_runner
 
     runners = {}
     for path in args.bundles:

@@ -19,8 +19,8 @@ def main() -> None:
     from dfx.benchmarks import machine
     from dfx.benchmarks.harness import BenchConfig, _input_batch, measure_inference
     from dfx.images import FIT_POLICIES, iter_image_files, load_many
-    from dfx.runtime.openvino import OpenVinoRunner, available
-    from dfx.runtime.ort import OrtRunner
+    from dfx.runtime.runners.openvino import OpenVinoRunner, available
+    from dfx.runtime.runners.ort import OrtRunner
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="INT8 Q/DQ ONNX files (float32 NHWC input, 0..255)")

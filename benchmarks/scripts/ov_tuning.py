@@ -24,10 +24,10 @@ def main() -> None:
 
     from dfx.benchmarks.harness import BenchConfig, _input_batch, measure_inference
     from dfx.bundle import Bundle
-    from dfx.runtime.base import physical_cores
-    from dfx.runtime.openvino import OpenVinoRunner
-    from dfx.runtime.ort import OrtRunner
-    from dfx.runtime.select import plan
+    from dfx.runtime.runners.base import physical_cores
+    from dfx.runtime.runners.openvino import OpenVinoRunner
+    from dfx.runtime.runners.ort import OrtRunner
+    from dfx.runtime.scan.select import plan
 
     bundle = Bundle.open(args.bundle)
     path = str(bundle.file(plan(bundle, "openvino", args.precision)[0].file))  # the file `dfx scan` would run

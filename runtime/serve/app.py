@@ -27,17 +27,17 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
 from dfx.errors import require
+from dfx.runtime.scan.model import LoadedModel
+from dfx.runtime.scan.results import Result
+from dfx.runtime.serve import oip
+from dfx.runtime.serve.batcher import DeadlineExceeded, NotReady, QueueFull
+from dfx.runtime.serve.config import ServeConfig
+from dfx.runtime.serve.service import ReloadError, Service
 
 # This module is the HTTP layer: importing it needs the `serve` extra (with an install hint).
 fastapi = require("fastapi", "serve", "dfx serve")
 from fastapi import Request  # noqa: E402  (FastAPI resolves handler annotations in module globals)
 
-from dfx.runtime.results import Result
-from dfx.runtime.serve import oip
-from dfx.runtime.serve.batcher import DeadlineExceeded, NotReady, QueueFull
-from dfx.runtime.serve.config import ServeConfig
-from dfx.runtime.serve.model import LoadedModel
-from dfx.runtime.serve.service import ReloadError, Service
 
 access_log = logging.getLogger("dfx.serve.access")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")  # no token: probes and scrapers
@@ -193,7 +193,7 @@ def create_app(config: ServeConfig, *, model: LoadedModel | None = None, on_fata
 
         # The body is already in memory and bounded; files beyond max_images are counted, not
         # parsed endlessly (the parser stops at max_images + 1).
-        parser = MultiPartParser(request.headers, replay(), max_files=config.max_images + 1, max_fields=100)
+        parser = MultiPartParser(request.headers, replay(), max_files=config.max_images + 1, max_fields=100)  # type: ignore[arg-type]
         try:
             form = await parser.parse()
         except MultiPartException as exc:
@@ -325,7 +325,7 @@ class _Edge:
                 await self.app(scope, receive, send_with_id)
             else:
                 deny = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="dfx"'})
-                await deny(scope, receive, send_with_id)
+                await deny(scope, receive, send_with_id)  # type: ignore[arg-type]
         finally:
             seconds = time.perf_counter() - began
             endpoint = endpoint_of(scope["path"])

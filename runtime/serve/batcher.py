@@ -1,6 +1,6 @@
 """Dynamic batching across requests, as Triton's `dynamic_batching` does it, in process.
 
-    submit(sources) ─► decode pool (dfx.images.load_image, threads) ─► queue of images
+    submit(sources) ─► decode pool (dfx.runtime.scan.pipeline.decode, threads) ─► queue of images
                                                                           │ worker thread: waits up to
                                                                           │ max_queue_delay_us after the
                                                                           ▼ first image, up to max_batch_size
@@ -37,9 +37,11 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from dfx.errors import DfxError
-from dfx.images import describe, load_image
-from dfx.runtime.results import Result
-from dfx.runtime.serve.model import LoadedModel
+from dfx.images import describe
+from dfx.runtime.scan.model import LoadedModel
+from dfx.runtime.scan.pipeline import decode
+from dfx.runtime.scan.results import Result
+from dfx.runtime.scan.rows import RowHook
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class _Item:
     index: int
     pixels: np.ndarray  # uint8 (H, W, 3) at the input size of the model that decoded it
     enqueued: float  # time.monotonic() when it joined the queue
-    provenance: Any = None  # the image's C2PA Provenance, None when not read
+    columns: Any = None  # the row hook's columns read from the image's bytes (provenance), None: none
 
 
 class DynamicBatcher:
@@ -159,13 +161,13 @@ class DynamicBatcher:
     """
 
     def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None,
-                 provenance: Any = None):
-        from dfx.runtime.pipeline import default_workers
+                 hook: RowHook | None = None):
+        from dfx.runtime.scan.pipeline import default_workers
 
         self.config = config
-        # A dfx.runtime.provenance.ProvenanceReader: encoded images get their C2PA columns read
-        # from the same bytes in the decode thread, as `dfx scan` does; None: not read.
-        self.provenance = provenance
+        # The row hook (the provenance room's): encoded images get its columns read from the
+        # same bytes in the decode thread, as `dfx scan` does; None: no hook columns.
+        self.hook = hook
         self.observer: Observer = observer or _NullObserver()
         self._model = model
         self._model_lock = threading.Lock()  # held while a batch runs: swap waits for it
@@ -255,21 +257,16 @@ class DynamicBatcher:
                 self._settle([(job, index, None)], expired=1)
                 return
             began = time.perf_counter()
-            try:
-                pixels: np.ndarray | str = load_image(source, model.input_size, model.fit)
-            except Exception as exc:  # ImageError carries a clean reason; anything else is reported too
-                pixels = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            # Pixel arrays carry no manifest; the reader never raises.
-            prov = self.provenance.read(source) if self.provenance is not None and isinstance(source, (bytes, bytearray, memoryview)) else None
+            pixels, columns = decode(source, model.input_size, model.fit, self.hook)  # never raises
             self.observer.on_decode(time.perf_counter() - began, isinstance(pixels, np.ndarray))
             if isinstance(pixels, str):
-                self._settle([(job, index, model.error_row(job.names[index], pixels, prov))])
+                self._settle([(job, index, model.error_row(job.names[index], pixels, columns, self.hook))])
                 return
             with self._cond:
-                self._queue.append(_Item(job, index, pixels, time.monotonic(), prov))
+                self._queue.append(_Item(job, index, pixels, time.monotonic(), columns))
                 self._cond.notify()
         except BaseException as exc:  # never lose an image: settle it as an error
-            self._settle([(job, index, model.error_row(job.names[index], f"internal error: {type(exc).__name__}: {exc}"))])
+            self._settle([(job, index, model.error_row(job.names[index], f"internal error: {type(exc).__name__}: {exc}", hook=self.hook))])
 
     # ---- the worker thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -282,7 +279,8 @@ class DynamicBatcher:
                 self._batch_done()
             except BaseException as exc:  # the worker must survive anything one batch does
                 model = self._model
-                rows = [(it.job, it.index, model.error_row(it.job.names[it.index], f"internal error: {exc}") if model else None) for it in items]
+                rows = [(it.job, it.index, model.error_row(it.job.names[it.index], f"internal error: {exc}", hook=self.hook) if model else None)
+                        for it in items]
                 self._settle(rows)
 
     def _next_batch(self) -> list[_Item] | None:
@@ -324,7 +322,8 @@ class DynamicBatcher:
             # A reload to another input size while these waited: their pixels no longer fit.
             misfit = [it for it in live if it.pixels.shape[:2] != tuple(model.input_size)]
             if misfit:
-                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], "the model was reloaded with another input size while this image waited; send it again", it.provenance)) for it in misfit])
+                reloaded = "the model was reloaded with another input size while this image waited; send it again"
+                self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], reloaded, it.columns, self.hook)) for it in misfit])
                 live = [it for it in live if it.pixels.shape[:2] == tuple(model.input_size)]
                 if not live:
                     return
@@ -340,9 +339,9 @@ class DynamicBatcher:
             self._learn(compute / len(live))
         self.observer.on_batch(len(live), waits, compute, not failure)
         if failure:
-            self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure, it.provenance)) for it in live])
+            self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure, it.columns, self.hook)) for it in live])
         else:
-            self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v), it.provenance)) for it, v in zip(live, logits)])
+            self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v), it.columns, self.hook)) for it, v in zip(live, logits)])
 
     def _learn(self, seconds_per_image: float) -> None:
         """Moving average of the runner's time per image; the first batches (warm-up: graph

@@ -43,7 +43,7 @@ Needs the `serve` extra: pip install 'dfx[serve]' (plus `cpu` or `gpu` for the r
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.scan.flags import add_backend_flags
     from dfx.runtime.serve.batcher import BatchConfig
     from dfx.runtime.serve.config import DEFAULT_MODEL_NAME, ServeConfig
 
@@ -54,27 +54,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, announced on stderr)")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, metavar="NAME", help="the OIP model name (default %(default)s)")
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS) + sorted(ALIASES), help="as `dfx scan --backend` (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, help="force a precision (default: the backend's fastest)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU backends: inference threads (default: physical cores)")
+    add_backend_flags(p, public_key="trusted public key: refuse a bundle that is unsigned or not signed by it, at start and on "
+                      "every reload (default: $DFX_PUBLIC_KEY; without one any bundle loads and the log says whether it is signed)")
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's)")
     p.add_argument("--max-batch", type=int, default=b["max_batch_size"].default, metavar="N", help="images per runner call (default %(default)s)")
     p.add_argument("--max-delay-us", type=int, default=b["max_queue_delay_us"].default, metavar="US",
                    help="how long a batch waits for more images after its first (default %(default)s µs)")
     p.add_argument("--max-queue", type=int, default=b["max_queue_images"].default, metavar="N",
                    help="images admitted at once; more get 503 + Retry-After (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=b["timeout_s"].default, metavar="S", help="per-request deadline; later gets 504 (default %(default)g s)")
+    p.add_argument("--timeout", type=float, default=b["timeout_s"].default, metavar="S",
+                   help="per-request deadline; later gets 504 (default %(default)g s)")
     p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
     p.add_argument("--max-images", type=int, default=s["max_images"].default, metavar="N", help="images per request (default %(default)s)")
-    p.add_argument("--max-body-mb", type=float, default=s["max_body_bytes"].default / 2**20, metavar="MB", help="request body limit (default %(default)g MiB)")
-    p.add_argument("--drain-timeout", type=float, default=s["drain_timeout_s"].default, metavar="S", help="on SIGTERM, time for in-flight requests (default %(default)g s)")
+    p.add_argument("--max-body-mb", type=float, default=ServeConfig.max_body_bytes / 2**20, metavar="MB",
+                   help="request body limit (default %(default)g MiB)")
+    p.add_argument("--drain-timeout", type=float, default=s["drain_timeout_s"].default, metavar="S",
+                   help="on SIGTERM, time for in-flight requests (default %(default)g s)")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--token-file", metavar="FILE", help="require `Authorization: Bearer TOKEN`, TOKEN read from FILE")
     auth.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
     p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
-    p.add_argument("--public-key", metavar="PEM", help="trusted public key: refuse a bundle that is unsigned or not signed by it, "
-                   "at start and on every reload (default: $DFX_PUBLIC_KEY; without one any bundle loads and the log says whether it is signed)")
     p.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
     p.add_argument("--trust-anchors", metavar="PEM", help="C2PA trust anchors: manifests they vouch for read as 'trusted'")
     p.add_argument("--max-connections", type=int, default=1024, metavar="N",
@@ -112,7 +112,7 @@ def serve_command(args: argparse.Namespace) -> int:
     require("uvicorn", "serve", "dfx serve")
     require("prometheus_client", "serve", "dfx serve")
     from dfx.bundle import Bundle
-    from dfx.runtime.select import plan
+    from dfx.runtime.scan.select import plan
     from dfx.runtime.serve.batcher import BatchConfig
     from dfx.runtime.serve.config import ServeConfig
     from dfx.runtime.serve.server import Listen, limit_malloc_arenas, serve

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import DfxError
-from dfx.runtime.results import Result
+from dfx.runtime.scan.results import Result
 
 BYTES_INPUT, PIXELS_INPUT = "images", "pixels"
 OUTPUTS = ("logits", "probability", "decision", "error")
@@ -231,7 +231,7 @@ def _flatten(data: Any):
 def encode_infer_response(model_name: str, request: InferRequest, results: list[Result]) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of the response: JSON, or JSON + binary outputs when any is asked binary."""
     n = len(results)
-    columns = {
+    columns: dict[str, Any] = {
         "logits": np.array([r.logit if r.logit is not None else np.nan for r in results], np.float32),
         "probability": np.array([r.probability if r.probability is not None else np.nan for r in results], np.float32),
         "decision": [r.decision if r.error is None else "error" for r in results],

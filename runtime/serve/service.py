@@ -17,7 +17,8 @@ from dfx.errors import DfxError
 from dfx.runtime.serve.batcher import DynamicBatcher
 from dfx.runtime.serve.config import ServeConfig
 from dfx.runtime.serve.metrics import ServeMetrics
-from dfx.runtime.serve.model import LoadedModel, load_model
+from dfx.runtime.scan.model import LoadedModel, load_model
+from dfx.runtime.scan.rows import RowHook
 
 log = logging.getLogger("dfx.serve")
 
@@ -30,7 +31,7 @@ class Service:
     def __init__(self, config: ServeConfig, *, on_fatal: Callable[[str], None] | None = None):
         self.config = config
         self.metrics = ServeMetrics()
-        self.batcher = DynamicBatcher(config.batch, observer=self.metrics, provenance=_provenance_reader(config))
+        self.batcher = DynamicBatcher(config.batch, observer=self.metrics, hook=_provenance_hook(config))
         self.metrics.track_admitted(lambda: self.batcher.admitted)
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
         self.state = "loading"
@@ -133,12 +134,9 @@ class Service:
             model.close()
 
 
-def _provenance_reader(config: ServeConfig) -> object | None:
-    """The C2PA reader rows use, or None (off, or no `c2pa` extra: the columns stay null)."""
-    if not config.provenance:
-        return None
-    try:
-        from dfx.runtime.provenance import ProvenanceReader
-    except ImportError:  # a dfx without provenance support
-        return None
-    return ProvenanceReader.maybe(True, config.trust_anchors)
+def _provenance_hook(config: ServeConfig) -> RowHook:
+    """The provenance room's row hook: C2PA columns when reading (on, and the `c2pa` extra
+    installed), else null columns and the detector's decision as the verdict."""
+    from dfx.runtime.provenance.hook import ProvenanceHook
+
+    return ProvenanceHook.maybe(config.provenance, config.trust_anchors)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, RunnerError, Source, cpu_flags, physical_cores
+from dfx.runtime.runners.base import Runner, RunnerError, Source, cpu_flags, physical_cores
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -208,7 +208,8 @@ class OpenVinoRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(execution_precision=getattr(self, "execution_precision", EXECUTION_HINT[self.precision]), hint=self.hint, threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
+        info.update(execution_precision=getattr(self, "execution_precision", EXECUTION_HINT[self.precision]), hint=self.hint,
+                    threads=self.threads or physical_cores(), device=self.device, static_batch=self.static_batch)
         return info
 
 

@@ -1,17 +1,11 @@
 """One small interface over CUDA: the GPU probe, streams, pinned and device memory, async
 copies, events and CUDA-graph capture.
 
-Two bindings sit behind the same `CudaApi`:
-
-- cuda-python (NVIDIA's ``cuda.bindings.runtime``; older releases ship it as ``cuda.cudart``),
-  the default: wheels exist everywhere and every call returns an error code instead of
-  crashing, so `probe()` is safe on a machine without a driver.
-- pycuda, used when cuda-python is absent (it builds only where the CUDA toolkit and a driver
-  are installed). It drives the device's primary context, the same one the runtime API and
-  TensorRT use.
-
-Set ``DFX_CUDA_BINDING=cuda-python`` or ``pycuda`` to force one. Nothing here imports a binding
-at module import; nothing here touches TensorRT.
+The binding behind `CudaApi` is cuda-python (NVIDIA's ``cuda.bindings.runtime``; older
+releases ship it as ``cuda.cudart``): wheels exist everywhere and every call returns an error
+code instead of crashing, so `probe()` is safe on a machine without a driver. Nothing here
+imports it at module import; nothing here touches TensorRT. tests/test_trt_pipeline.py drives
+TrtRunner through a numpy-backed CudaApi, so the interface is all TrtRunner relies on.
 
 Handles are opaque objects of the binding; `stream_handle` gives the raw ``cudaStream_t`` as an
 int (what TensorRT's ``execute_async_v3`` takes) and device buffers expose `.ptr` (an int
@@ -19,14 +13,12 @@ device address, what ``set_tensor_address`` takes).
 
 The cuda-python path ran on an NVIDIA H100 (cuda-bindings 13.3.1): the probe and the `gpu`
 tests of tests/test_cuda.py (pinned round trip on a stream with events, graph capture and
-replay). The pycuda path follows the pycuda 2024 API and has not run (pycuda was not available
-on any machine this was developed on).
+replay).
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +27,6 @@ import numpy as np
 
 from dfx.errors import DfxError
 
-BINDINGS = ("cuda-python", "pycuda")
 _INSTALL_HINT = "pip install 'dfx[gpu]' (installs cuda-python)"
 
 
@@ -91,13 +82,12 @@ class CudaApi:
     def memcpy_htod_async(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Any) -> None: ...
     def memcpy_dtoh_async(self, dst: HostBuffer, src: DeviceBuffer, nbytes: int, stream: Any) -> None: ...
 
-    # events (timing and cross-stream order)
+    # events (timing, and a stream's progress the host can wait on)
     def event_create(self) -> Any: ...
     def event_destroy(self, event: Any) -> None: ...
     def event_record(self, event: Any, stream: Any) -> None: ...
     def event_synchronize(self, event: Any) -> None: ...
     def event_elapsed_ms(self, start: Any, end: Any) -> float: ...
-    def stream_wait_event(self, stream: Any, event: Any) -> None: ...
 
     # CUDA graphs: capture what a stream enqueues once, replay it with one launch
     def graph_begin_capture(self, stream: Any) -> None: ...
@@ -218,9 +208,6 @@ class CudaPython(CudaApi):
     def event_elapsed_ms(self, start: Any, end: Any) -> float:
         return float(self._check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
 
-    def stream_wait_event(self, stream: Any, event: Any) -> None:
-        self._check(self.rt.cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent")
-
     def graph_begin_capture(self, stream: Any) -> None:
         # Thread-local mode: other threads' unrelated CUDA calls do not invalidate the capture.
         mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
@@ -241,158 +228,23 @@ class CudaPython(CudaApi):
         self._check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
 
 
-# ---- pycuda -----------------------------------------------------------------------------------
-
-
-class PyCuda(CudaApi):
-    """pycuda's driver API on the device's primary context (shared with TensorRT's runtime API)."""
-
-    name = "pycuda"
-
-    def __init__(self) -> None:
-        import pycuda.driver as drv  # type: ignore[import-not-found]
-
-        self.drv = drv
-        try:
-            drv.init()
-        except drv.Error as exc:
-            raise CudaError(f"CUDA driver unavailable ({exc})", hint=_INSTALL_HINT) from exc
-        self._local = threading.local()
-        self._contexts: dict[int, Any] = {}
-        self._device = 0
-
-    def _wrap(self, what: str, fn: Any, *args: Any) -> Any:
-        self._ensure_context()
-        try:
-            return fn(*args)
-        except self.drv.Error as exc:
-            raise CudaError(f"CUDA {what} failed: {exc}") from exc
-
-    def _ensure_context(self) -> None:
-        # The driver API makes a context current per thread; the runtime API (TensorRT) uses
-        # the primary context, so push that one in every thread that calls us.
-        if getattr(self._local, "device", None) == self._device:
-            return
-        ctx = self._contexts.get(self._device)
-        if ctx is None:
-            ctx = self.drv.Device(self._device).retain_primary_context()
-            self._contexts[self._device] = ctx
-        ctx.push()
-        self._local.device = self._device
-
-    def device_count(self) -> int:
-        return int(self.drv.Device.count())
-
-    def compute_capability(self, device: int = 0) -> tuple[int, int]:
-        major, minor = self.drv.Device(device).compute_capability()
-        return int(major), int(minor)
-
-    def device_name(self, device: int = 0) -> str:
-        return str(self.drv.Device(device).name())
-
-    def set_device(self, device: int = 0) -> None:
-        self._device = device
-
-    def stream_create(self) -> Any:
-        return self._wrap("stream create", self.drv.Stream)
-
-    def stream_destroy(self, stream: Any) -> None:
-        pass  # pycuda frees a stream when its object is collected
-
-    def stream_synchronize(self, stream: Any) -> None:
-        self._wrap("stream synchronize", stream.synchronize)
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.handle)
-
-    def host_alloc(self, shape: tuple[int, ...], dtype: Any) -> HostBuffer:
-        array = self._wrap("pagelocked alloc", self.drv.pagelocked_empty, tuple(shape), np.dtype(dtype))
-        return HostBuffer(array=array, ptr=int(array.ctypes.data), nbytes=array.nbytes, _owner=array.base)
-
-    def host_free(self, buffer: HostBuffer) -> None:
-        if buffer._owner is not None and hasattr(buffer._owner, "free"):
-            self._wrap("pagelocked free", buffer._owner.free)
-
-    def device_alloc(self, nbytes: int) -> DeviceBuffer:
-        alloc = self._wrap("mem_alloc", self.drv.mem_alloc, max(1, nbytes))
-        return DeviceBuffer(ptr=int(alloc), nbytes=nbytes, _owner=alloc)
-
-    def device_free(self, buffer: DeviceBuffer) -> None:
-        if buffer._owner is not None:
-            self._wrap("mem free", buffer._owner.free)
-
-    def memcpy_htod_async(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Any) -> None:
-        view = src.array.reshape(-1).view(np.uint8)[:nbytes]
-        self._wrap("memcpy_htod_async", self.drv.memcpy_htod_async, dst.ptr, view, stream)
-
-    def memcpy_dtoh_async(self, dst: HostBuffer, src: DeviceBuffer, nbytes: int, stream: Any) -> None:
-        view = dst.array.reshape(-1).view(np.uint8)[:nbytes]
-        self._wrap("memcpy_dtoh_async", self.drv.memcpy_dtoh_async, view, src.ptr, stream)
-
-    def event_create(self) -> Any:
-        return self._wrap("event create", self.drv.Event)
-
-    def event_destroy(self, event: Any) -> None:
-        pass  # collected with the object
-
-    def event_record(self, event: Any, stream: Any) -> None:
-        self._wrap("event record", event.record, stream)
-
-    def event_synchronize(self, event: Any) -> None:
-        self._wrap("event synchronize", event.synchronize)
-
-    def event_elapsed_ms(self, start: Any, end: Any) -> float:
-        return float(self._wrap("event time", end.time_since, start))
-
-    def stream_wait_event(self, stream: Any, event: Any) -> None:
-        self._wrap("stream wait", stream.wait_for_event, event)
-
-    def graph_begin_capture(self, stream: Any) -> None:
-        raise CudaError("CUDA-graph capture is implemented for cuda-python only", hint=_INSTALL_HINT)
-
-    def graph_end_capture(self, stream: Any) -> Any:
-        raise CudaError("CUDA-graph capture is implemented for cuda-python only", hint=_INSTALL_HINT)
-
-    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
-        raise CudaError("CUDA-graph capture is implemented for cuda-python only", hint=_INSTALL_HINT)
-
-    def graph_destroy(self, graph_exec: Any) -> None:
-        pass
-
-
 # ---- choosing a binding, probing ------------------------------------------------------------
 
 _API: CudaApi | None = None
 _API_LOCK = threading.Lock()
 
 
-def _binding_order() -> tuple[str, ...]:
-    forced = os.environ.get("DFX_CUDA_BINDING", "").strip().lower()
-    if forced in BINDINGS:
-        return (forced,)
-    return BINDINGS
-
-
-def _make(name: str) -> CudaApi:
-    return CudaPython() if name == "cuda-python" else PyCuda()
-
-
 def api() -> CudaApi:
-    """The CUDA binding in use (cuda-python first). Raises CudaError when none is usable."""
+    """The CUDA binding in use (cuda-python). Raises CudaError when it is not usable."""
     global _API
     with _API_LOCK:
         if _API is not None:
             return _API
-        reasons = []
-        for name in _binding_order():
-            try:
-                _API = _make(name)
-                return _API
-            except ImportError as exc:
-                reasons.append(f"{name} not installed ({exc.name or exc})")
-            except CudaError as exc:
-                reasons.append(f"{name}: {exc}")
-        raise CudaError("no CUDA binding is usable: " + "; ".join(reasons), hint=_INSTALL_HINT)
+        try:
+            _API = CudaPython()
+        except ImportError as exc:
+            raise CudaError(f"no CUDA binding is usable: cuda-python not installed ({exc.name or exc})", hint=_INSTALL_HINT) from exc
+        return _API
 
 
 # What cudaGetDeviceCount says on a machine with no (or a too old) driver.

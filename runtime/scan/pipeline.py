@@ -14,9 +14,9 @@ Batches go through `runner.infer_many`, so a runner that overlaps batches (Tenso
 batch i+1, compute of i, copy out of i-1 on separate streams) keeps several in flight; other
 runners take them one `infer` at a time.
 
-Provenance (`provenance=` a dfx.runtime.provenance.ProvenanceReader): the decode worker reads a
-path's bytes once and hands the same bytes to the pixel path and the C2PA reader, so nothing is
-read or decoded twice; a row then carries the manifest's columns and the combined verdict.
+A row hook (`hook=`, dfx.runtime.scan.rows.RowHook; the provenance room's reads C2PA): the decode
+worker reads a path's bytes once and hands the same bytes to the pixel path and the hook, so
+nothing is read or decoded twice; the row factory then adds the hook's columns to the row.
 
 Nothing is lost: an input that cannot be decoded becomes an error row; a batch the runner fails
 on becomes error rows for that batch (for TensorRT, the few batches in flight with it), and the
@@ -34,9 +34,9 @@ import numpy as np
 
 from dfx.bundle import sigmoid
 from dfx.images import describe, load_image
-from dfx.runtime.base import Runner
-from dfx.runtime.provenance import NOT_READ, Provenance, ProvenanceReader, combined_verdict
-from dfx.runtime.results import Result
+from dfx.runtime.runners.base import Runner
+from dfx.runtime.scan.results import Result
+from dfx.runtime.scan.rows import RowFactory, RowHook
 
 
 def default_workers() -> int:
@@ -45,30 +45,36 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
 
-def _decode(source: Any, size: tuple[int, int], fit: str) -> np.ndarray | str:
-    """Pixels, or the error text. Never raises: a worker exception must not lose the input."""
-    try:
-        return load_image(source, size, fit)
-    except Exception as exc:  # ImageError carries a clean reason; anything else is reported too
-        reason = getattr(exc, "reason", None)
-        return reason if reason else f"{type(exc).__name__}: {exc}"
+def _error_text(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)  # ImageError carries a clean reason; anything else is reported too
+    return reason if reason else f"{type(exc).__name__}: {exc}"
 
 
-def _decode_with_provenance(source: Any, size: tuple[int, int], fit: str, reader: ProvenanceReader) -> tuple[np.ndarray | str, Provenance]:
-    """(pixels or error text, provenance) from one read of the source's bytes. Never raises."""
+def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = None) -> tuple[np.ndarray | str, dict[str, Any]]:
+    """(pixels uint8 (H, W, 3) or the error text, the hook's columns) from one read of the
+    source's bytes. Never raises: a worker exception must not lose the input. Without a hook a
+    path goes to the pixel path as it is; the columns are then {}."""
     from dfx.images import read_bytes
 
+    if hook is None:
+        try:
+            return load_image(source, size, fit), {}
+        except Exception as exc:
+            return _error_text(exc), {}
+    data: Any = None
     if isinstance(source, (str, os.PathLike)):
         try:
-            data: Any = read_bytes(source)
+            data = read_bytes(source)
         except Exception as exc:  # no such file, too large, ...: the pixel path's own error text
-            reason = getattr(exc, "reason", None)
-            return (reason if reason else f"{type(exc).__name__}: {exc}"), NOT_READ
+            return _error_text(exc), hook.read(None)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = source
-    else:
-        return _decode(source, size, fit), NOT_READ  # PIL images and arrays carry no manifest
-    return _decode(data, size, fit), reader.read(data)
+    try:
+        pixels: np.ndarray | str = load_image(source if data is None else data, size, fit)
+    except Exception as exc:
+        pixels = _error_text(exc)
+    # PIL images and arrays carry no manifest: the hook gets no bytes.
+    return pixels, hook.read(bytes(data) if isinstance(data, memoryview) else data)
 
 
 def iter_results(
@@ -81,38 +87,31 @@ def iter_results(
     batch_size: int = 32,
     workers: int | None = None,
     model_sha256: str = "",
-    provenance: ProvenanceReader | None = None,
+    hook: RowHook | None = None,
     probability: Callable[[float], float] = sigmoid,
 ) -> Iterator[Result]:
     """Yield one Result per source, in input order. `runner` must be active.
 
     `sources` may be a lazy iterable (it is consumed as the window frees up). `threshold` is on
-    the logit: logit >= threshold means "fake". With a `provenance` reader each row also carries
-    the input's C2PA columns; `probability` maps a logit to P(fake) (pass the bundle's
-    calibrated `Bundle.probability`); `verdict` (dfx.runtime.provenance.combined_verdict) is always set.
+    the logit: logit >= threshold means "fake". With a `hook` each row also carries the hook's
+    columns (the provenance room's: C2PA and the combined verdict); `probability` maps a logit to
+    P(fake) (pass the bundle's calibrated `Bundle.probability`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     workers = workers or default_workers()
-    backend, precision = runner.backend, runner.precision
-
-    def error_row(name: str, error: str, prov: Provenance) -> Result:
-        verdict = combined_verdict(None, prov.c2pa, prov.ai_declared)
-        return Result(name, None, None, None, backend, precision, model_sha256, error, verdict=verdict, **prov.columns())
+    factory = RowFactory(runner.backend, runner.precision, model_sha256, threshold, probability, hook)
 
     def rows(pending: Pending, logits: np.ndarray | None, failure: str = "") -> Iterator[Result]:
         scores = iter(logits.tolist()) if logits is not None else None
-        for name, px, prov in pending:
+        for name, px, columns in pending:
             if isinstance(px, str):
-                yield error_row(name, px, prov)
+                yield factory.error(name, px, columns)
             elif scores is None:
-                yield error_row(name, failure, prov)
+                yield factory.error(name, failure, columns)
             else:
-                logit = float(next(scores))
-                decision = "fake" if logit >= threshold else "real"
-                verdict = combined_verdict(decision, prov.c2pa, prov.ai_declared)
-                yield Result(name, logit, probability(logit), decision, backend, precision, model_sha256, None, verdict=verdict, **prov.columns())
+                yield factory.scored(name, next(scores), columns)
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfx-decode")
     queued: collections.deque[Pending] = collections.deque()  # batches handed to the runner, oldest first
@@ -132,7 +131,7 @@ def iter_results(
         return any(isinstance(px, np.ndarray) for _, px, _ in pending)
 
     try:
-        feed = stacks(_batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers, provenance=provenance))
+        feed = stacks(_batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers, hook=hook))
         while True:
             before = pulled[0]
             outputs = runner.infer_many(feed)
@@ -160,12 +159,12 @@ def iter_results(
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-Pending = list  # [(name, pixels uint8 (H, W, 3) | error text, Provenance)] of one batch, in input order
+Pending = list  # [(name, pixels uint8 (H, W, 3) | error text, hook columns)] of one batch, in input order
 
 
 def _batches(
     sources: Iterable[Any], executor: ThreadPoolExecutor, hw: tuple[int, int], fit: str, batch_size: int, window: int,
-    provenance: ProvenanceReader | None = None,
+    hook: RowHook | None = None,
 ) -> Iterator[Pending]:
     """Decode through the pool with at most `window` decodes in flight; group the results, in
     input order, into batches of `batch_size` images (error rows ride along in their place)."""
@@ -181,15 +180,12 @@ def _batches(
             except StopIteration:
                 exhausted = True
                 break
-            if provenance is None:
-                inflight.append((describe(source), executor.submit(_decode, source, hw, fit)))
-            else:
-                inflight.append((describe(source), executor.submit(_decode_with_provenance, source, hw, fit, provenance)))
+            inflight.append((describe(source), executor.submit(decode, source, hw, fit, hook)))
         if not inflight:
             break
         name, future = inflight.popleft()
-        pixels, prov = future.result() if provenance is not None else (future.result(), NOT_READ)
-        pending.append((name, pixels, prov))
+        pixels, columns = future.result()
+        pending.append((name, pixels, columns))
         if isinstance(pixels, np.ndarray):
             n_images += 1
         if n_images >= batch_size or n_images == 0:  # error rows with no image before them go now

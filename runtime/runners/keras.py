@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, Source
+from dfx.runtime.runners.base import Runner, Source
 
 
 class KerasRunner(Runner):
@@ -21,6 +21,15 @@ class KerasRunner(Runner):
         super().__init__(source, input_size=input_size, name=name or "keras")
         self.batch_size = batch_size
         self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        """The loaded keras.Model (while active): export converts this very object to ONNX."""
+        if self._model is None:
+            from dfx.runtime.runners.base import RunnerError
+
+            raise RunnerError(f"{self.name} is not active")
+        return self._model
 
     def _activate(self) -> None:
         require("tensorflow", "train", "the Keras reference runner")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from dfx.errors import require
-from dfx.runtime.base import Runner, RunnerError, Source, physical_cores
+from dfx.runtime.runners.base import Runner, RunnerError, Source, physical_cores
 
 # On the CPU a batch runs in chunks of at most this many images. Throughput there is flat past
 # batch 8 (benchmarks/README.md), while memory is not: at 256 px one float activation of the

@@ -11,7 +11,7 @@ import numpy as np
 from dfx import parity
 from dfx.bundle import Bundle
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner, cpu_model, run_batches
+from dfx.runtime.runners.base import Runner, cpu_model, run_batches
 
 SAMPLE_ROLE = "parity-sample"
 

@@ -7,9 +7,9 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 from dfx.errors import DfxError
+from dfx.runtime.scan.rows import ScanHook
 
 SCAN_DESCRIPTION = """\
 Score images with a bundle's model and stream one row per input to --out (.jsonl or .csv,
@@ -17,7 +17,7 @@ flushed row by row): path, logit, probability, decision (fake/real), backend, pr
 model_sha256, error; then the C2PA provenance read from the same bytes (c2pa:
 none/valid/trusted/invalid, c2pa_failures, claim_generator, ai_declared, provenance_error; null
 without the c2pa extra or with --no-provenance) and the combined verdict (ai-declared, conflict,
-invalid-manifest, fake, real; the policy is in the README, "Provenance: C2PA").
+invalid-manifest, fake, real; the policy is in docs/c2pa.md).
 
 Inputs: files named on the command line are always scanned (a bad one gets an error row).
 Inside folders (walked recursively, in sorted order) a file is scanned when it has an image
@@ -41,7 +41,7 @@ with --resume to finish).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.scan.flags import add_backend_flags
 
     p = sub.add_parser(
         "scan",
@@ -53,66 +53,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by `dfx train`, ideally `dfx export`ed)")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders to scan")
     p.add_argument("--out", required=True, metavar="FILE", help="where rows go: FILE.jsonl or FILE.csv")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=list(BACKENDS) + sorted(ALIASES),
-        help="auto (default): a matching TensorRT engine, else ONNX Runtime CUDA, else OpenVINO/ONNX "
-        "Runtime CPU (INT8 where the bundle has it), else Keras; or force one",
-    )
-    p.add_argument("--precision", choices=PRECISIONS, help="force a model precision (default: the fastest the backend runs)")
-    p.add_argument("--batch", type=int, metavar="N", help="images per inference batch (default 32; --engine ray: 32 per CPU actor, 64 per GPU actor)")
+    add_backend_flags(p, batch="images per inference batch (default 32; --engine ray: 32 per CPU actor, 64 per GPU actor)",
+                      public_key="trusted public key: refuse a bundle that is unsigned or not signed by it (default: "
+                      "$DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
     p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU backends: inference threads (default: physical cores)")
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's); logit >= it means fake")
     p.add_argument("--extensions", metavar="EXT[,EXT...]", help="inside folders scan only files with these suffixes "
                    "(e.g. jpg,png); default: image suffixes plus any file whose first bytes are an image")
-    p.add_argument("--public-key", metavar="PEM", help="trusted public key: refuse a bundle that is unsigned or not "
-                   "signed by it (default: $DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
     p.add_argument("--check-parity", action="store_true", help="before scanning, run the bundle's parity sample through the "
                    "chosen backend on this machine and refuse to start when it misses its tolerance against Keras (exit 2)")
     p.add_argument("--resume", action="store_true", help="skip inputs already in --out (from a killed scan) and append the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no backend line, progress bar or summary")
-    prov = p.add_argument_group("C2PA provenance (pip install 'dfx[c2pa]'; see README, Provenance: C2PA)")
-    prov.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
-    prov.add_argument("--trust-anchors", metavar="PEM", help="PEM file of trusted root certificates: manifests signed under "
-                      "them read `trusted` (without it at most `valid`)")
-    ray = p.add_argument_group("scale-out on Ray (pip install 'dfx[ray]'; see README, Scale-out: Ray)")
-    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default): this process; ray: Ray Data "
-                     "on a cluster or this machine, --out is then a folder or bucket prefix of Parquet/JSONL shards, and PATH may "
-                     "be a URI (s3://, gs://...), a glob or @FILE (a manifest, one path/URI per line)")
-    ray.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="--engine ray: shard format (default parquet)")
-    ray.add_argument("--actors", type=int, metavar="N", help="--engine ray: inference actors (default: one per GPU, else the CPUs "
-                     "left after one decode task, divided by --threads)")
-    ray.add_argument("--ray-address", metavar="ADDR", help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a "
-                     "local Ray instance on this machine)")
+    # The rooms around the scan (provenance, ray) add their own flags to this parser when they
+    # register (dfx.cli imports them after this module): the scan knows none of them.
     p.set_defaults(handler=scan_command)
-
-
-def _provenance_reader(args: argparse.Namespace, say: Any) -> Any:
-    """The scan's C2PA reader, or None (off, or the c2pa extra missing: said once, not fatal)."""
-    from dfx.runtime.provenance import ProvenanceReader
-
-    if getattr(args, "no_provenance", False):
-        return None
-    reader = ProvenanceReader.maybe(True, getattr(args, "trust_anchors", None))
-    if reader is None:  # reading was asked for, so the extra is what is missing
-        say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
-    return reader
 
 
 def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
     from dfx.images import parse_extensions, walk_images
-    from dfx.runtime.pipeline import iter_results
-    from dfx.runtime.results import ResultWriter, output_format, read_results
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.scan.results import ResultWriter, RowCounts, output_format, read_results
+    from dfx.runtime.scan.select import choose_runner
 
-    if getattr(args, "engine", "local") == "ray":
-        from dfx.runtime.ray import scan_command as ray_scan_command
-
-        return ray_scan_command(args)
     if args.batch is None:
         args.batch = 32
     if args.batch < 1:
@@ -137,23 +101,23 @@ def scan_command(args: argparse.Namespace) -> int:
     earlier = read_results(args.out, repair=True) if args.resume else []  # repair: cut a half-written last row
     done = {r.path for r in earlier}
     todo = [f for f in files if f not in done]
-    runner, reason = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
-    say(f"dfx scan: backend {reason}")
+    runner, choice = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
+    say(f"dfx scan: backend {choice.reason}")
     say(f"dfx scan: {bundle.signature_line}")
-    provenance = _provenance_reader(args, say)
+    # A room's row hook (the provenance room's reads C2PA), set on this parser when it registered.
+    hook: ScanHook | None = args.row_hook(args, say) if getattr(args, "row_hook", None) else None
     if done:
         say(f"dfx scan: resuming: {len(files) - len(todo)} of {len(files)} inputs already in {args.out}")
         models = {r.model_sha256 for r in earlier if r.model_sha256}
-        if models and getattr(runner, "model_sha256", "") not in models:
+        if models and choice.sha256 not in models:
             say("dfx scan: warning: the earlier rows came from another model file (model_sha256 differs)")
 
     from tqdm import tqdm
 
-    counts = {"images": 0, "scored": 0, "fake": 0, "real": 0, "errors": 0}
-    verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real (ai-declared, conflict, ...)
+    counts = RowCounts()
     threshold = bundle.threshold if args.threshold is None else args.threshold
     if getattr(args, "check_parity", False):
-        from dfx.runtime.parity_check import require_parity
+        from dfx.runtime.scan.parity_check import require_parity
 
         runner.activate()
         checked = require_parity(bundle, runner)
@@ -170,20 +134,15 @@ def scan_command(args: argparse.Namespace) -> int:
                 threshold=threshold,
                 batch_size=args.batch,
                 workers=args.workers,
-                model_sha256=str(getattr(runner, "model_sha256", "")),
-                provenance=provenance,
+                model_sha256=choice.sha256,
+                hook=hook,
                 probability=bundle.probability,
             )
             for result in results:
                 writer.write(result)
-                counts["images"] += 1
-                if result.verdict not in (None, "fake", "real"):
-                    verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
-                if result.error is not None:
-                    counts["errors"] += 1
-                else:
-                    counts["scored"] += 1
-                    counts["fake" if result.decision == "fake" else "real"] += 1
+                counts.add(result.decision, result.error)
+                if hook is not None:
+                    hook.tally(result)
                 bar.update(1)
                 if counts["images"] % 64 == 0:
                     bar.set_postfix(fake=counts["fake"], errors=counts["errors"], refresh=False)
@@ -197,8 +156,7 @@ def scan_command(args: argparse.Namespace) -> int:
         "skipped_non_image": len(non_images),
         "backend": runner.backend,
         "precision": runner.precision,
-        "provenance": provenance is not None,
-        "verdicts": verdicts,
+        **(hook.summary() if hook is not None else {}),
     }
     if sys.stderr.isatty():
         say(
@@ -206,7 +164,7 @@ def scan_command(args: argparse.Namespace) -> int:
             f"{counts['errors']} errors; {summary['images_per_s']} images/s -> {args.out}"
             + (f"; {summary['skipped_done']} already done" if summary["skipped_done"] else "")
             + (f"; {summary['skipped_non_image']} non-image files skipped" if summary["skipped_non_image"] else "")
-            + "".join(f"; {n} {verdict}" for verdict, n in sorted(verdicts.items()))
+            + (hook.summary_line() if hook is not None else "")
         )
     else:
         say(json.dumps(summary))

@@ -10,21 +10,21 @@
     completeness pass: every input without a row (missing file) gets its error row
 
 Decoding happens in dfx's pixel path on the bytes Ray read, so a corrupt file becomes that
-row's `error`, never a failed job. Rows carry `dfx.runtime.results.Result`'s fields, whatever
+row's `error`, never a failed job. Rows carry `dfx.runtime.scan.results.Result`'s fields, whatever
 they are at the time. A driver killed midway leaves whole shards (and at worst one cut-off
 shard, which --resume drops); --resume skips every input that has a row, so a resumed job ends
 with exactly one row per input.
 
-Inputs and shards live in dfx.runtime.ray_io; the Ray Serve deployment in dfx.runtime.ray_serve.
-This module is `dfx.runtime.ray`; `import ray` inside it is an absolute import and gets the
-real package. Ray, pyarrow and the runners are imported inside functions only.
+Inputs and shards live in dfx.runtime.ray.files; the Ray Serve deployment in
+dfx.runtime.ray.deployment; `dfx scan --engine ray` in dfx.runtime.ray.commands. `import ray`
+inside this package is an absolute import and gets the real package. Ray, pyarrow and the
+runners are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from dfx.errors import DfxError, require
-from dfx.runtime.ray_io import (
+from dfx.runtime.ray.files import (
     SHARD_SUFFIXES,
     expand_inputs,
     filesystem_of,
@@ -83,9 +83,9 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
     "provenance" (JSON of the provenance columns, "" when not read)}. A failed decode gets zero
     pixels, which the actor never feeds the model."""
     from dfx.images import MAX_FILE_BYTES
-    from dfx.runtime import pipeline  # the very functions `dfx scan`'s decode pool runs
+    from dfx.runtime.scan.pipeline import decode  # the very function `dfx scan`'s decode pool runs
 
-    reader = _provenance_reader(trust_anchors) if provenance else None
+    hook = _provenance_hook(trust_anchors) if provenance else None
     height, width = size
     paths = [f"{scheme}://{p}" if scheme else str(p) for p in batch["path"]]
     pixels = np.zeros((len(paths), height, width, 3), np.uint8)
@@ -95,11 +95,9 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
         if len(data) > MAX_FILE_BYTES:  # as dfx.images checks a path before reading it
             errors[i] = f"file too large ({len(data)} bytes > {MAX_FILE_BYTES})"
             continue
-        if reader is not None:
-            decoded, prov = pipeline._decode_with_provenance(bytes(data), (height, width), fit, reader)
-            columns[i] = json.dumps(prov.columns())
-        else:
-            decoded = pipeline._decode(bytes(data), (height, width), fit)
+        decoded, read = decode(bytes(data), (height, width), fit, hook)
+        if hook is not None:
+            columns[i] = json.dumps(read)
         if isinstance(decoded, str):
             errors[i] = decoded
         else:
@@ -107,19 +105,20 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
     return {"path": np.array(paths, dtype=object), "pixels": pixels, "error": errors, "provenance": columns}
 
 
-_READERS: dict[str | None, Any] = {}  # one C2PA reader per worker process (and trust-anchor file)
+_HOOKS: dict[str | None, Any] = {}  # one provenance hook (C2PA reader) per worker process and trust-anchor file
 
 
-def _provenance_reader(trust_anchors: str | None) -> Any:
-    if trust_anchors not in _READERS:
-        from dfx.runtime.provenance import ProvenanceReader
+def _provenance_hook(trust_anchors: str | None) -> Any:
+    """The provenance room's row hook that reads (its reader None without the c2pa extra)."""
+    if trust_anchors not in _HOOKS:
+        from dfx.runtime.provenance.hook import ProvenanceHook
 
-        _READERS[trust_anchors] = ProvenanceReader.maybe(True, trust_anchors)
-    return _READERS[trust_anchors]
+        _HOOKS[trust_anchors] = ProvenanceHook.maybe(True, trust_anchors)
+    return _HOOKS[trust_anchors]
 
 
 class InferActor:
-    """Ray actor: one Runner for its lifetime. The bundle arrives through the object store
+    """Ray actor: one loaded model for its lifetime. The bundle arrives through the object store
     (the driver's files), so a cluster node needs no copy of it on disk."""
 
     def __init__(self, bundle_files: Any, backend: str, precision: str | None, threads: int | None,
@@ -129,7 +128,8 @@ class InferActor:
         import ray
 
         from dfx.bundle import Bundle
-        from dfx.runtime.select import choose_runner
+        from dfx.runtime.provenance.hook import ProvenanceHook
+        from dfx.runtime.scan.model import load_model
 
         if isinstance(bundle_files, (tuple, list)):  # (ObjectRef,): a borrowed reference, see _run_pipeline
             bundle_files = bundle_files[0]
@@ -141,44 +141,35 @@ class InferActor:
             with open(path, "wb") as handle:
                 handle.write(data)
         # Only the shipped files exist here; choose_runner verifies the one it loads (sha256).
+        # The driver checked the signature already.
         bundle = Bundle.open(self._dir.name, verify=False)
-        self.runner, self.reason = choose_runner(bundle, backend, precision, threads=threads)
-        self.runner.activate()
-        self.threshold = bundle.threshold if threshold is None else float(threshold)
-        self.probability = bundle.probability  # the bundle's calibrated P(fake), as dfx scan rows
-        self.model_sha256 = str(getattr(self.runner, "model_sha256", ""))
+        self.model = load_model(bundle, backend, precision, threads=threads, threshold=threshold, public_key=False, check=False)
+        # The decode stage read the C2PA columns; this hook only finishes them (the verdict).
+        self.rows = self.model.rows(ProvenanceHook())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        from dfx.runtime.provenance import combined_verdict
-        from dfx.runtime.results import Result
-
         errors = [str(e) for e in batch["error"]]
         good = [i for i, e in enumerate(errors) if not e]
         logits: dict[int, float] = {}
         failure = ""
         if good:
             try:
-                scores = self.runner.infer(np.ascontiguousarray(batch["pixels"][good]))
+                scores = self.model.runner.infer(np.ascontiguousarray(batch["pixels"][good]))
                 logits = dict(zip(good, scores.tolist()))
             except Exception as exc:  # as in dfx scan: a failed batch costs its rows, not the job
                 failure = f"inference failed: {type(exc).__name__}: {exc}"
-        backend, precision = self.runner.backend, self.runner.precision
         provenance = batch.get("provenance")
         rows = []
         for i, path in enumerate(batch["path"]):
-            prov = json.loads(provenance[i]) if provenance is not None and provenance[i] else {}
+            columns = json.loads(provenance[i]) if provenance is not None and provenance[i] else None
             error = errors[i] or (failure if i not in logits else "")
-            logit = None if error else float(logits[i])
-            decision = None if logit is None else "fake" if logit >= self.threshold else "real"
-            verdict = combined_verdict(decision, prov.get("c2pa"), prov.get("ai_declared"))
-            result = Result(str(path), logit, None if logit is None else self.probability(logit), decision, backend,
-                            precision, self.model_sha256, error or None, verdict=verdict, **prov)
+            result = self.rows.error(str(path), error, columns) if error else self.rows.scored(str(path), logits[i], columns)
             rows.append(result.to_dict())
         return rows_to_table(rows)
 
     def __del__(self) -> None:
         try:
-            self.runner.deactivate()
+            self.model.close()
         except Exception:
             pass
 
@@ -243,7 +234,7 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     if config.format not in FORMATS:
         raise DfxError(f"unknown format {config.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     from dfx.bundle import Bundle
-    from dfx.runtime.select import normalize_backend, plan
+    from dfx.runtime.scan.select import normalize_backend, plan
 
     bundle = Bundle.open(bundle_dir, public_key=config.public_key)
     normalize_backend(config.backend)  # a typo fails here, not in every actor
@@ -286,7 +277,7 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     say(f"dfx scan: engine ray, {actors} inference actor(s) x {num_gpus and '1 GPU' or f'{threads} thread(s)'}, batch {batch}; "
         f"backend here: {local_choice}")
 
-    provenance = config.provenance and _provenance_reader(config.trust_anchors) is not None  # the c2pa extra, here
+    provenance = config.provenance and _provenance_hook(config.trust_anchors).reading  # the c2pa extra, here
     if config.provenance and not provenance:
         say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
     began = time.perf_counter()
@@ -311,16 +302,14 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
         say(f"dfx scan: warning: {twice} inputs have more than one row in {out} (same input, same model: "
             "keep one row per path when reading)")
 
-    counts = {"images": len(written), "scored": 0, "fake": 0, "real": 0, "errors": 0}
+    from dfx.runtime.scan.results import RowCounts
+
+    counts = RowCounts()
     verdicts: dict[str, int] = {}  # the combined verdicts beyond fake/real, as dfx scan counts them
     for row in written:
         if row.get("verdict") not in (None, "fake", "real"):
             verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
-        if row.get("error"):
-            counts["errors"] += 1
-        else:
-            counts["scored"] += 1
-            counts["fake" if row.get("decision") == "fake" else "real"] += 1
+        counts.add(row.get("decision"), row.get("error"))
     backends = sorted({f"{r['backend']} {r['precision']}" for r in written if r.get("backend")})
     return {
         **counts,
@@ -342,16 +331,9 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     }
 
 
-def _env_public_key() -> str | None:
-    try:
-        from dfx.signing import trusted_key_from_env
-    except ImportError:
-        return None
-    return trusted_key_from_env()
-
-
 def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
-    from dfx.runtime.results import Result
+    from dfx.runtime.provenance.hook import ProvenanceHook
+    from dfx.runtime.scan.rows import RowFactory
 
     local = not split_uri(path)[0]
     if local and os.path.isdir(path):
@@ -360,10 +342,9 @@ def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
         error = "cannot read file" if os.path.exists(path) else "no such file"
     else:
         error = NO_ROW
-    from dfx.runtime.provenance import combined_verdict
-
-    return Result(path, None, None, None, str(like.get("backend") or ""), str(like.get("precision") or ""),
-                  str(like.get("model_sha256") or ""), error, verdict=combined_verdict(None, None, None)).to_dict()
+    rows = RowFactory(str(like.get("backend") or ""), str(like.get("precision") or ""), str(like.get("model_sha256") or ""),
+                      threshold=0.0, hook=ProvenanceHook())  # error rows only: no threshold applies
+    return rows.error(path, error).to_dict()
 
 
 def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any, config: RayScanConfig, payload: Any,
@@ -411,38 +392,3 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         ds.write_parquet(target, filename_provider=names)
     else:
         ds.write_json(target, filename_provider=names, force_ascii=False, double_precision=15)  # pandas keeps 10 decimals by default
-
-
-# ---- the CLI -------------------------------------------------------------------------------------
-
-
-def scan_command(args: Any) -> int:
-    """`dfx scan --engine ray`: the handler runtime/commands.py delegates to."""
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    if args.batch is not None and args.batch < 1:
-        raise DfxError(f"--batch must be >= 1, not {args.batch}")
-    config = RayScanConfig(
-        backend=args.backend, precision=args.precision, threshold=args.threshold, batch_size=args.batch,
-        actors=args.actors, threads=args.threads, format=args.format, resume=args.resume, overwrite=args.overwrite,
-        address=args.ray_address, progress=sys.stderr.isatty() and not args.quiet,
-        provenance=not getattr(args, "no_provenance", False), trust_anchors=getattr(args, "trust_anchors", None),
-        public_key=getattr(args, "public_key", None) or _env_public_key(),
-    )
-    extensions = None
-    if getattr(args, "extensions", None):
-        from dfx.images import parse_extensions
-
-        try:
-            extensions = parse_extensions(args.extensions)
-        except ValueError as exc:
-            raise DfxError(f"--extensions: {exc}", hint="give suffixes such as --extensions jpg,png") from exc
-    summary = scan(args.bundle, args.paths, args.out, config, extensions=extensions, say=say)
-    if sys.stderr.isatty():
-        say(f"dfx scan: {summary['images']} images: {summary['fake']} fake, {summary['real']} real, "
-            f"{summary['errors']} errors; {summary['images_per_s']} images/s on ray ({summary['actors']} actors; "
-            f"Ray start-up {summary['ray_startup_s']} s) -> {args.out}"
-            + (f"; {summary['skipped_done']} already done" if summary["skipped_done"] else "")
-            + (f"; {summary['skipped_non_image']} non-image files skipped" if summary["skipped_non_image"] else ""))
-    else:
-        say(json.dumps(summary))
-    return 1 if summary["images"] and summary["errors"] == summary["images"] else 0

@@ -1,12 +1,11 @@
-"""Inputs and outputs of `dfx scan --engine ray` (dfx.runtime.ray): expanding paths, globs,
+"""Inputs and outputs of `dfx scan --engine ray` (dfx.runtime.ray.scan): expanding paths, globs,
 manifests and object-store prefixes into the files to scan, and the Parquet / JSONL shards of
-result rows (a fixed schema from `Result`'s fields; reading them back for --resume, dropping
+result rows (a fixed schema: every row column, dfx.runtime.scan.results.column_kinds; reading them back for --resume, dropping
 what a killed writer cut off). pyarrow is imported inside the functions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -99,15 +98,10 @@ def expand_inputs(entries: Iterable[str], extensions: tuple[str, ...] | None = N
 
 
 def _walk_local(paths: list[str], extensions: tuple[str, ...] | None) -> tuple[list[str], int]:
-    import dfx.images as images
+    from dfx.images import walk_images  # the walk `dfx scan` uses: suffix or content, --extensions
 
-    walk = getattr(images, "walk_images", None)
-    if walk is not None:  # the walk `dfx scan` uses: suffix or content, --extensions
-        found, skipped = walk(paths, extensions)
-        return list(found), len(skipped)
-    files = images.iter_image_files(paths)
-    skipped = sum(1 for p in paths if os.path.isdir(p) for _, _, names in os.walk(p) for n in names if not images.is_image_path(n))
-    return files, skipped
+    found, skipped = walk_images(paths, extensions)
+    return list(found), len(skipped)
 
 
 def _expand_remote(uri: str, extensions: tuple[str, ...] | None = None) -> tuple[list[str], int]:
@@ -140,15 +134,11 @@ def _expand_remote(uri: str, extensions: tuple[str, ...] | None = None) -> tuple
 
 
 def _columns() -> list[tuple[str, str]]:
-    """(name, arrow type name) of every Result field, read now: other parts add columns."""
-    from dfx.runtime.results import Result
+    """(name, arrow type name) of every row column, read now: other rooms add columns."""
+    from dfx.runtime.scan.results import column_kinds
 
-    arrow = {"float": "float64", "int": "int64", "bool": "bool_", "str": "string"}
-    kinds = []
-    for field in dataclasses.fields(Result):
-        base = str(field.type).replace("Optional[", "").rstrip("]").replace("| None", "").replace("None |", "").strip()
-        kinds.append((field.name, arrow.get(base, "string")))  # anything else travels as JSON text
-    return kinds
+    arrow = {"number": "float64", "flag": "bool_", "text": "string"}
+    return [(column.name, arrow[column.kind]) for column in column_kinds()]
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> Any:

@@ -1,6 +1,6 @@
 """The Python API that moderation and provenance pipelines embed.
 
-    from dfx.runtime.detector import Detector
+    from dfx.runtime.scan.detector import Detector
 
     with Detector.load("bundles/faces") as detector:      # picks TensorRT/ORT/OpenVINO, says why
         print(detector.reason)
@@ -10,7 +10,8 @@
 
 `predict` returns one Result per input, in order; `scan` yields them as batches finish (a lazy
 iterable is consumed as it goes). With the `c2pa` extra installed each Result also carries the
-input's C2PA provenance and the combined `verdict` (`provenance=False` skips reading;
+input's C2PA provenance and the combined `verdict` (the provenance room's row hook;
+`provenance=False` skips reading;
 `trust_anchors=` a PEM file of trusted roots lets manifests read `trusted`). One Detector may be shared between threads: each call runs
 its own decode pool, and the Runner serialises access to the model.
 """
@@ -19,15 +20,17 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from dfx.bundle import Bundle
-from dfx.runtime.base import Runner
-from dfx.runtime.pipeline import iter_results
-from dfx.runtime.results import Result
+from dfx.runtime.scan.model import LoadedModel, load_model
+from dfx.runtime.scan.pipeline import iter_results
+from dfx.runtime.scan.results import Result
+from dfx.runtime.scan.rows import RowHook
 
-if TYPE_CHECKING:
-    from dfx.runtime.provenance import ProvenanceReader
+
+def _from_model(name: str, doc: str = "") -> Any:
+    return property(lambda self: getattr(self.model, name), doc=doc or f"the loaded model's {name}")
 
 
 class Detector:
@@ -35,27 +38,16 @@ class Detector:
 
     def __init__(
         self,
-        bundle: Bundle,
-        runner: Runner,
-        reason: str = "",
+        model: LoadedModel,
         *,
-        threshold: float | None = None,
         batch_size: int = 32,
         workers: int | None = None,
-        provenance: "bool | ProvenanceReader" = True,
-        trust_anchors: str | os.PathLike | None = None,
+        hook: RowHook | None = None,
     ):
-        from dfx.runtime.provenance import ProvenanceReader
-
-        self.bundle = bundle
-        # C2PA reading: a reader, or None when off or the `c2pa` extra is missing.
-        self.provenance = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)
-        self.runner = runner
-        self.reason = reason  # why this backend was chosen, for logs
-        self.threshold = bundle.threshold if threshold is None else float(threshold)  # on the logit
+        self.model = model
+        self.hook = hook  # the row hook (provenance columns), or None
         self.batch_size = batch_size
         self.workers = workers
-        self.model_sha256 = str(getattr(runner, "model_sha256", ""))
         self._lock = threading.Lock()
         self._closed = False
 
@@ -70,7 +62,7 @@ class Detector:
         batch_size: int = 32,
         workers: int | None = None,
         threads: int | None = None,
-        provenance: "bool | ProvenanceReader" = True,
+        provenance: bool | RowHook = True,
         trust_anchors: str | os.PathLike | None = None,
         public_key: Any = None,
         check_parity: bool = False,
@@ -81,44 +73,33 @@ class Detector:
         the load refuse a bundle that is unsigned or not signed by that key (BundleError with
         the reason). Without one any intact bundle loads; `bundle.signature` says which it was.
         `check_parity` runs the bundle's parity sample through the chosen backend first and
-        raises ParityCheckError when it misses its tolerance on this machine.
+        raises ParityCheckError when it misses its tolerance on this machine. `provenance`:
+        True reads C2PA manifests when the `c2pa` extra is installed, False leaves the columns
+        null, or a row hook of your own.
         """
-        from dfx.runtime.select import choose_runner
-        from dfx.signing import trusted_key_from_env
+        if isinstance(provenance, bool):
+            from dfx.runtime.provenance.hook import ProvenanceHook  # the default hook, composed here
 
-        key = public_key if public_key is not None else trusted_key_from_env()
-        if isinstance(bundle, Bundle):
-            if key is not None:
-                bundle.require_signature(key)
+            hook: RowHook = ProvenanceHook.maybe(provenance, trust_anchors)
         else:
-            bundle = Bundle.open(bundle, public_key=key)
-        from dfx.runtime.provenance import ProvenanceReader
+            hook = provenance
+        model = load_model(bundle, backend, precision, threads=threads, threshold=threshold, public_key=public_key,
+                           check=False, check_parity=check_parity)
+        return cls(model, batch_size=batch_size, workers=workers, hook=hook)
 
-        reader = provenance if isinstance(provenance, ProvenanceReader) else ProvenanceReader.maybe(bool(provenance), trust_anchors)
-        runner, reason = choose_runner(bundle, backend, precision, threads=threads)
-        runner.activate()
-        if check_parity:
-            from dfx.runtime.parity_check import require_parity
-
-            try:
-                require_parity(bundle, runner)
-            except BaseException:
-                runner.deactivate()
-                raise
-        return cls(bundle, runner, reason, threshold=threshold, batch_size=batch_size, workers=workers, provenance=reader or False)
-
-    @property
-    def backend(self) -> str:
-        return self.runner.backend
-
-    @property
-    def precision(self) -> str:
-        return self.runner.precision
+    # The loaded model's identity, read through: the Detector adds batching and the row hook.
+    bundle = _from_model("bundle")
+    runner = _from_model("runner")
+    reason = _from_model("reason", "why this backend was chosen, for logs")
+    threshold = _from_model("threshold", "on the logit")
+    model_sha256 = _from_model("sha256", "of the model file every row carries")
+    backend = _from_model("backend")
+    precision = _from_model("precision")
 
     def scan(self, images: Iterable[Any]) -> Iterator[Result]:
         """Yield one Result per image (path, bytes, PIL image or array) as batches finish."""
         if self._closed:
-            from dfx.runtime.base import RunnerError
+            from dfx.runtime.runners.base import RunnerError
 
             raise RunnerError("this Detector is closed")
         return iter_results(
@@ -130,10 +111,9 @@ class Detector:
             batch_size=self.batch_size,
             workers=self.workers,
             model_sha256=self.model_sha256,
-            provenance=self.provenance,
+            hook=self.hook,
             probability=self.bundle.probability,
         )
-
     def predict(self, images: Iterable[Any] | Any) -> list[Result]:
         """Results for `images`, in order. A single path/bytes/PIL image/array gives a list of one."""
         if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not _is_iterable(images):
@@ -146,7 +126,7 @@ class Detector:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self.runner.deactivate()
+                self.model.close()
 
     def __enter__(self) -> "Detector":
         return self

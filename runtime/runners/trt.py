@@ -1,7 +1,8 @@
 """TensorRT Runner (TensorRT 10 and 11, full `tensorrt` or `tensorrt_lean`).
 
-NOT RUN HERE: this module was written on a machine with no GPU and no TensorRT (its wheels are
-placeholders there). It follows the TensorRT 10/11 Python API — tensor-name I/O
+Written on a machine with no GPU and no TensorRT. Its chunk pipelining (slots, round robin,
+chunk order, early close, a failed chunk) runs on every CPU in tests/test_trt_pipeline.py,
+through a numpy-backed CudaApi and an engine that computes on it. It follows the TensorRT 10/11 Python API — tensor-name I/O
 (`num_io_tensors`, `get_tensor_name`, `get_tensor_mode`, `get_tensor_dtype`,
 `get_tensor_profile_shape`), `set_input_shape`, `set_tensor_address`, `execute_async_v3` — and
 uses no removed binding-index call. Its tests are marked `gpu` and skip with a reason elsewhere.
@@ -43,7 +44,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from dfx.errors import MissingExtraError
-from dfx.runtime.base import Runner, RunnerError, Source
+from dfx.runtime.runners.base import Runner, RunnerError, Source
 
 N_STREAMS = 3  # copy-in, compute and copy-out of three consecutive batches in flight
 
@@ -153,7 +154,7 @@ class TrtRunner(Runner):
         return data
 
     def _activate(self) -> None:
-        from dfx.runtime import cuda as cuda_mod
+        from dfx.runtime.runners import cuda as cuda_mod
 
         data = self._engine_bytes()  # checked before TensorRT (or CUDA) sees a byte of it
         trt = _import_tensorrt(self.lean)
@@ -173,7 +174,8 @@ class TrtRunner(Runner):
                 hint="rebuild engines on this machine with `dfx export --engine`",
             )
         self._engine = engine
-        inputs, outputs = [], []
+        inputs: list[str] = []
+        outputs: list[str] = []
         for i in range(engine.num_io_tensors):
             tname = engine.get_tensor_name(i)
             (inputs if engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT else outputs).append(tname)
@@ -340,7 +342,13 @@ class TrtRunner(Runner):
                         old_slot, old_index = order.pop(0)
                         assert old_slot is slot
                         yield from finish(slot, old_index)
-                    self._submit(slot, batch[start : start + self.max_batch])
+                    try:
+                        self._submit(slot, batch[start : start + self.max_batch])
+                    except BaseException:
+                        # The copy it enqueued before failing reads the pinned buffer: let it finish
+                        # before anything reuses the slot (found by tests/test_trt_pipeline.py).
+                        self._cuda.stream_synchronize(slot.stream)
+                        raise
                     order.append((slot, index))
             while order:
                 slot, index = order.pop(0)

@@ -44,8 +44,6 @@ AI_SOURCE_TYPES = frozenset(
 # Ingredients whose content ends up in the asset: the edited original and composited parts.
 # inputTo (e.g. a reference image fed to a generator) does not put its pixels into the output.
 CARRIED_RELATIONSHIPS = frozenset({"parentOf", "componentOf"})
-STATES = ("none", "valid", "trusted", "invalid")
-VERDICTS = ("ai-declared", "conflict", "invalid-manifest", "fake", "real")
 # A manifest store whose JSON report is larger than this is refused (a row error, not a
 # memory spike): real stores are kilobytes, thumbnails included.
 MAX_REPORT_CHARS = 8 * 1024 * 1024
@@ -79,14 +77,6 @@ class Provenance:
 
 
 NOT_READ = Provenance(None)
-
-
-def with_provenance(result: Any, prov: Provenance) -> Any:
-    """`result` (a dfx Result) carrying `prov`'s columns and the combined verdict; its detector
-    fields are kept as they are. For screens that decode on their own (the service, Ray)."""
-    import dataclasses
-
-    return dataclasses.replace(result, **prov.columns(), verdict=combined_verdict(result.decision, prov.c2pa, prov.ai_declared))
 
 
 def combined_verdict(decision: str | None, c2pa: str | None, ai_declared: bool | None) -> str | None:
@@ -127,20 +117,17 @@ def has_manifest_marker(data: bytes | bytearray | memoryview) -> bool:
     return view.find(b"jumb") >= 0 or view.find(b"c2pa") >= 0
 
 
+# The formats dfx decodes that carry C2PA manifests (c2pa reads no BMP).
+_C2PA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF")
+
+
 def sniff_mime(data: bytes) -> str | None:
-    """The MIME type from the first bytes, for the formats dfx decodes (None: unknown)."""
-    head = bytes(data[:16])
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None
+    """The MIME type from the first bytes (dfx.images' signatures), for the formats C2PA reads
+    (None: unknown or not one of them)."""
+    from dfx.images import MIME_TYPES, SNIFF_BYTES, sniff
+
+    fmt = sniff(bytes(data[:SNIFF_BYTES]))
+    return MIME_TYPES[fmt] if fmt in _C2PA_FORMATS else None
 
 
 def _read_pem(path: str | os.PathLike, what: str) -> str:
@@ -313,10 +300,10 @@ def _source_types(manifest: dict[str, Any], manifests: dict[str, Any], depth: in
     for ingredient in manifest.get("ingredients") or []:
         if not isinstance(ingredient, dict) or ingredient.get("relationship", "componentOf") not in CARRIED_RELATIONSHIPS:
             continue
-        label = ingredient.get("active_manifest")
-        child = manifests.get(label) if isinstance(label, str) else None
-        if isinstance(child, dict) and label not in seen:
-            seen.add(label)
+        ref = ingredient.get("active_manifest")
+        child = manifests.get(ref) if isinstance(ref, str) else None
+        if isinstance(child, dict) and isinstance(ref, str) and ref not in seen:
+            seen.add(ref)
             yield from _source_types(child, manifests, depth + 1, seen)
 
 
@@ -338,7 +325,8 @@ class SigningIdentity:
     def from_files(cls, cert: str | os.PathLike, key: str | os.PathLike, alg: str = "es256", tsa_url: str | None = None) -> "SigningIdentity":
         chain, private = _read_pem(cert, "certificate chain"), _read_pem(key, "private key")
         if "-----BEGIN CERTIFICATE-----" not in chain:
-            raise ProvenanceError(f"{os.fspath(cert)} holds no PEM certificate", hint="--cert takes the PEM chain: signing certificate first, then intermediates")
+            raise ProvenanceError(f"{os.fspath(cert)} holds no PEM certificate",
+                                  hint="--cert takes the PEM chain: signing certificate first, then intermediates")
         if "PRIVATE KEY-----" not in private:
             raise ProvenanceError(f"{os.fspath(key)} holds no PEM private key", hint="--key takes an unencrypted PEM (PKCS#8) private key")
         if "ENCRYPTED PRIVATE KEY" in private:

@@ -2,10 +2,10 @@
 Inference Protocol + /v1/screen, its dynamic batcher across requests, limits, auth, metrics),
 one per replica, with replicas spread over a Ray cluster behind Serve's proxy.
 
-    serve run dfx.runtime.ray_serve:app_builder bundle=/models/faces replicas=4 threads=2
+    serve run dfx.runtime.ray.deployment:app_builder bundle=/models/faces replicas=4 threads=2
     # or from Python:
     from ray import serve
-    serve.run(dfx.runtime.ray_serve.application(ServeConfig(bundle="/models/faces"), replicas=4))
+    serve.run(dfx.runtime.ray.deployment.application(ServeConfig(bundle="/models/faces"), replicas=4))
 
 Each replica builds its app on its own node (`__serve_build_asgi_app__`), so nothing with
 threads or a loaded model is pickled; Serve runs the app's lifespan, which loads the model on
@@ -57,17 +57,17 @@ def application(config: Any, *, replicas: int = 1, threads: int | None = None, g
 
             return create_app(self.serve_config)
 
-    return DfxServe.bind(config)
+    return DfxServe.bind(config)  # type: ignore[attr-defined]  # serve.deployment adds bind
 
 
 def app_builder(args: dict[str, str]) -> Any:
-    """For `serve run dfx.runtime.ray_serve:app_builder bundle=PATH [replicas=N] [threads=N]
+    """For `serve run dfx.runtime.ray.deployment:app_builder bundle=PATH [replicas=N] [threads=N]
     [gpus=N] [backend=auto] [model_name=dfx]`, and `import_path` in a Serve config file."""
     from dfx.errors import DfxError
     from dfx.runtime.serve.config import ServeConfig
 
     if "bundle" not in args:
-        raise DfxError("app_builder needs bundle=PATH", hint="serve run dfx.runtime.ray_serve:app_builder bundle=/models/faces")
+        raise DfxError("app_builder needs bundle=PATH", hint="serve run dfx.runtime.ray.deployment:app_builder bundle=/models/faces")
     config = ServeConfig(bundle=args["bundle"], backend=args.get("backend", "auto"), model_name=args.get("model_name", "dfx"))
     return application(
         config,

@@ -1,11 +1,12 @@
 """Scan results: one row per input, written as .jsonl or .csv and flushed row by row.
 
 A row is either a score (logit, probability, decision) or an error; never both, never
-missing. Beside them, the input's C2PA provenance (c2pa, c2pa_failures, claim_generator,
-ai_declared, provenance_error; null when not read) and the combined `verdict`
-(dfx.runtime.provenance.combined_verdict); rows written before those columns existed read back
-with them null. `--resume` reads back what an earlier (possibly killed) run wrote: a half-written last
-line is cut off, so the resumed run appends whole rows only and nothing is duplicated.
+missing. Beside the core columns a row carries the columns that row hooks add (the rooms around
+the scan register them with `register_columns`; today the provenance room: c2pa, c2pa_failures,
+claim_generator, ai_declared, verdict, provenance_error), null when not read. Rows written before
+those columns existed read back with them null. `--resume` reads back what an earlier (possibly
+killed) run wrote: a half-written last line is cut off, so the resumed run appends whole rows
+only and nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Mapping
 
 from dfx.errors import DfxError
 
@@ -25,6 +26,39 @@ FORMATS = (".jsonl", ".csv")
 
 
 @dataclass(frozen=True)
+class Column:
+    """A column a row hook adds to every row; `kind` says how a CSV cell reads back."""
+
+    name: str
+    kind: str  # "text" | "flag" (true/false) | "number"
+
+
+# Hook columns, in the order rows carry them after the core columns (see register_columns).
+_HOOK_COLUMNS: list[Column] = []
+
+
+def register_columns(*columns: Column) -> None:
+    """Add hook columns to the row schema (idempotent). The rooms around the scan call it when
+    `dfx.runtime` is imported, so every writer and reader knows the same columns."""
+    for column in columns:
+        if column.name in CORE_COLUMNS:
+            raise ValueError(f"{column.name!r} is a core column")
+        if all(c.name != column.name for c in _HOOK_COLUMNS):
+            _HOOK_COLUMNS.append(column)
+
+
+def hook_columns() -> tuple[str, ...]:
+    return tuple(c.name for c in _HOOK_COLUMNS)
+
+
+def column_kinds() -> list[Column]:
+    """Every column of a row, in order, with its kind ("number" | "text" | "flag"), for writers
+    with a typed schema (Ray's Parquet shards)."""
+    numbers = ("logit", "probability")
+    return [Column(name, "number" if name in numbers else "text") for name in CORE_COLUMNS] + list(_HOOK_COLUMNS)
+
+
+@dataclass(frozen=True, init=False)
 class Result:
     """The verdict on one input. `error` is set (and the scores are None) when it failed."""
 
@@ -36,13 +70,25 @@ class Result:
     precision: str  # "fp32" | "fp16" | "int8"
     model_sha256: str  # hash of the model file that produced the score
     error: str | None = None  # why this input has no score
-    # C2PA provenance (dfx.runtime.provenance), null when not read (off, no `c2pa` extra, no bytes):
-    c2pa: str | None = None  # "none" | "valid" | "trusted" | "invalid"
-    c2pa_failures: str | None = None  # validation failure codes, "; "-joined, when invalid
-    claim_generator: str | None = None  # the active manifest's claim generator
-    ai_declared: bool | None = None  # the manifest (or a carried ingredient) declares AI; None: says nothing
-    verdict: str | None = None  # combined_verdict(): ai-declared | conflict | invalid-manifest | fake | real
-    provenance_error: str | None = None  # why the manifest could not be read
+    extra: Mapping[str, Any] = field(default_factory=dict)  # the hook columns that are not null (read as attributes too)
+
+    def __init__(self, path: str, logit: float | None, probability: float | None, decision: str | None, backend: str,
+                 precision: str, model_sha256: str, error: str | None = None, extra: Mapping[str, Any] | None = None,
+                 **columns: Any):
+        # Null columns are left out, so a row equals itself read back whichever columns it had.
+        values = {k: v for k, v in {**(extra or {}), **columns}.items() if v is not None}
+        unknown = set(values) - set(hook_columns())
+        if unknown:
+            raise TypeError(f"Result has no column {', '.join(sorted(unknown))}")
+        for name, value in (("path", path), ("logit", logit), ("probability", probability), ("decision", decision),
+                            ("backend", backend), ("precision", precision), ("model_sha256", model_sha256),
+                            ("error", error), ("extra", values)):
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # a hook column: result.c2pa, result.verdict, ...
+        if name in hook_columns():
+            return self.__dict__.get("extra", {}).get(name)
+        raise AttributeError(f"'Result' object has no attribute {name!r}")
 
     @property
     def ok(self) -> bool:
@@ -53,10 +99,34 @@ class Result:
         return self.decision == "fake"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The flat row, in COLUMNS order (hook columns null when not set)."""
+        row = {name: getattr(self, name) for name in CORE_COLUMNS}
+        row.update((name, self.extra.get(name)) for name in hook_columns())
+        return row
 
 
-COLUMNS = tuple(f.name for f in fields(Result))
+CORE_COLUMNS = ("path", "logit", "probability", "decision", "backend", "precision", "model_sha256", "error")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "COLUMNS":  # the row schema: the core columns, then the registered hook columns
+        return CORE_COLUMNS + hook_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class RowCounts(dict):
+    """The counts a scan summary reports: images, scored, fake, real, errors."""
+
+    def __init__(self) -> None:
+        super().__init__(images=0, scored=0, fake=0, real=0, errors=0)
+
+    def add(self, decision: str | None, error: str | None) -> None:
+        self["images"] += 1
+        if error:
+            self["errors"] += 1
+        else:
+            self["scored"] += 1
+            self["fake" if decision == "fake" else "real"] += 1
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -80,7 +150,7 @@ class ResultWriter:
         if self.format == ".csv":
             if has_rows:
                 _upgrade_csv_header(self.path, self._handle)
-            self._csv = csv.DictWriter(self._handle, fieldnames=COLUMNS, lineterminator="\n")
+            self._csv = csv.DictWriter(self._handle, fieldnames=CORE_COLUMNS + hook_columns(), lineterminator="\n")
             if not has_rows:
                 self._csv.writeheader()
                 self._handle.flush()
@@ -116,12 +186,12 @@ def _upgrade_csv_header(path: Path, handle: IO[str]) -> None:
             header = next(csv.reader(existing), None)
     except csv.Error as exc:
         raise DfxError(f"{path} is not a dfx results CSV ({_short(exc)})", hint="write to a new --out file") from exc
-    if header is None or tuple(header) == COLUMNS:
+    if header is None or tuple(header) == CORE_COLUMNS + hook_columns():
         return
     rows = read_results(path)
     handle.seek(0)
     handle.truncate()
-    writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(handle, fieldnames=CORE_COLUMNS + hook_columns(), lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.to_dict().items()})
@@ -225,6 +295,7 @@ def _from_dict(row: Any) -> Result:
         raise TypeError("the row has no path")
     if "\x00" in path:  # no file system names a file so
         raise ValueError("the path holds a NUL character")
+    kinds = {"text": text, "flag": flag, "number": num}
     return Result(
         path=path,
         logit=num(row.get("logit")),
@@ -234,10 +305,5 @@ def _from_dict(row: Any) -> Result:
         precision=str(row.get("precision") or ""),
         model_sha256=str(row.get("model_sha256") or ""),
         error=text(row.get("error")),
-        c2pa=text(row.get("c2pa")),
-        c2pa_failures=text(row.get("c2pa_failures")),
-        claim_generator=text(row.get("claim_generator")),
-        ai_declared=flag(row.get("ai_declared")),
-        verdict=text(row.get("verdict")),
-        provenance_error=text(row.get("provenance_error")),
+        extra={c.name: kinds[c.kind](row.get(c.name)) for c in _HOOK_COLUMNS},
     )

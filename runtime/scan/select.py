@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from dfx.bundle import ONNX_ROLES, Bundle, BundleError
 from dfx.errors import DfxError
-from dfx.runtime.base import Runner
+from dfx.forms import FORMS
+from dfx.runtime.runners.base import Runner
 
 BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "keras")
 ALIASES = {"ov-cpu": "openvino", "ov": "openvino", "tensorrt": "trt"}
@@ -41,8 +42,8 @@ PREFERENCE = {
 }
 # CPU backends read the uint8-activation twin of the INT8 file when the bundle has one (bundles
 # exported before it existed have only the symmetric file, which they also run).
-CPU_INT8_ROLE = ONNX_ROLES["cpu-int8"]
-CPU_BACKENDS = ("ort-cpu", "openvino")
+CPU_INT8_ROLE = FORMS["cpu-int8"].role
+CPU_BACKENDS = FORMS["cpu-int8"].runners  # ("ort-cpu", "openvino")
 
 
 class SelectError(DfxError):
@@ -57,13 +58,17 @@ class Choice:
     precision: str
     file: str  # bundle-relative name of the model file or engine
     sha256: str
+    reason: str = ""  # why, for logs: "ort-cpu int8 model.int8.cpu.onnx; no GPU (...)"
+
+    def __str__(self) -> str:
+        return self.reason or f"{self.backend} {self.precision} {self.file}"
 
 
 # ---- what this machine offers ----------------------------------------------------------------
 
 
 def gpu_status() -> tuple[bool, str]:
-    from dfx.runtime import cuda
+    from dfx.runtime.runners import cuda
 
     return cuda.probe()
 
@@ -79,10 +84,8 @@ def ort_cuda_status() -> tuple[bool, str]:
 
 
 def openvino_status() -> tuple[bool, str]:
-    try:
-        from dfx.runtime import openvino
-    except ImportError:
-        return False, "openvino backend not available (dfx.runtime.openvino missing)"
+    from dfx.runtime.runners import openvino  # light: openvino itself is imported inside it
+
     try:
         ok = bool(openvino.available())
     except Exception as exc:  # a broken install must mean "unavailable", not a crash
@@ -197,7 +200,7 @@ def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
     path = os.fspath(bundle.file(choice.file))  # verified against the manifest here
     size = bundle.input_size
     if choice.backend == "trt":
-        from dfx.runtime.trt import TrtRunner
+        from dfx.runtime.runners.trt import TrtRunner
 
         entry = next(e for e in bundle.manifest["engines"] if _engine_name(e) == choice.file)
         return TrtRunner(
@@ -211,14 +214,14 @@ def _make_runner(bundle: Bundle, choice: Choice, threads: int | None) -> Runner:
             expected_sha256=choice.sha256,
         )
     if choice.backend in ("ort-cpu", "ort-cuda"):
-        from dfx.runtime.ort import OrtRunner
+        from dfx.runtime.runners.ort import OrtRunner
 
         return OrtRunner(path, device=choice.backend[4:], precision=choice.precision, input_size=size, threads=threads)
     if choice.backend == "openvino":
-        from dfx.runtime.openvino import OpenVinoRunner
+        from dfx.runtime.runners.openvino import OpenVinoRunner
 
         return OpenVinoRunner(path, precision=choice.precision, input_size=size, threads=threads)
-    from dfx.runtime.keras import KerasRunner
+    from dfx.runtime.runners.keras import KerasRunner
 
     return KerasRunner(path, input_size=size)
 
@@ -308,12 +311,12 @@ def _parity_form(backend: str, role: str, precision: str) -> str:
 def _find_trt(want: _Request, precisions: tuple[str, ...]) -> Choice | None:
     if not want.has_gpu("trt"):
         return None
-    from dfx.runtime import trt
+    from dfx.runtime.runners import trt
 
     if trt.installed_version() is None:
         want.notes.append("TensorRT not installed")
         return None
-    from dfx.runtime import cuda
+    from dfx.runtime.runners import cuda
 
     engines, refused = usable_engines(want.bundle, precisions, cuda.compute_capability(0), trt.installed_version())
     want.notes.extend(refused)
@@ -377,7 +380,7 @@ def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explici
     but after int8."""
     if "bf16" not in precisions:
         return precisions
-    from dfx.runtime.openvino import bf16_status, has_amx
+    from dfx.runtime.runners.openvino import bf16_status, has_amx
 
     ok, why = bf16_status()
     if explicit:
@@ -397,15 +400,13 @@ def choose_runner(
     precision: str | None = None,
     *,
     threads: int | None = None,
-) -> tuple[Runner, str]:
-    """(an inactive Runner, a human reason such as "ort-cpu int8: ...; no GPU (...)").
+) -> tuple[Runner, Choice]:
+    """(an inactive Runner, the Choice: backend, precision, file, sha256 and the reason, such as
+    "ort-cpu int8 model.int8.cpu.onnx; no GPU (...)").
 
     The runner's file was verified against the manifest; activate it with `with runner:`.
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)
     chosen, why = plan(bundle, backend, precision)
-    runner = _make_runner(bundle, chosen, threads)
-    runner.model_sha256 = chosen.sha256  # type: ignore[attr-defined]  # carried into result rows
-    runner.model_file = chosen.file  # type: ignore[attr-defined]  # which file of the bundle, for reports
-    return runner, f"{chosen.backend} {why}"
+    return _make_runner(bundle, chosen, threads), replace(chosen, reason=f"{chosen.backend} {why}")

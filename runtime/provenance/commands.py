@@ -1,5 +1,7 @@
 """`dfx c2pa sign` and `dfx c2pa read`: sign the detector's finding into an image's C2PA
-manifest, and show what an image's manifest says (the same reader `dfx scan` uses)."""
+manifest, and show what an image's manifest says (the same reader `dfx scan` uses); and the
+provenance flags of `dfx scan` (--no-provenance, --trust-anchors), which plug this room's row
+hook into the scan."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from dfx.errors import DfxError
 
@@ -24,8 +27,8 @@ emailProtection or documentSigning, an authority key identifier and an O= in the
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.provenance import ALGORITHMS
-    from dfx.runtime.select import ALIASES, BACKENDS, PRECISIONS
+    from dfx.runtime.provenance.c2pa import ALGORITHMS
+    from dfx.runtime.scan.flags import add_backend_flags
 
     group = sub.add_parser("c2pa", help="C2PA Content Credentials: sign the finding into an image, read a manifest",
                            description="C2PA Content Credentials (pip install 'dfx[c2pa]').")
@@ -43,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="SIGNED", help="where the signed image goes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--trust-anchors", metavar="PEM", help="trusted roots for the read-back (then `trusted` instead of `valid`)")
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS) + sorted(ALIASES), help="as in dfx scan (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, help="as in dfx scan")
+    add_backend_flags(p, threads=False, public_key=False)
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's)")
     p.set_defaults(handler=sign_command)
 
@@ -53,11 +55,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--trust-anchors", metavar="PEM", help="PEM file of trusted root certificates")
     r.set_defaults(handler=read_command)
 
+    scan = sub.choices.get("scan")
+    if scan is not None:  # dfx.cli registers the scan first
+        prov = scan.add_argument_group("C2PA provenance (pip install 'dfx[c2pa]'; see docs/c2pa.md)")
+        prov.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
+        prov.add_argument("--trust-anchors", metavar="PEM", help="PEM file of trusted root certificates: manifests signed under "
+                          "them read `trusted` (without it at most `valid`)")
+        scan.set_defaults(row_hook=scan_hook)
+
+
+def scan_hook(args: argparse.Namespace, say: Any) -> Any:
+    """The scan's row hook: C2PA columns when reading (said once when the c2pa extra is missing:
+    not fatal), else null columns and the detector's decision as the verdict."""
+    from dfx.runtime.provenance.hook import ProvenanceHook
+
+    hook = ProvenanceHook.maybe(not getattr(args, "no_provenance", False), getattr(args, "trust_anchors", None))
+    if not hook.reading and not getattr(args, "no_provenance", False):  # reading was asked for: the extra is missing
+        say("dfx scan: C2PA provenance not read (pip install 'dfx[c2pa]' to read it)")
+    return hook
+
 
 def sign_command(args: argparse.Namespace) -> int:
     from dfx.errors import require
-    from dfx.runtime.detector import Detector
-    from dfx.runtime.provenance import ProvenanceReader, SigningIdentity, sign_image
+    from dfx.runtime.scan.detector import Detector
+    from dfx.runtime.provenance.c2pa import ProvenanceReader, SigningIdentity, sign_image
 
     require("c2pa", "c2pa", "dfx c2pa sign")
     if os.path.abspath(args.out) == os.path.abspath(args.image):
@@ -79,7 +100,7 @@ def sign_command(args: argparse.Namespace) -> int:
 
 def read_command(args: argparse.Namespace) -> int:
     from dfx.images import ImageError, read_bytes
-    from dfx.runtime.provenance import ProvenanceReader, read_detection
+    from dfx.runtime.provenance.c2pa import ProvenanceReader, read_detection
 
     reader = ProvenanceReader(args.trust_anchors)
     failed = 0

@@ -1,0 +1,76 @@
+"""The one row factory: logit -> decision -> row, and the hook outer rooms add columns through.
+
+Every row dfx writes or answers with (`dfx scan`, the Detector, `dfx serve`, Ray) is made here,
+so a new row field is added in one place. A `RowHook` reads extra columns from an input's
+encoded bytes beside the pixels (the provenance room: C2PA) and may finish them once the
+decision is known (the combined verdict); the scan core calls it without knowing what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+from dfx.bundle import sigmoid
+from dfx.runtime.scan.results import Result
+
+
+class RowHook(Protocol):
+    """Columns a room adds to every row. Register their names with results.register_columns."""
+
+    def read(self, data: bytes | None) -> dict[str, Any]:
+        """The columns read from an input's encoded bytes; None: no bytes (an array, a PIL image,
+        a file that could not be read). Never raises: a failure is a column value."""
+        ...
+
+    def finish(self, decision: str | None, columns: Mapping[str, Any]) -> dict[str, Any]:
+        """The row's hook columns once the detector's decision is known (None: no score)."""
+        ...
+
+
+class ScanHook(RowHook, Protocol):
+    """A row hook `dfx scan` also reports on: it sees every row and adds to the summary."""
+
+    def tally(self, result: Result) -> None: ...
+
+    def summary(self) -> dict[str, Any]:
+        """Fields for the scan's JSON summary line."""
+        ...
+
+    def summary_line(self) -> str:
+        """Text for the end of the terminal summary ("; 2 ai-declared"), or ""."""
+        ...
+
+
+@dataclass(frozen=True)
+class RowFactory:
+    """Makes the rows of one model: its identity, its threshold, its calibration, the hook."""
+
+    backend: str  # the runner's backend, e.g. "ort-cpu"
+    precision: str
+    model_sha256: str  # of the model file the runner loaded
+    threshold: float  # on the logit: logit >= threshold means "fake"
+    probability: Callable[[float], float] = sigmoid  # logit -> calibrated P(fake) (Bundle.probability)
+    hook: RowHook | None = None
+
+    def decide(self, logit: float) -> str:
+        return "fake" if logit >= self.threshold else "real"
+
+    def read(self, data: bytes | None) -> dict[str, Any]:
+        """The hook's columns for these bytes ({} without a hook)."""
+        return self.hook.read(data) if self.hook is not None else {}
+
+    def scored(self, name: str, logit: float, columns: Mapping[str, Any] | None = None) -> Result:
+        logit = float(logit)
+        decision = self.decide(logit)
+        return Result(name, logit, self.probability(logit), decision, self.backend, self.precision, self.model_sha256,
+                      None, extra=self._finish(decision, columns))
+
+    def error(self, name: str, error: str, columns: Mapping[str, Any] | None = None) -> Result:
+        return Result(name, None, None, None, self.backend, self.precision, self.model_sha256, error,
+                      extra=self._finish(None, columns))
+
+    def _finish(self, decision: str | None, columns: Mapping[str, Any] | None) -> dict[str, Any]:
+        if self.hook is None:
+            return dict(columns or {})
+        return self.hook.finish(decision, columns if columns is not None else self.hook.read(None))

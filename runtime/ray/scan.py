@@ -101,7 +101,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
         if isinstance(decoded, str):
             errors[i] = decoded
         else:
-            pixels[i] = decoded
+            pixels[i] = decoded.pixels[0]  # the whole image: one window
     return {"path": np.array(paths, dtype=object), "pixels": pixels, "error": errors, "provenance": columns}
 
 

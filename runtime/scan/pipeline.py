@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import os
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
@@ -50,15 +51,44 @@ def _error_text(exc: BaseException) -> str:
     return reason if reason else f"{type(exc).__name__}: {exc}"
 
 
-def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = None) -> tuple[np.ndarray | str, dict[str, Any]]:
-    """(pixels uint8 (H, W, 3) or the error text, the hook's columns) from one read of the
+@dataclass(frozen=True)
+class FaceOptions:
+    """Whole photos (dfx.faces): find the faces and screen each, instead of the image as one crop."""
+
+    finder: Any  # dfx.faces.FaceFinder, or None where the bundle has none (then "auto" scores whole)
+    mode: str = "auto"  # off | auto | all (dfx.faces.FACES_MODES)
+    no_face: str = "no_face"  # no_face | score: a photo without a face gets `no_face`, or is scored whole
+
+
+@dataclass(frozen=True)
+class Windows:
+    """One decoded input: the model windows to run, and the faces they are (None: the image whole)."""
+
+    pixels: np.ndarray  # uint8 (K, H, W, 3); K = 1 for a whole image, 0 for a photo with no face
+    boxes: list[Any] | None = None  # dfx.faces.FaceBox per window, or None for a whole image
+
+
+def windows_of(source: Any, size: tuple[int, int], fit: str, faces: FaceOptions | None = None) -> Windows:
+    """The model windows of one input: the pixel path's one window, or one per face found.
+    Raises dfx.images.ImageError like load_image."""
+    if faces is None or faces.mode == "off" or (faces.finder is None and faces.mode == "auto"):
+        return Windows(load_image(source, size, fit)[None])
+    from dfx.faces import face_windows
+
+    found = face_windows(source, faces.finder, faces.mode, size, fit, no_face=faces.no_face)
+    return Windows(found.windows, None if found.faces.whole else list(found.faces.boxes))
+
+
+def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = None,
+           faces: FaceOptions | None = None) -> tuple[Windows | str, dict[str, Any]]:
+    """(the input's model windows or the error text, the hook's columns) from one read of the
     source's bytes. Never raises: a worker exception must not lose the input. Without a hook a
     path goes to the pixel path as it is; the columns are then {}."""
     from dfx.images import read_bytes
 
     if hook is None:
         try:
-            return load_image(source, size, fit), {}
+            return windows_of(source, size, fit, faces), {}
         except Exception as exc:
             return _error_text(exc), {}
     data: Any = None
@@ -70,7 +100,7 @@ def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = 
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = source
     try:
-        pixels: np.ndarray | str = load_image(source if data is None else data, size, fit)
+        pixels: Windows | str = windows_of(source if data is None else data, size, fit, faces)
     except Exception as exc:
         pixels = _error_text(exc)
     # PIL images and arrays carry no manifest: the hook gets no bytes.
@@ -89,13 +119,15 @@ def iter_results(
     model_sha256: str = "",
     hook: RowHook | None = None,
     probability: Callable[[float], float] = sigmoid,
+    faces: FaceOptions | None = None,
 ) -> Iterator[Result]:
     """Yield one Result per source, in input order. `runner` must be active.
 
     `sources` may be a lazy iterable (it is consumed as the window frees up). `threshold` is on
     the logit: logit >= threshold means "fake". With a `hook` each row also carries the hook's
     columns (the provenance room's: C2PA and the combined verdict); `probability` maps a logit to
-    P(fake) (pass the bundle's calibrated `Bundle.probability`).
+    P(fake) (pass the bundle's calibrated `Bundle.probability`). With `faces` a whole photo is
+    screened face by face (each face's window is one image of a batch) and its row lists them.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -104,14 +136,18 @@ def iter_results(
     factory = RowFactory(runner.backend, runner.precision, model_sha256, threshold, probability, hook)
 
     def rows(pending: Pending, logits: np.ndarray | None, failure: str = "") -> Iterator[Result]:
-        scores = iter(logits.tolist()) if logits is not None else None
+        scores = logits.tolist() if logits is not None else None
+        at = 0
         for name, px, columns in pending:
             if isinstance(px, str):
                 yield factory.error(name, px, columns)
+            elif px.boxes is not None and not px.boxes:
+                yield factory.faced(name, [], [], columns)  # no face: nothing to infer
             elif scores is None:
                 yield factory.error(name, failure, columns)
             else:
-                yield factory.scored(name, next(scores), columns)
+                mine, at = scores[at:at + len(px.pixels)], at + len(px.pixels)
+                yield factory.scored(name, mine[0], columns) if px.boxes is None else factory.faced(name, px.boxes, mine, columns)
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfx-decode")
     queued: collections.deque[Pending] = collections.deque()  # batches handed to the runner, oldest first
@@ -123,15 +159,16 @@ def iter_results(
         for pending in groups:
             pulled[0] += 1
             queued.append(pending)
-            good = [px for _, px, _ in pending if isinstance(px, np.ndarray)]
+            good = [px.pixels for _, px, _ in pending if _windows(px)]
             if good:
-                yield np.stack(good)
+                yield np.concatenate(good)
 
     def has_images(pending: Pending) -> bool:
-        return any(isinstance(px, np.ndarray) for _, px, _ in pending)
+        return any(_windows(px) for _, px, _ in pending)
 
     try:
-        feed = stacks(_batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers, hook=hook))
+        batches = _batches(sources, executor, hw, fit, batch_size, window=2 * batch_size + workers, hook=hook, faces=faces)
+        feed = stacks(batches)
         while True:
             before = pulled[0]
             outputs = runner.infer_many(feed)
@@ -159,15 +196,21 @@ def iter_results(
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-Pending = list  # [(name, pixels uint8 (H, W, 3) | error text, hook columns)] of one batch, in input order
+Pending = list  # [(name, Windows | error text, hook columns)] of one batch, in input order
+
+
+def _windows(px: Windows | str) -> int:
+    """How many model windows an input puts into its batch (0: an error, or a photo with no face)."""
+    return 0 if isinstance(px, str) else len(px.pixels)
 
 
 def _batches(
     sources: Iterable[Any], executor: ThreadPoolExecutor, hw: tuple[int, int], fit: str, batch_size: int, window: int,
-    hook: RowHook | None = None,
+    hook: RowHook | None = None, faces: FaceOptions | None = None,
 ) -> Iterator[Pending]:
     """Decode through the pool with at most `window` decodes in flight; group the results, in
-    input order, into batches of `batch_size` images (error rows ride along in their place)."""
+    input order, into batches of about `batch_size` windows (an input's faces stay in one batch;
+    rows without a window ride along in their place)."""
     inflight: collections.deque[tuple[str, Future]] = collections.deque()
     iterator = iter(sources)
     exhausted = False
@@ -180,14 +223,13 @@ def _batches(
             except StopIteration:
                 exhausted = True
                 break
-            inflight.append((describe(source), executor.submit(decode, source, hw, fit, hook)))
+            inflight.append((describe(source), executor.submit(decode, source, hw, fit, hook, faces)))
         if not inflight:
             break
         name, future = inflight.popleft()
         pixels, columns = future.result()
         pending.append((name, pixels, columns))
-        if isinstance(pixels, np.ndarray):
-            n_images += 1
+        n_images += _windows(pixels)
         if n_images >= batch_size or n_images == 0:  # error rows with no image before them go now
             yield pending
             pending, n_images = [], 0

@@ -23,6 +23,7 @@ from typing import IO, Any, Iterable, Mapping
 from dfx.errors import DfxError
 
 FORMATS = (".jsonl", ".csv")
+NO_FACE = "no_face"  # the decision of a whole photo in which no face was found (never "real")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Column:
     """A column a row hook adds to every row; `kind` says how a CSV cell reads back."""
 
     name: str
-    kind: str  # "text" | "flag" (true/false) | "number"
+    kind: str  # "text" | "flag" (true/false) | "number" | "count" (an integer) | "json" (a list; JSON text in CSV)
 
 
 # Hook columns, in the order rows carry them after the core columns (see register_columns).
@@ -47,6 +48,14 @@ def register_columns(*columns: Column) -> None:
             _HOOK_COLUMNS.append(column)
 
 
+# The scan's own columns for whole photos (dfx.faces): how many faces were found, and per face
+# its box, the finder's score and the detector's logit/probability/decision. Null for an image
+# scored whole (a face crop), so face-crop folders write the rows they always did. In CSV the
+# list is one cell of JSON text (the documented flattening: one row per input in both formats).
+FACE_COLUMNS = (Column("faces", "count"), Column("face_boxes", "json"))
+_HOOK_COLUMNS.extend(FACE_COLUMNS)
+
+
 def hook_columns() -> tuple[str, ...]:
     return tuple(c.name for c in _HOOK_COLUMNS)
 
@@ -56,6 +65,13 @@ def column_kinds() -> list[Column]:
     with a typed schema (Ray's Parquet shards)."""
     numbers = ("logit", "probability")
     return [Column(name, "number" if name in numbers else "text") for name in CORE_COLUMNS] + list(_HOOK_COLUMNS)
+
+
+def csv_cell(value: Any) -> Any:
+    """A row value as a CSV cell: null is empty, a list (face_boxes) is its JSON text."""
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if isinstance(value, (list, dict)) else value
 
 
 @dataclass(frozen=True, init=False)
@@ -118,12 +134,14 @@ class RowCounts(dict):
     """The counts a scan summary reports: images, scored, fake, real, errors."""
 
     def __init__(self) -> None:
-        super().__init__(images=0, scored=0, fake=0, real=0, errors=0)
+        super().__init__(images=0, scored=0, fake=0, real=0, no_face=0, errors=0)
 
     def add(self, decision: str | None, error: str | None) -> None:
         self["images"] += 1
         if error:
             self["errors"] += 1
+        elif decision == NO_FACE:
+            self["no_face"] += 1
         else:
             self["scored"] += 1
             self["fake" if decision == "fake" else "real"] += 1
@@ -160,7 +178,7 @@ class ResultWriter:
         if self.format == ".jsonl":
             self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
+            self._csv.writerow({k: csv_cell(v) for k, v in row.items()})
         self._handle.flush()
         self.rows += 1
 
@@ -194,7 +212,7 @@ def _upgrade_csv_header(path: Path, handle: IO[str]) -> None:
     writer = csv.DictWriter(handle, fieldnames=CORE_COLUMNS + hook_columns(), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.to_dict().items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.to_dict().items()})
     handle.flush()
 
 
@@ -295,7 +313,31 @@ def _from_dict(row: Any) -> Result:
         raise TypeError("the row has no path")
     if "\x00" in path:  # no file system names a file so
         raise ValueError("the path holds a NUL character")
-    kinds = {"text": text, "flag": flag, "number": num}
+    def count(value: Any) -> int | None:
+        number = num(value)
+        if number is None:
+            return None
+        if number != int(number) or number < 0:
+            raise ValueError(f"expected a count, got {value!r}")
+        return int(number)
+
+    def faces(value: Any) -> list[dict[str, Any]] | None:  # JSONL: a list; CSV: its JSON text
+        if value is None or value == "":
+            return None
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, list) or not all(isinstance(face, dict) for face in value):
+            raise TypeError("face_boxes must be a list of objects")
+        for face in value:
+            box = face.get("box")
+            if not (isinstance(box, list) and len(box) == 4 and all(num(v) is not None for v in box)):
+                raise TypeError("a face needs a box [x0, y0, x1, y1]")
+            for key in ("face_score", "logit", "probability"):
+                num(face.get(key))
+            text(face.get("decision"))
+        return value
+
+    kinds = {"text": text, "flag": flag, "number": num, "count": count, "json": faces}
     return Result(
         path=path,
         logit=num(row.get("logit")),

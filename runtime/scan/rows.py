@@ -9,10 +9,10 @@ decision is known (the combined verdict); the scan core calls it without knowing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from dfx.bundle import sigmoid
-from dfx.runtime.scan.results import Result
+from dfx.runtime.scan.results import NO_FACE, Result
 
 
 class RowHook(Protocol):
@@ -65,6 +65,23 @@ class RowFactory:
         decision = self.decide(logit)
         return Result(name, logit, self.probability(logit), decision, self.backend, self.precision, self.model_sha256,
                       None, extra=self._finish(decision, columns))
+
+    def faced(self, name: str, boxes: Sequence[Any], logits: Sequence[float], columns: Mapping[str, Any] | None = None) -> Result:
+        """The row of a whole photo from its faces (dfx.faces.FaceBox, the detector's logit on each
+        face's crop, same order): every face with its box and scores, and the photo's decision
+        is the most-fake face's (`fake` if any face is); no face found: `no_face`, never `real`."""
+        if len(boxes) != len(logits):
+            raise ValueError(f"{len(boxes)} faces but {len(logits)} logits")
+        faces = []
+        for box, logit in zip(boxes, logits):
+            logit = float(logit)
+            faces.append({"box": box.as_list(), "face_score": round(float(box.score), 4), "logit": logit,
+                          "probability": self.probability(logit), "decision": self.decide(logit)})
+        worst = max(faces, key=lambda f: f["logit"], default=None)
+        decision = worst["decision"] if worst else NO_FACE
+        extra = {**self._finish(decision, columns), "faces": len(faces), "face_boxes": faces}
+        return Result(name, worst["logit"] if worst else None, worst["probability"] if worst else None, decision,
+                      self.backend, self.precision, self.model_sha256, None, extra=extra)
 
     def error(self, name: str, error: str, columns: Mapping[str, Any] | None = None) -> Result:
         return Result(name, None, None, None, self.backend, self.precision, self.model_sha256, error,

@@ -257,7 +257,8 @@ class DynamicBatcher:
                 self._settle([(job, index, None)], expired=1)
                 return
             began = time.perf_counter()
-            pixels, columns = decode(source, model.input_size, model.fit, self.hook)  # never raises
+            decoded, columns = decode(source, model.input_size, model.fit, self.hook)  # never raises
+            pixels = decoded if isinstance(decoded, str) else decoded.pixels[0]  # the whole image: one window
             self.observer.on_decode(time.perf_counter() - began, isinstance(pixels, np.ndarray))
             if isinstance(pixels, str):
                 self._settle([(job, index, model.error_row(job.names[index], pixels, columns, self.hook))])

@@ -13,8 +13,8 @@ from dfx.runtime.scan.rows import ScanHook
 
 SCAN_DESCRIPTION = """\
 Score images with a bundle's model and stream one row per input to --out (.jsonl or .csv,
-flushed row by row): path, logit, probability, decision (fake/real), backend, precision,
-model_sha256, error; then the C2PA provenance read from the same bytes (c2pa:
+flushed row by row): path, logit, probability, decision (fake/real/no_face), backend, precision,
+model_sha256, error, faces, face_boxes (whole photos: see --faces); then the C2PA provenance read from the same bytes (c2pa:
 none/valid/trusted/invalid, c2pa_failures, claim_generator, ai_declared, provenance_error; null
 without the c2pa extra or with --no-provenance) and the combined verdict (ai-declared, conflict,
 invalid-manifest, fake, real; the policy is in docs/c2pa.md).
@@ -31,7 +31,7 @@ non-image and oversized files become rows with their error; the scan goes on.
 SCAN_EPILOG = """\
 The chosen backend and why are printed to stderr first. On a terminal a progress bar shows
 images/s; when stderr is not a terminal there is no bar and the final summary is one JSON line
-(images, scored, fake, real, errors, seconds, images_per_s, out, skipped_done,
+(images, scored, fake, real, no_face, errors, seconds, images_per_s, out, skipped_done,
 skipped_non_image). --quiet prints nothing but errors.
 
 Exit status: 0 when the scan finished (even with error rows); 1 when every input of this run
@@ -41,7 +41,7 @@ with --resume to finish).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.scan.flags import add_backend_flags
+    from dfx.runtime.scan.flags import add_backend_flags, add_faces_flags
 
     p = sub.add_parser(
         "scan",
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend_flags(p, batch="images per inference batch (default 32; --engine ray: 32 per CPU actor, 64 per GPU actor)",
                       public_key="trusted public key: refuse a bundle that is unsigned or not signed by it (default: "
                       "$DFX_PUBLIC_KEY; without one the scan says whether the bundle is signed)")
+    add_faces_flags(p)
     p.add_argument("--workers", type=int, metavar="N", help="decoder threads (default: one per core, 2..8)")
     p.add_argument("--threshold", type=float, metavar="LOGIT", help="decision threshold on the logit (default: the bundle's); logit >= it means fake")
     p.add_argument("--extensions", metavar="EXT[,EXT...]", help="inside folders scan only files with these suffixes "
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
     from dfx.images import parse_extensions, walk_images
-    from dfx.runtime.scan.pipeline import iter_results
+    from dfx.runtime.scan.pipeline import face_options, iter_results
     from dfx.runtime.scan.results import ResultWriter, RowCounts, output_format, read_results
     from dfx.runtime.scan.select import choose_runner
 
@@ -104,6 +105,8 @@ def scan_command(args: argparse.Namespace) -> int:
     runner, choice = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {choice.reason}")
     say(f"dfx scan: {bundle.signature_line}")
+    faces, faces_line = face_options(bundle, getattr(args, "faces", "off"), getattr(args, "no_face", "no_face"))
+    say(f"dfx scan: {faces_line}")
     # A room's row hook (the provenance room's reads C2PA), set on this parser when it registered.
     hook: ScanHook | None = args.row_hook(args, say) if getattr(args, "row_hook", None) else None
     if done:
@@ -137,6 +140,7 @@ def scan_command(args: argparse.Namespace) -> int:
                 model_sha256=choice.sha256,
                 hook=hook,
                 probability=bundle.probability,
+                faces=faces,
             )
             for result in results:
                 writer.write(result)
@@ -161,7 +165,8 @@ def scan_command(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         say(
             f"dfx scan: {counts['images']} images: {counts['fake']} fake, {counts['real']} real, "
-            f"{counts['errors']} errors; {summary['images_per_s']} images/s -> {args.out}"
+            + (f"{counts['no_face']} without a face, " if counts["no_face"] else "")
+            + f"{counts['errors']} errors; {summary['images_per_s']} images/s -> {args.out}"
             + (f"; {summary['skipped_done']} already done" if summary["skipped_done"] else "")
             + (f"; {summary['skipped_non_image']} non-image files skipped" if summary["skipped_non_image"] else "")
             + (hook.summary_line() if hook is not None else "")

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 
 from dfx.bundle import Bundle
 from dfx.runtime.scan.model import LoadedModel, load_model
-from dfx.runtime.scan.pipeline import iter_results
+from dfx.runtime.scan.pipeline import FaceOptions, face_options, iter_results
 from dfx.runtime.scan.results import Result
 from dfx.runtime.scan.rows import RowHook
 
@@ -43,8 +43,10 @@ class Detector:
         batch_size: int = 32,
         workers: int | None = None,
         hook: RowHook | None = None,
+        faces: FaceOptions | None = None,
     ):
         self.model = model
+        self.faces = faces  # how whole photos are screened (None: every image whole)
         self.hook = hook  # the row hook (provenance columns), or None
         self.batch_size = batch_size
         self.workers = workers
@@ -66,6 +68,8 @@ class Detector:
         trust_anchors: str | os.PathLike | None = None,
         public_key: Any = None,
         check_parity: bool = False,
+        faces: str = "auto",
+        no_face: str = "no_face",
     ) -> "Detector":
         """Open (and verify) the bundle, choose a backend, activate it.
 
@@ -75,7 +79,9 @@ class Detector:
         `check_parity` runs the bundle's parity sample through the chosen backend first and
         raises ParityCheckError when it misses its tolerance on this machine. `provenance`:
         True reads C2PA manifests when the `c2pa` extra is installed, False leaves the columns
-        null, or a row hook of your own.
+        null, or a row hook of your own. `faces` ("auto", "all", "off") and `no_face` ("no_face",
+        "score") screen whole photos face by face as `dfx scan --faces --no-face` does; each row
+        then carries `faces` and `face_boxes`.
         """
         if isinstance(provenance, bool):
             from dfx.runtime.provenance.hook import ProvenanceHook  # the default hook, composed here
@@ -85,7 +91,12 @@ class Detector:
             hook = provenance
         model = load_model(bundle, backend, precision, threads=threads, threshold=threshold, public_key=public_key,
                            check=False, check_parity=check_parity)
-        return cls(model, batch_size=batch_size, workers=workers, hook=hook)
+        try:
+            options, _ = face_options(model.bundle, faces, no_face)
+        except BaseException:
+            model.close()
+            raise
+        return cls(model, batch_size=batch_size, workers=workers, hook=hook, faces=options)
 
     # The loaded model's identity, read through: the Detector adds batching and the row hook.
     bundle = _from_model("bundle")
@@ -113,6 +124,7 @@ class Detector:
             model_sha256=self.model_sha256,
             hook=self.hook,
             probability=self.bundle.probability,
+            faces=self.faces,
         )
     def predict(self, images: Iterable[Any] | Any) -> list[Result]:
         """Results for `images`, in order. A single path/bytes/PIL image/array gives a list of one."""

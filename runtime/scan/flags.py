@@ -30,3 +30,13 @@ def add_backend_flags(
         parser.add_argument("--threads", type=int, metavar="N", help="CPU backends: inference threads (default: physical cores)")
     if public_key:
         parser.add_argument("--public-key", metavar="PEM", help=public_key if isinstance(public_key, str) else PUBLIC_KEY_HELP)
+
+
+def add_faces_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--faces and --no-face: how whole photos are screened (dfx.faces)."""
+    parser.add_argument("--faces", choices=("off", "auto", "all"), default="auto",
+                        help="find faces and screen each: auto (default) looks in images over 1024 px that are not "
+                        "close-ups and scores smaller ones (face crops) whole; all looks in every image; off scores "
+                        "every image whole. Needs the bundle's face finder (added by `dfx export`)")
+    parser.add_argument("--no-face", dest="no_face", choices=("no_face", "score"), default="no_face",
+                        help="a searched photo with no face: decision no_face (default, never `real`), or score it whole")

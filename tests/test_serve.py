@@ -138,7 +138,7 @@ def test_tritonclient_bytes_and_uint8_score_like_dfx_scan(server, exported_bundl
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("dfx")
     meta = client.get_model_metadata("dfx")
     assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {"images": "BYTES", "pixels": "UINT8"}
-    assert [o["name"] for o in meta["outputs"]] == ["logits", "probability", "decision", "error"]
+    assert [o["name"] for o in meta["outputs"]] == ["logits", "probability", "decision", "error", "faces", "face_boxes"]
 
     # BYTES [N]: the files' bytes, sent in binary form (tritonclient's default), outputs binary.
     files = np.array([Path(p).read_bytes() for p in images], dtype=np.object_)

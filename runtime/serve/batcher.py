@@ -39,7 +39,7 @@ import numpy as np
 from dfx.errors import DfxError
 from dfx.images import describe
 from dfx.runtime.scan.model import LoadedModel
-from dfx.runtime.scan.pipeline import decode
+from dfx.runtime.scan.pipeline import FaceOptions, Windows, decode, face_options
 from dfx.runtime.scan.results import Result
 from dfx.runtime.scan.rows import RowHook
 
@@ -148,7 +148,7 @@ class _Job:
 class _Item:
     job: _Job
     index: int
-    pixels: np.ndarray  # uint8 (H, W, 3) at the input size of the model that decoded it
+    windows: Windows  # the model windows (one, or one per face) at the input size of the model that decoded it
     enqueued: float  # time.monotonic() when it joined the queue
     columns: Any = None  # the row hook's columns read from the image's bytes (provenance), None: none
 
@@ -161,10 +161,13 @@ class DynamicBatcher:
     """
 
     def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None,
-                 hook: RowHook | None = None):
+                 hook: RowHook | None = None, faces: str = "auto", no_face: str = "no_face"):
         from dfx.runtime.scan.pipeline import default_workers
 
         self.config = config
+        # Whole photos, as `dfx scan --faces --no-face`: each model brings its own face finder.
+        self.faces, self.no_face = faces, no_face
+        self._face_options: dict[int, FaceOptions | None] = {}
         # The row hook (the provenance room's): encoded images get its columns read from the
         # same bytes in the decode thread, as `dfx scan` does; None: no hook columns.
         self.hook = hook
@@ -191,9 +194,16 @@ class DynamicBatcher:
 
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         """Serve `model` from the next batch on; returns the previous model (not closed)."""
+        options, _ = face_options(model.bundle, self.faces, self.no_face)  # before the swap: a refusal keeps the old model
         with self._model_lock:
+            self._face_options = {id(model): options}
             old, self._model = self._model, model
         return old
+
+    def face_options_for(self, model: LoadedModel) -> FaceOptions | None:
+        if id(model) not in self._face_options:  # a model given to the constructor
+            self._face_options[id(model)] = face_options(model.bundle, self.faces, self.no_face)[0]
+        return self._face_options[id(model)]
 
     # ---- admission -------------------------------------------------------------------------------
     @property
@@ -257,14 +267,17 @@ class DynamicBatcher:
                 self._settle([(job, index, None)], expired=1)
                 return
             began = time.perf_counter()
-            decoded, columns = decode(source, model.input_size, model.fit, self.hook)  # never raises
-            pixels = decoded if isinstance(decoded, str) else decoded.pixels[0]  # the whole image: one window
-            self.observer.on_decode(time.perf_counter() - began, isinstance(pixels, np.ndarray))
-            if isinstance(pixels, str):
-                self._settle([(job, index, model.error_row(job.names[index], pixels, columns, self.hook))])
+            faces = self.face_options_for(model)
+            decoded, columns = decode(source, model.input_size, model.fit, self.hook, faces)  # never raises
+            self.observer.on_decode(time.perf_counter() - began, not isinstance(decoded, str))
+            if isinstance(decoded, str):
+                self._settle([(job, index, model.error_row(job.names[index], decoded, columns, self.hook))])
+                return
+            if decoded.boxes is not None and not decoded.boxes:  # a photo with no face: nothing to infer
+                self._settle([(job, index, model.rows(self.hook).faced(job.names[index], [], [], columns))])
                 return
             with self._cond:
-                self._queue.append(_Item(job, index, pixels, time.monotonic(), columns))
+                self._queue.append(_Item(job, index, decoded, time.monotonic(), columns))
                 self._cond.notify()
         except BaseException as exc:  # never lose an image: settle it as an error
             self._settle([(job, index, model.error_row(job.names[index], f"internal error: {type(exc).__name__}: {exc}", hook=self.hook))])
@@ -321,17 +334,17 @@ class DynamicBatcher:
             model = self._model
             assert model is not None  # items exist only once a model was loaded; swap never unsets it
             # A reload to another input size while these waited: their pixels no longer fit.
-            misfit = [it for it in live if it.pixels.shape[:2] != tuple(model.input_size)]
+            misfit = [it for it in live if it.windows.pixels.shape[1:3] != tuple(model.input_size)]
             if misfit:
                 reloaded = "the model was reloaded with another input size while this image waited; send it again"
                 self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], reloaded, it.columns, self.hook)) for it in misfit])
-                live = [it for it in live if it.pixels.shape[:2] == tuple(model.input_size)]
+                live = [it for it in live if it.windows.pixels.shape[1:3] == tuple(model.input_size)]
                 if not live:
                     return
             began = time.monotonic()
             waits = [began - it.enqueued for it in live]
             try:
-                logits = model.runner.infer(np.stack([it.pixels for it in live])).tolist()
+                logits = model.runner.infer(np.concatenate([it.windows.pixels for it in live])).tolist()
                 failure = ""
             except Exception as exc:  # a failed batch costs its images, never the service
                 logits, failure = [], f"inference failed: {type(exc).__name__}: {exc}"
@@ -342,7 +355,14 @@ class DynamicBatcher:
         if failure:
             self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure, it.columns, self.hook)) for it in live])
         else:
-            self._settle([(it.job, it.index, model.row(it.job.names[it.index], float(v), it.columns, self.hook)) for it, v in zip(live, logits)])
+            rows, at = model.rows(self.hook), 0
+            settled: list[tuple[_Job, int, Result | None]] = []
+            for it in live:  # each item's windows, in order: one logit, or one per face
+                mine, at = logits[at:at + len(it.windows.pixels)], at + len(it.windows.pixels)
+                name = it.job.names[it.index]
+                row = rows.scored(name, mine[0], it.columns) if it.windows.boxes is None else rows.faced(name, it.windows.boxes, mine, it.columns)
+                settled.append((it.job, it.index, row))
+            self._settle(settled)
 
     def _learn(self, seconds_per_image: float) -> None:
         """Moving average of the runner's time per image; the first batches (warm-up: graph

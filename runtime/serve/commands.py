@@ -43,7 +43,7 @@ Needs the `serve` extra: pip install 'dfx[serve]' (plus `cpu` or `gpu` for the r
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dfx.runtime.scan.flags import add_backend_flags
+    from dfx.runtime.scan.flags import add_backend_flags, add_faces_flags
     from dfx.runtime.serve.batcher import BatchConfig
     from dfx.runtime.serve.config import DEFAULT_MODEL_NAME, ServeConfig
 
@@ -75,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
     p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    add_faces_flags(p)
     p.add_argument("--no-provenance", action="store_true", help="do not read C2PA manifests (the provenance columns stay empty)")
     p.add_argument("--trust-anchors", metavar="PEM", help="C2PA trust anchors: manifests they vouch for read as 'trusted'")
     p.add_argument("--max-connections", type=int, default=1024, metavar="N",
@@ -132,7 +133,7 @@ def serve_command(args: argparse.Namespace) -> int:
         bundle=args.bundle, backend=args.backend, precision=args.precision, threads=args.threads, threshold=args.threshold,
         model_name=args.model_name, batch=batch, max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
         token=read_token(args.token_file, args.token_env), drain_timeout_s=args.drain_timeout, public_key=public_key,
-        provenance=not args.no_provenance, trust_anchors=args.trust_anchors,
+        provenance=not args.no_provenance, trust_anchors=args.trust_anchors, faces=args.faces, no_face=args.no_face,
     )
     # Fail fast, before binding a port, on what can be checked cheaply: the manifest, the hashes
     # and the backend choice. Activation runs after the server is up (readiness says when).

@@ -6,8 +6,10 @@ Inputs (exactly one per request):
 Outputs (all by default, or those the request names):
     logits       FP32  [N]  the model's score; >= threshold means fake (NaN for an image that failed)
     probability  FP32  [N]  the bundle's calibrated P(fake) of the logit
-    decision     BYTES [N]  "fake" | "real" | "error"
+    decision     BYTES [N]  "fake" | "real" | "no_face" | "error"
     error        BYTES [N]  "" or why the image has no score (does not decode, too large, ...)
+    faces        INT32 [N]  faces found in a whole photo; -1 when the image was scored whole (a face crop)
+    face_boxes   BYTES [N]  JSON list of the faces (box, face_score, logit, probability, decision); "" when whole
 
 The binary tensor data extension: a body may be a JSON header of `Inference-Header-Content-Length`
 bytes followed by raw tensors, each input saying its size in `parameters.binary_data_size`.
@@ -33,8 +35,8 @@ from dfx.errors import DfxError
 from dfx.runtime.scan.results import Result
 
 BYTES_INPUT, PIXELS_INPUT = "images", "pixels"
-OUTPUTS = ("logits", "probability", "decision", "error")
-_DTYPES = {"logits": "FP32", "probability": "FP32", "decision": "BYTES", "error": "BYTES"}
+OUTPUTS = ("logits", "probability", "decision", "error", "faces", "face_boxes")
+_DTYPES = {"logits": "FP32", "probability": "FP32", "decision": "BYTES", "error": "BYTES", "faces": "INT32", "face_boxes": "BYTES"}
 
 
 class OipError(DfxError):
@@ -236,6 +238,9 @@ def encode_infer_response(model_name: str, request: InferRequest, results: list[
         "probability": np.array([r.probability if r.probability is not None else np.nan for r in results], np.float32),
         "decision": [r.decision if r.error is None else "error" for r in results],
         "error": [r.error or "" for r in results],
+        # Whole photos: faces found (-1: the image was scored whole) and each face's box and scores (JSON, "" when whole)
+        "faces": np.array([-1 if r.faces is None else r.faces for r in results], np.int32),
+        "face_boxes": ["" if r.face_boxes is None else json.dumps(r.face_boxes, separators=(",", ":")) for r in results],
     }
     outputs, blobs = [], []
     for name, binary in request.outputs:

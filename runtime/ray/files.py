@@ -137,7 +137,7 @@ def _columns() -> list[tuple[str, str]]:
     """(name, arrow type name) of every row column, read now: other rooms add columns."""
     from dfx.runtime.scan.results import column_kinds
 
-    arrow = {"number": "float64", "flag": "bool_", "text": "string"}
+    arrow = {"number": "float64", "flag": "bool_", "text": "string", "count": "int64", "json": "string"}  # json: its text
     return [(column.name, arrow[column.kind]) for column in column_kinds()]
 
 

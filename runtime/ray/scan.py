@@ -69,40 +69,71 @@ class RayScanConfig:
     provenance: bool = True  # read C2PA manifests in the decode stage (when the c2pa extra is there)
     trust_anchors: str | None = None  # PEM of trusted roots; a path every node can read
     public_key: str | None = None  # refuse a bundle not signed by it (as dfx scan --public-key)
+    faces: str = "auto"  # whole photos, as dfx scan --faces: off | auto | all
+    no_face: str = "no_face"  # as dfx scan --no-face: no_face | score
 
 
 # ---- the two stages ----------------------------------------------------------------------------
 
 
 def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: str, scheme: str,
-                 provenance: bool = False, trust_anchors: str | None = None) -> dict[str, np.ndarray]:
-    """Ray task: file bytes -> model pixels through dfx.images, or the row's error text; with
-    `provenance`, the C2PA columns read from the same bytes (as `dfx scan`'s decode pool does).
+                 provenance: bool = False, trust_anchors: str | None = None, faces: str = "off",
+                 no_face: str = "no_face", finder: bytes | None = None) -> dict[str, np.ndarray]:
+    """Ray task: file bytes -> the model windows through dfx.images (one, or one per face with
+    `faces`, as `dfx scan --faces`), or the row's error text; with `provenance`, the C2PA
+    columns read from the same bytes (as `dfx scan`'s decode pool does).
 
-    In: {"bytes", "path"}. Out: {"path", "pixels" uint8 (N, H, W, 3), "error" ("" when decoded),
-    "provenance" (JSON of the provenance columns, "" when not read)}. A failed decode gets zero
-    pixels, which the actor never feeds the model."""
+    In: {"bytes", "path"}. Out: {"path", "windows" (the uint8 (K, H, W, 3) windows' bytes; K = 0
+    for an error or a photo with no face), "boxes" (JSON [[x0, y0, x1, y1, score], ...] of the
+    faces; "" for an image scored whole), "error" ("" when decoded), "provenance" (JSON of the
+    provenance columns, "" when not read)}."""
     from dfx.images import MAX_FILE_BYTES
-    from dfx.runtime.scan.pipeline import decode  # the very function `dfx scan`'s decode pool runs
+    from dfx.runtime.scan.pipeline import FaceOptions, decode  # the very function `dfx scan`'s decode pool runs
 
     hook = _provenance_hook(trust_anchors) if provenance else None
+    options = None if faces == "off" else FaceOptions(_face_finder(finder), faces, no_face)
     height, width = size
     paths = [f"{scheme}://{p}" if scheme else str(p) for p in batch["path"]]
-    pixels = np.zeros((len(paths), height, width, 3), np.uint8)
+    windows = np.full(len(paths), b"", dtype=object)
+    boxes = np.full(len(paths), "", dtype=object)
     errors = np.full(len(paths), "", dtype=object)
     columns = np.full(len(paths), "", dtype=object)
     for i, data in enumerate(batch["bytes"]):
         if len(data) > MAX_FILE_BYTES:  # as dfx.images checks a path before reading it
             errors[i] = f"file too large ({len(data)} bytes > {MAX_FILE_BYTES})"
             continue
-        decoded, read = decode(bytes(data), (height, width), fit, hook)
+        decoded, read = decode(bytes(data), (height, width), fit, hook, options)
         if hook is not None:
             columns[i] = json.dumps(read)
         if isinstance(decoded, str):
             errors[i] = decoded
         else:
-            pixels[i] = decoded.pixels[0]  # the whole image: one window
-    return {"path": np.array(paths, dtype=object), "pixels": pixels, "error": errors, "provenance": columns}
+            windows[i] = np.ascontiguousarray(decoded.pixels).tobytes()
+            if decoded.boxes is not None:
+                boxes[i] = json.dumps([[b.x0, b.y0, b.x1, b.y1, b.score] for b in decoded.boxes])
+    return {"path": np.array(paths, dtype=object), "windows": windows, "boxes": boxes, "error": errors, "provenance": columns}
+
+
+_FINDERS: dict[bytes, Any] = {}  # one face finder per worker process and model
+
+
+def _face_finder(model: bytes | None) -> Any:
+    """The bundle's face finder, from its bytes (shipped by the driver, verified there); None
+    without one (then `auto` scores every image whole, as dfx scan does)."""
+    if model is None:
+        return None
+    import hashlib
+    import tempfile
+
+    from dfx.faces import FaceFinder
+
+    key = hashlib.sha256(model).digest()
+    if key not in _FINDERS:
+        path = os.path.join(tempfile.mkdtemp(prefix="dfx-finder-"), "face_finder.onnx")
+        with open(path, "wb") as handle:
+            handle.write(model)
+        _FINDERS[key] = FaceFinder(path)
+    return _FINDERS[key]
 
 
 _HOOKS: dict[str | None, Any] = {}  # one provenance hook (C2PA reader) per worker process and trust-anchor file
@@ -148,22 +179,39 @@ class InferActor:
         self.rows = self.model.rows(ProvenanceHook())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        from dfx.faces import FaceBox
+
+        height, width = self.model.input_size
         errors = [str(e) for e in batch["error"]]
-        good = [i for i, e in enumerate(errors) if not e]
-        logits: dict[int, float] = {}
+        windows = [np.frombuffer(w, np.uint8).reshape(-1, height, width, 3) if not errors[i] else None
+                   for i, w in enumerate(batch["windows"])]
+        boxes = [[FaceBox(*b) for b in json.loads(text)] if text else None for text in batch["boxes"]]
+        good = [i for i, w in enumerate(windows) if w is not None and len(w)]
+        logits: dict[int, list[float]] = {}
         failure = ""
         if good:
             try:
-                scores = self.model.runner.infer(np.ascontiguousarray(batch["pixels"][good]))
-                logits = dict(zip(good, scores.tolist()))
+                scores = self.model.runner.infer(np.concatenate([windows[i] for i in good])).tolist()
+                at = 0
+                for i in good:  # each input's windows, in order: one logit, or one per face
+                    logits[i], at = scores[at:at + len(windows[i])], at + len(windows[i])
             except Exception as exc:  # as in dfx scan: a failed batch costs its rows, not the job
                 failure = f"inference failed: {type(exc).__name__}: {exc}"
         provenance = batch.get("provenance")
         rows = []
         for i, path in enumerate(batch["path"]):
             columns = json.loads(provenance[i]) if provenance is not None and provenance[i] else None
-            error = errors[i] or (failure if i not in logits else "")
-            result = self.rows.error(str(path), error, columns) if error else self.rows.scored(str(path), logits[i], columns)
+            faces = boxes[i]
+            if errors[i]:
+                result = self.rows.error(str(path), errors[i], columns)
+            elif faces == []:  # a photo with no face: nothing was inferred
+                result = self.rows.faced(str(path), [], [], columns)
+            elif i not in logits:
+                result = self.rows.error(str(path), failure, columns)
+            elif faces is None:
+                result = self.rows.scored(str(path), logits[i][0], columns)
+            else:
+                result = self.rows.faced(str(path), faces, logits[i], columns)
             rows.append(result.to_dict())
         return rows_to_table(rows)
 
@@ -331,6 +379,20 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     }
 
 
+def _finder_bytes(bundle: Any, faces: str) -> bytes | None:
+    """The bundle's face finder for the decode tasks (read through the manifest's hash check),
+    or None: faces off, or a bundle without one (`--faces all` is refused, as by dfx scan)."""
+    if faces == "off":
+        return None
+    from dfx.runtime.scan.pipeline import face_options
+
+    face_options(bundle, faces)  # the same refusal and checks as dfx scan
+    from dfx.faces import FACE_FINDER_ROLE
+
+    names = bundle.files_with_role(FACE_FINDER_ROLE)
+    return bundle.file(names[0]).read_bytes() if names else None
+
+
 def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
     from dfx.runtime.provenance.hook import ProvenanceHook
     from dfx.runtime.scan.rows import RowFactory
@@ -363,7 +425,8 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         batch_size=batch,
         batch_format="numpy",
         fn_kwargs={"size": bundle.input_size, "fit": bundle.fit, "scheme": scheme, "provenance": provenance,
-                   "trust_anchors": config.trust_anchors},
+                   "trust_anchors": config.trust_anchors, "faces": config.faces, "no_face": config.no_face,
+                   "finder": _finder_bytes(bundle, config.faces)},
         num_cpus=config.decode_cpus,
         # A decode task holds a batch of encoded and decoded images (32 x 196 KB at 256 px plus
         # Pillow's buffers). Reserving it also makes the stage's resources differ from the

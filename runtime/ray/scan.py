@@ -191,10 +191,11 @@ class InferActor:
         failure = ""
         if good:
             try:
-                scores = self.model.runner.infer(np.concatenate([windows[i] for i in good])).tolist()
+                stacks = {i: w for i in good if (w := windows[i]) is not None}
+                scores = self.model.runner.infer(np.concatenate(list(stacks.values()))).tolist()
                 at = 0
-                for i in good:  # each input's windows, in order: one logit, or one per face
-                    logits[i], at = scores[at:at + len(windows[i])], at + len(windows[i])
+                for i, stack in stacks.items():  # each input's windows, in order: one logit, or one per face
+                    logits[i], at = scores[at:at + len(stack)], at + len(stack)
             except Exception as exc:  # as in dfx scan: a failed batch costs its rows, not the job
                 failure = f"inference failed: {type(exc).__name__}: {exc}"
         provenance = batch.get("provenance")

@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "dfx.runtime.c2pa_commands",  # c2pa sign, c2pa read
     "dfx.runtime.serve.commands",  # serve
     "dfx.benchmarks.commands",  # bench
+    "dfx.report",  # report
+    "dfx.faces_commands",  # faces export, faces find
     "dfx.demo",  # demo
 )
 

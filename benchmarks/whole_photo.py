@@ -55,7 +55,14 @@ def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> d
     """Milliseconds per image of each stage, one thread, in order, on `paths`."""
     from dfx.faces import crop_face, draft_scale
     from dfx.images import load_image
-    from dfx.photos import _fast_full, _fast_scaled, _pil_scaled, decode_photo
+    from dfx.photos import _fast_full, _fast_scaled, _pil_scaled
+
+    def full_width(data: bytes) -> int:
+        from PIL import Image
+        import io
+
+        with Image.open(io.BytesIO(data)) as image:  # header only
+            return image.size[0]
 
     reduction = draft_scale(min_face)
     t = {k: 0.0 for k in ("read", "small_pillow", "small_simplejpeg", "find", "full_pillow", "full_simplejpeg", "crop_window", "infer")}
@@ -68,8 +75,7 @@ def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> d
         c2 = time.perf_counter()
         small = _fast_scaled(data, reduction, 1, path)
         c3 = time.perf_counter()
-        photo = decode_photo(data, reduction)
-        boxes = finder.find(small, photo.scale)
+        boxes = finder.find(small, full_width(data) / small.shape[1])
         c4 = time.perf_counter()
         from dfx.images import to_rgb
 
@@ -148,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="decode + face-finding threads")
     parser.add_argument("--min-faces", default="40,80,160", help="FinderConfig.min_face values to time end to end")
     parser.add_argument("--finder", help="face finder ONNX (default: export one into OUT)")
+    parser.add_argument("--stage-images", type=int, default=8, help="photos timed stage by stage")
+    parser.add_argument("--stage-min-faces", default="40,80", help="min_face values of the stage timings")
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -180,9 +188,9 @@ def main(argv=None) -> int:
         report["pure_inference_images_per_s"] = pure_inference(runner, size)
         report["stages_ms_per_image"] = {}
         for name, paths in (("one_face", one), ("four_faces", several)):
-            for min_face in (40, 80):
+            for min_face in [int(v) for v in args.stage_min_faces.split(",")]:
                 f = FaceFinder(finder_path, config=FinderConfig(min_face=min_face))
-                report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:8], f, runner, size, fit, min_face)
+                report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:args.stage_images], f, runner, size, fit, min_face)
                 print(name, min_face, report["stages_ms_per_image"][f"{name}_min_face_{min_face}"], flush=True)
         report["end_to_end"] = {}
         for fast in (True, False):

@@ -158,7 +158,9 @@ def _pil_scaled(data: bytes, reduction: int, name: str) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data), formats=("JPEG",))
         width, height = image.size
-        image.draft("RGB", (-(-width // reduction), -(-height // reduction)))
+        # Pillow picks the largest power-of-two scale with original // requested >= it, so
+        # request the floor: 811 px at 1/4 asks for 202 and gets libjpeg's ceil(811 / 4) = 203.
+        image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
         image.load()
         try:
             image = ImageOps.exif_transpose(image)

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "dfx.runtime.ray.commands",  # the Ray flags of scan (--engine ray)
     "dfx.runtime.serve.commands",  # serve
     "dfx.benchmarks.commands",  # bench
+    "dfx.report",  # report
+    "dfx.faces_commands",  # faces export, faces find
     "dfx.demo",  # demo
 )
 

@@ -1,0 +1,225 @@
+"""Whole photos end to end: 12 MP JPEGs (4000x3000, q90) with one and with several pasted faces,
+through decode -> face finding -> native-resolution crops -> the bundle's model.
+
+    python benchmarks/whole_photo.py BUNDLE --out /tmp/whole-photo [--images 24] [--backend auto]
+
+Reports (terminal and OUT/whole_photo.json):
+- per-stage milliseconds per image, one thread, sequential: the DCT-scaled decode for the
+  finder (Pillow draft mode vs simplejpeg), face finding, the full-resolution decode (Pillow vs
+  simplejpeg), cropping + the bundle's window, inference of the image's windows;
+- end-to-end images/s of the threaded path a scan runs (`dfx.faces.face_windows` on a pool of
+  decode workers, batches of windows to the runner, `dfx.faces.row_fields`), for several
+  `min_face` settings and both JPEG paths, beside the runner's pure-inference rate.
+The machine, its load average and the software versions are recorded with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import whole_photo_data as wp  # noqa: E402
+
+
+def make_photos(out: Path, finder, n: int, faces_per_photo: int, seed: int) -> list[str]:
+    from faces_compare import reference_boxes
+
+    folder = out / f"photos_{faces_per_photo}face"
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) >= n:
+        return [str(p) for p in existing[:n]]
+    folder.mkdir(parents=True, exist_ok=True)
+    files = wp.face_files(per_folder=10, seed=seed)
+    faces = reference_boxes(finder, files)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        sizes = [float(np.exp(rng.uniform(np.log(120), np.log(700)))) for _ in range(faces_per_photo)]
+        pixels, _ = wp.make_photo(rng, 3000, 4000, faces, sizes, corners=files)
+        path = folder / f"photo_{i:03d}.jpg"
+        path.write_bytes(wp.encode_jpeg(pixels, 90))
+        paths.append(str(path))
+    return paths
+
+
+def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> dict[str, float]:
+    """Milliseconds per image of each stage, one thread, in order, on `paths`."""
+    from dfx.faces import crop_face, draft_scale
+    from dfx.images import load_image
+    from dfx.photos import _fast_full, _fast_scaled, _pil_scaled
+
+    def full_width(data: bytes) -> int:
+        from PIL import Image
+        import io
+
+        with Image.open(io.BytesIO(data)) as image:  # header only
+            return image.size[0]
+
+    reduction = draft_scale(min_face)
+    t = {k: 0.0 for k in ("read", "small_pillow", "small_simplejpeg", "find", "full_pillow", "full_simplejpeg", "crop_window", "infer")}
+    faces = 0
+    for path in paths:
+        c0 = time.perf_counter()
+        data = Path(path).read_bytes()
+        c1 = time.perf_counter()
+        _pil_scaled(data, reduction, path)
+        c2 = time.perf_counter()
+        small = _fast_scaled(data, reduction, 1, path)
+        c3 = time.perf_counter()
+        boxes = finder.find(small, full_width(data) / small.shape[1])
+        c4 = time.perf_counter()
+        from dfx.images import to_rgb
+
+        np.asarray(to_rgb(data))
+        c5 = time.perf_counter()
+        full = _fast_full(data, 1, path)
+        c6 = time.perf_counter()
+        windows = np.stack([load_image(crop_face(full, b), size, fit) for b in boxes]) if boxes else None
+        c7 = time.perf_counter()
+        if windows is not None:
+            runner.infer(windows)
+        c8 = time.perf_counter()
+        faces += len(boxes)
+        for key, dt in zip(t, (c1 - c0, c2 - c1, c3 - c2, c4 - c3, c5 - c4, c6 - c5, c7 - c6, c8 - c7)):
+            t[key] += dt
+    out = {k: round(1000 * v / len(paths), 2) for k, v in t.items()}
+    out["faces_per_image"] = round(faces / len(paths), 2)
+    return out
+
+
+def end_to_end(paths: list[str], finder, runner, size, fit, threshold: float, probability, workers: int, batch: int = 32) -> dict:
+    """images/s of the threaded whole-photo scan path on `paths` (files read from disk)."""
+    from dfx.faces import face_windows, row_fields
+
+    def work(path):
+        return face_windows(path, finder, "auto", size, fit)
+
+    rows, faces = [], 0
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: list = []
+        queued = 0
+
+        def flush():
+            nonlocal pending, queued
+            if not pending:
+                return
+            stack = np.concatenate([fw.windows for fw in pending if len(fw.windows)]) if queued else None
+            logits = runner.infer(stack) if stack is not None else np.zeros(0, np.float32)
+            at = 0
+            for fw in pending:
+                k = len(fw.windows)
+                rows.append(row_fields(fw, logits[at : at + k].tolist(), threshold, probability))
+                at += k
+            pending, queued = [], 0
+
+        for fw in pool.map(work, paths):
+            pending.append(fw)
+            queued += len(fw.windows)
+            if queued >= batch:
+                flush()
+        flush()
+    elapsed = time.perf_counter() - start
+    faces = sum(r["faces"] or 0 for r in rows)
+    return {"images_per_s": round(len(paths) / elapsed, 2), "images": len(paths), "faces_found": faces,
+            "decisions": {d: sum(r["decision"] == d for r in rows) for d in {r["decision"] for r in rows}}}
+
+
+def pure_inference(runner, size, batch: int = 32, seconds: float = 3.0) -> float:
+    h, w = (size, size) if isinstance(size, int) else size
+    x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    runner.infer(x)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        runner.infer(x)
+        n += batch
+    return round(n / (time.perf_counter() - start), 1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--images", type=int, default=24, help="photos per set (one-face and four-face sets)")
+    parser.add_argument("--backend", default="auto", help="dfx scan --backend for the deepfake model")
+    parser.add_argument("--workers", type=int, default=2, help="decode + face-finding threads")
+    parser.add_argument("--min-faces", default="40,80,160", help="FinderConfig.min_face values to time end to end")
+    parser.add_argument("--finder", help="face finder ONNX (default: export one into OUT)")
+    parser.add_argument("--stage-images", type=int, default=8, help="photos timed stage by stage")
+    parser.add_argument("--stage-min-faces", default="40,80", help="min_face values of the stage timings")
+    args = parser.parse_args(argv)
+
+    import dataclasses
+
+    from dfx.bundle import Bundle, tool_versions
+    from dfx.faces import FaceFinder, FinderConfig
+    from dfx.runtime.select import choose_runner
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    finder_path = args.finder or str(out / "face_finder.onnx")
+    if not Path(finder_path).exists():
+        from dfx.export.faces_export import export_face_finder
+
+        export_face_finder(finder_path)
+    finder = FaceFinder(finder_path)
+    one = make_photos(out, finder, args.images, 1, seed=1)
+    several = make_photos(out, finder, args.images, 4, seed=2)
+    bundle = Bundle.open(args.bundle)
+    size, fit = bundle.input_size, bundle.fit
+    runner, why = choose_runner(bundle, args.backend)
+    report: dict = {
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "load_start": os.getloadavg()},
+        "software": tool_versions("numpy", "pillow", "simplejpeg", "openvino", "onnxruntime"),
+        "bundle": {"path": args.bundle, "input": list(size), "fit": fit, "runner": why},
+        "photos": {"size": "4000x3000", "jpeg_quality": 90, "one_face": len(one), "four_faces": len(several)},
+        "finder_backend": finder.backend,
+    }
+    with runner:
+        report["pure_inference_images_per_s"] = pure_inference(runner, size)
+        report["stages_ms_per_image"] = {}
+        for name, paths in (("one_face", one), ("four_faces", several)):
+            for min_face in [int(v) for v in args.stage_min_faces.split(",")]:
+                f = FaceFinder(finder_path, config=FinderConfig(min_face=min_face))
+                report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:args.stage_images], f, runner, size, fit, min_face)
+                print(name, min_face, report["stages_ms_per_image"][f"{name}_min_face_{min_face}"], flush=True)
+        report["end_to_end"] = {}
+        for fast in (True, False):
+            for min_face in [int(v) for v in args.min_faces.split(",")]:
+                if not fast and min_face != 80:
+                    continue
+                import dfx.photos as photos
+
+                photos.fast_jpeg_available = (lambda value=fast: value)  # the switch a user gets by (un)installing simplejpeg
+                f = FaceFinder(finder_path, config=dataclasses.replace(FinderConfig(), min_face=min_face))
+                for name, paths in (("one_face", one), ("four_faces", several)):
+                    key = f"{name}_min_face_{min_face}_{'simplejpeg' if fast else 'pillow'}"
+                    report["end_to_end"][key] = end_to_end(paths, f, runner, size, fit, bundle.threshold, bundle.probability, args.workers)
+                    print(key, report["end_to_end"][key], flush=True)
+    report["machine"]["load_end"] = os.getloadavg()
+    (out / "whole_photo.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

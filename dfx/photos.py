@@ -162,11 +162,12 @@ def _pil_scaled(data: bytes, reduction: int, name: str) -> np.ndarray:
         # request the floor: 811 px at 1/4 asks for 202 and gets libjpeg's ceil(811 / 4) = 203.
         image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
         image.load()
+        upright: Image.Image = image
         try:
-            image = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(image)
         except Exception:
             pass
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(upright.convert("RGB"))
     except Exception:
         full = np.asarray(to_rgb(data))  # raises the ImageError load_image would
         return np.asarray(Image.fromarray(full).reduce(reduction))

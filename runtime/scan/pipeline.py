@@ -98,13 +98,37 @@ class Windows:
 
 def windows_of(source: Any, size: tuple[int, int], fit: str, faces: FaceOptions | None = None) -> Windows:
     """The model windows of one input: the pixel path's one window, or one per face found.
-    Raises dfx.images.ImageError like load_image."""
+    An image scored whole always goes through load_image, so its pixels are those of the face-crop
+    path whatever --faces says. Raises dfx.images.ImageError like load_image."""
     if faces is None or faces.mode == "off" or (faces.finder is None and faces.mode == "auto"):
         return Windows(load_image(source, size, fit)[None])
-    from dfx.faces import face_windows
+    from dfx.faces import CROP_MAX_SIDE, face_windows
+    from dfx.images import read_bytes
 
-    found = face_windows(source, faces.finder, faces.mode, size, fit, no_face=faces.no_face)
-    return Windows(found.windows, None if found.faces.whole else list(found.faces.boxes))
+    data = read_bytes(source) if isinstance(source, (str, os.PathLike)) else source
+    if faces.mode == "auto" and _long_side(data) <= CROP_MAX_SIDE:  # a face crop: no finder cost
+        return Windows(load_image(data, size, fit)[None])
+    found = face_windows(data, faces.finder, faces.mode, size, fit, no_face=faces.no_face)
+    if found.faces.whole:
+        return Windows(load_image(data, size, fit)[None])
+    return Windows(found.windows, list(found.faces.boxes))
+
+
+def _long_side(source: Any) -> int:
+    """The longer side of an encoded image (its header only) or of an array / PIL image; 0 when
+    the header cannot be read (load_image then says why)."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            with Image.open(io.BytesIO(source)) as image:
+                return max(image.size)
+        except Exception:
+            return 0
+    shape = getattr(source, "shape", None)
+    return max(shape[:2]) if shape is not None else max(getattr(source, "size", (0, 0)))
 
 
 def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = None,

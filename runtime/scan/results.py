@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Mapping
 
 from dfx.errors import DfxError
+from dfx.faces import NO_FACE  # the decision of a whole photo with no face (never "real")
 
 FORMATS = (".jsonl", ".csv")
-NO_FACE = "no_face"  # the decision of a whole photo in which no face was found (never "real")
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class RowCounts(dict):
             self["no_face"] += 1
         else:
             self["scored"] += 1
-            self["fake" if decision == "fake" else "real"] += 1
+            self[decision if decision == "fake" else "real"] += 1
 
 
 def output_format(path: str | os.PathLike) -> str:

@@ -14,20 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_s += time.perf_counter() - began
     n = 3 * len(datas)
     report = {
-        "cpu": _cpu_name(),
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
         "backend": reason,
@@ -106,3 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cpu_model() -> str:
+    from dfx.runtime.runners.base import cpu_model  # the one CPU name every report uses
+
+    return cpu_model()

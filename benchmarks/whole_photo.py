@@ -21,7 +21,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +154,7 @@ def main(argv=None) -> int:
     size, fit = bundle.input_size, bundle.fit
     runner, why = choose_runner(bundle, args.backend)
     report: dict = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "load_start": os.getloadavg()},
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "load_start": os.getloadavg()},
         "software": tool_versions("numpy", "pillow", "simplejpeg", "openvino", "onnxruntime"),
         "bundle": {"path": args.bundle, "input": list(size), "fit": fit, "runner": why},
         "photos": {"size": "4000x3000", "jpeg_quality": 90, "one_face": len(one), "four_faces": len(several)},
@@ -188,15 +187,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cpu_model() -> str:
+    from dfx.runtime.runners.base import cpu_model  # the one CPU name every report uses
+
+    return cpu_model()

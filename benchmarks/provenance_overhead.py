@@ -18,6 +18,8 @@ import statistics
 import sys
 import time
 
+from dfx.runtime.runners.base import cpu_model  # the one CPU name every report uses
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_s += time.perf_counter() - began
     n = 3 * len(datas)
     report = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
         "backend": reason,
@@ -96,9 +98,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _cpu_model() -> str:
-    from dfx.runtime.runners.base import cpu_model  # the one CPU name every report uses
-
-    return cpu_model()

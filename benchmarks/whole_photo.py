@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dfx.runtime.runners.base import cpu_model  # the one CPU name every report uses
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import whole_photo_data as wp  # noqa: E402
 
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     size, fit = bundle.input_size, bundle.fit
     runner, why = choose_runner(bundle, args.backend)
     report: dict = {
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "load_start": os.getloadavg()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "load_start": os.getloadavg()},
         "software": tool_versions("numpy", "pillow", "simplejpeg", "openvino", "onnxruntime"),
         "bundle": {"path": args.bundle, "input": list(size), "fit": fit, "runner": why},
         "photos": {"size": "4000x3000", "jpeg_quality": 90, "one_face": len(one), "four_faces": len(several)},
@@ -190,9 +192,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _cpu_model() -> str:
-    from dfx.runtime.runners.base import cpu_model  # the one CPU name every report uses
-
-    return cpu_model()

@@ -35,7 +35,7 @@ class ProvenanceHook:
     # ---- what `dfx scan` reports ----------------------------------------------------------------
     def tally(self, result: Any) -> None:
         verdict = result.extra.get("verdict")
-        if verdict not in (None, "fake", "real"):
+        if verdict not in (None, "fake", "real", result.decision):  # beyond the detector's own call (no_face too)
             self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
 
     def summary(self) -> dict[str, Any]:

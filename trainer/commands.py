@@ -99,6 +99,12 @@ def register(sub) -> None:
     train.add_argument("--epochs", type=int, default=d["epochs"].default, help="maximum epochs; early stopping usually ends sooner (default %(default)s)")
     train.add_argument("--epoch-size", type=int, metavar="N", help="images drawn per balanced epoch (default: the training split's size)")
     train.add_argument("--no-balance", action="store_true", help="plain shuffled epochs with class weights instead of equal shares per group")
+    train.add_argument("--pairs", action="store_true",
+                       help="put each drawn pseudo-fake's real photo (pairs.jsonl of `dfx data reconstruct`) in the same batch, "
+                       "in place of another real image: the loss then compares the two sides of each pair")
+    train.add_argument("--scale-jitter", type=float, metavar="LOW",
+                       help="also train on a copy of every image rescaled by a seeded factor in [LOW, 1) at native resolution "
+                       "(e.g. 0.5: a re-shared, smaller upload); default off")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")
     train.add_argument("--lr", type=float, default=d["learning_rate"].default, help="peak Adam learning rate after warm-up (default %(default)s)")
     train.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"].default, help="linear learning-rate warm-up, in epochs (default %(default)s)")
@@ -121,9 +127,11 @@ def register(sub) -> None:
     protocol = sub.add_parser(
         "protocol",
         help="leave-one-source-out: train without each generator / photo source, test on it",
-        description="For every generator and photo source G in DATA: train on the others, score G (against the other "
-        "class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
-        "80%% crop, mirror, 10 degree rotation). Beside each row a shortcut baseline that sees only width, height, format, "
+        description="For every generator, photo source and pseudo-fake decoder family (groups ae-<family>-x<stride> "
+        "from `dfx data reconstruct`, all strides held out together) G in DATA: train on the others, score G (against the "
+        "other class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
+        "80%% crop, mirror, 10 degree rotation), and every row again laundered (both classes resized to a random 256-512 px "
+        "long side and re-saved as JPEG q70-90). Beside each row a shortcut baseline that sees only width, height, format, "
         "JPEG tables and colour statistics. Writes OUT/protocol.json and OUT/protocol.md; finished folds are reused "
         "when rerun with the same settings, so a killed run resumes.",
     )
@@ -138,6 +146,9 @@ def register(sub) -> None:
     protocol.add_argument("--augment", choices=AUGMENT_MODES, default=pd["augment"].default, help="default %(default)s")
     protocol.add_argument("--groups", type=_names, metavar="G,H", help="run only these rows (group names, or in-distribution)")
     protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
+    protocol.add_argument("--pairs", action="store_true", help="draw pseudo-fakes beside their real photo in each batch (see dfx train --pairs)")
+    protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
+    protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
     protocol.set_defaults(handler=_protocol)
 
@@ -206,7 +217,7 @@ def _train(args) -> int:
     config = TrainConfig(
         data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
         architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
-        balance=not args.no_balance, epoch_size=args.epoch_size,
+        balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, scale_jitter=args.scale_jitter,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
@@ -235,7 +246,8 @@ def _protocol(args) -> int:
     report = run(ProtocolConfig(
         data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
-        groups=args.groups, seed=args.seed, baseline=not args.no_baseline,
+        groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs,
+        scale_jitter=args.scale_jitter, launder=not args.no_launder,
     ))
     print(format_table(report))
     return 0

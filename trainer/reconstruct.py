@@ -8,7 +8,8 @@ Diffusion-Generated Images"). No weights can be downloaded, so the autoencoders 
 on the user's own real photos: random patches, fully convolutional, so one model reconstructs a
 photo of any size.
 
-The bank: one autoencoder per decoder, named ``<family>-x<stride>``:
+The bank: one autoencoder per decoder, named ``ae-<family>-x<stride>`` (the group of its fakes;
+``ae-<family>`` is the family, held out as one unit by the protocol):
 
 - families: ``nearest`` (nearest up-sampling + 3x3 conv), ``bilinear`` (bilinear + 3x3 conv),
   ``tconv`` (3x3 transposed conv, stride 2: the checkerboard), ``shuffle`` (3x3 conv to 4x the
@@ -50,13 +51,14 @@ from typing import Callable
 
 import numpy as np
 
+from dfx.datasets import PAIRS_FILE
 from dfx.errors import DfxError
 
 FAMILIES = ("nearest", "bilinear", "tconv", "shuffle")
 STRIDES = (4, 8)
-DECODERS = tuple(f"{family}-x{stride}" for family in FAMILIES for stride in STRIDES)
+FAMILY_PREFIX = "ae-"  # pseudo-fake groups read as what they are, and never clash with a generator's name
+DECODERS = tuple(f"{FAMILY_PREFIX}{family}-x{stride}" for family in FAMILIES for stride in STRIDES)
 LOSSES = ("l1", "l1+fft")
-PAIRS_FILE = "pairs.jsonl"
 REPORT_FILE = "reconstruct.json"
 # Bump when the autoencoders or their training change, so cached models are retrained.
 MODEL_VERSION = 1
@@ -86,15 +88,16 @@ class ReconstructConfig:
 
 
 def decoder_family(group: str) -> str | None:
-    """"tconv-x8" -> "tconv"; None for a group that is not a pseudo-fake decoder."""
+    """"ae-tconv-x8" -> "ae-tconv"; None for a group that is not a pseudo-fake decoder."""
     family, _, stride = group.rpartition("-x")
-    return family if family in FAMILIES and stride.isdigit() else None
+    known = family.startswith(FAMILY_PREFIX) and family[len(FAMILY_PREFIX):] in FAMILIES
+    return family if known and stride.isdigit() else None
 
 
 def _parse_decoder(name: str) -> tuple[str, int]:
     family = decoder_family(name)
     if family is None:
-        raise DfxError(f"unknown decoder {name!r}", hint=f"known: {', '.join(DECODERS)} (<family>-x<stride>, stride 2, 4, 8 or 16)")
+        raise DfxError(f"unknown decoder {name!r}", hint=f"known: {', '.join(DECODERS)} (ae-<family>-x<stride>, stride 2, 4, 8 or 16)")
     stride = int(name.rpartition("-x")[2])
     if stride not in (2, 4, 8, 16):
         raise DfxError(f"decoder {name!r}: the stride must be 2, 4, 8 or 16")
@@ -228,6 +231,7 @@ def build_autoencoder(decoder: str, seed: int):
     from keras import layers
 
     family, stride = _parse_decoder(decoder)
+    family = family[len(FAMILY_PREFIX):]
     levels = int(round(np.log2(stride)))
     widths = list(WIDTHS) + [WIDTHS[-1]] * max(0, levels + 1 - len(WIDTHS))
     init = keras.initializers.HeNormal(seed=seed)
@@ -255,7 +259,7 @@ def build_autoencoder(decoder: str, seed: int):
             x = conv(x, filters, f"{name}_conv")
     x = conv(x, 3, "out", activation=None)
     outputs = layers.Rescaling(0.5, offset=0.5, name="uncentre")(x)
-    return keras.Model(inputs, outputs, name=f"ae_{decoder.replace('-', '_')}")
+    return keras.Model(inputs, outputs, name=decoder.replace("-", "_"))
 
 
 def _depth_to_space_layer():
@@ -504,16 +508,3 @@ def _read_pairs(out: Path) -> dict[tuple[str, str], dict]:
 def _finished(out: Path, done: dict, decoder: str, photo: Photo) -> bool:
     entry = done.get((decoder, photo.path))
     return entry is not None and (out / entry["fake"]).exists()
-
-
-def read_pairs(root: str | os.PathLike) -> dict[str, str]:
-    """{fake path: source path} (absolute) from ROOT/pairs.jsonl; {} when there is none. The
-    source is found beside the fake tree first (relative path), so a moved pair of folders
-    still pairs up."""
-    root = Path(root)
-    pairs = {}
-    for entry in _read_pairs(root).values():
-        fake = os.path.abspath(root / entry["fake"])
-        rel = os.path.abspath(root / entry["source_relative"])
-        pairs[fake] = rel if os.path.exists(rel) else entry["source"]
-    return pairs

@@ -416,10 +416,11 @@ def run(config: ReconstructConfig, log: Callable[[str], None] = lambda m: print(
     # The autoencoders learn from a seeded sample of all the photos (every source), plus a few
     # held-out photos for the quality record.
     sample = [photos[i] for i in _rng_for("train-photos", config.seed).permutation(len(photos))]
+    holdout_count = min(config.holdout_photos, len(photos) // 4)  # a few photos the models never see
     errors: dict[str, str] = {}
     train_pixels, holdout_pixels, train_keys = [], [], []
     for photo in sample:
-        if len(train_pixels) >= config.train_photos and len(holdout_pixels) >= config.holdout_photos:
+        if len(train_pixels) >= config.train_photos and len(holdout_pixels) >= holdout_count:
             break
         try:
             pixels = np.asarray(to_rgb(photo.path))
@@ -428,11 +429,11 @@ def run(config: ReconstructConfig, log: Callable[[str], None] = lambda m: print(
             continue
         if min(pixels.shape[:2]) < config.patch:
             continue
-        if len(train_pixels) < config.train_photos:
+        if len(holdout_pixels) < holdout_count:
+            holdout_pixels.append(pixels[:256, :256])  # a corner is enough for PSNR and sharpness
+        elif len(train_pixels) < config.train_photos:
             train_pixels.append(pixels)
             train_keys.append(photo.key)
-        else:
-            holdout_pixels.append(pixels[:256, :256])  # a corner is enough for PSNR and sharpness
     if not train_pixels:
         raise DfxError(f"no readable photo of at least {config.patch} px to train the autoencoders on",
                        hint="check the folders, or lower --patch")

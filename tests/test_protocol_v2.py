@@ -183,3 +183,29 @@ def test_summary_separates_generators_families_sources_and_laundered_rows():
     assert s["half_size_drop"] == pytest.approx(0.09)
     assert s["worst_laundered_drop"] == pytest.approx(0.2)
     assert s["min_laundered_margin_over_baseline"] == pytest.approx(-0.05)
+
+
+def test_train_with_pairs_records_the_sampling_in_the_manifest(paired_tree, tmp_path):
+    pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
+    from dfx.trainer.train import TrainConfig, train
+
+    photos, pseudo = paired_tree
+    config = TrainConfig(data=(str(photos), str(pseudo)), out=str(tmp_path / "b"), size=32, train_canvas=None, epochs=1,
+                         epoch_size=128, batch_size=32, architecture="seed_cnn", augment="none", pairs=True,
+                         scale_jitter=0.5, progress=False)
+    m = train(config).manifest
+    t = m["training"]
+    assert t["sampling"] == "balanced+pairs" and t["scale_jitter"] == 0.5
+    assert t["paired_fakes"] == 2 * 80  # 80 training pseudo-fakes, stored twice (as is and rescaled)
+    assert t["pairs_in_same_batch"] > 0.8  # 128 draws: a batch with more pseudo-fakes than reals misses a few
+    val = m["data"]["val"]["groups"]
+    assert val["fake/ae-tconv-x4"] == val["real/a"] + val["real/b"]  # each val photo's fakes are in val too
+
+
+def test_pairs_need_balanced_epochs(paired_tree, tmp_path):
+    pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
+    from dfx.errors import DfxError
+    from dfx.trainer.train import TrainConfig, check_config
+
+    with pytest.raises(DfxError, match="--pairs"):
+        check_config(TrainConfig(data="x", out=str(tmp_path), pairs=True, balance=False))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import sys
 
+from dfx.trainer.protocol import summarize
+
 
 def _rate(r: dict) -> str:
     if r.get("held_out") == "real":
@@ -44,7 +46,7 @@ def table(runs: dict[str, dict]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, run in runs.items():
-        s = run.get("summary") or {}
+        s = run.get("summary") or summarize(run["rows"])  # a run still going has no summary yet
         shown = ", ".join(f"{k} {v:.3f}" for k, v in s.items() if isinstance(v, float))
         lines.append(f"- {name}: {shown}")
     return "\n".join(lines)

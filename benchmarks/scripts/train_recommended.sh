@@ -8,7 +8,9 @@
 # 3. dfx export OUT --int8: ONNX, calibrated INT8 Q/DQ, parity report.
 # Overrides (environment): DFX_DATA (default ../shared/data), DFX (the dfx command), EPOCHS (30),
 # EPOCH_SIZE (4096 balanced draws per epoch: keeps the run near an hour on 2 vCPUs), RECON_STEPS
-# (800 steps per autoencoder), PSEUDO (the pseudo-fake folder).
+# (800 steps per autoencoder), PSEUDO (the pseudo-fake folder), PSEUDO_FAKES=0 (skip step 1 and
+# train on the shared folders alone: protocol v2 at 6 and 16 epochs found the pseudo-fakes lowered
+# the held-out real generators' AUC, docs/pseudo-fakes.md).
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/scripts/train_recommended.sh OUT_BUNDLE}
 DATA=${DFX_DATA:-../shared/data}
@@ -27,10 +29,14 @@ if [ ${#roots[@]} -eq 0 ]; then
 fi
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" >&2; }
-stamp "reconstruct ${roots[*]} -> $PSEUDO"
-$DFX data reconstruct "${roots[@]}" --out "$PSEUDO" --steps "$RECON_STEPS"
-stamp "train -> $OUT"
-$DFX train "${roots[@]}" "$PSEUDO" --out "$OUT" --pairs --epochs "$EPOCHS" --epoch-size "$EPOCH_SIZE" --overwrite
+train_data=("${roots[@]}")
+if [ "${PSEUDO_FAKES:-1}" != 0 ]; then
+    stamp "reconstruct ${roots[*]} -> $PSEUDO"
+    $DFX data reconstruct "${roots[@]}" --out "$PSEUDO" --steps "$RECON_STEPS"
+    train_data+=("$PSEUDO")
+fi
+stamp "train ${train_data[*]} -> $OUT"
+$DFX train "${train_data[@]}" --out "$OUT" --pairs --epochs "$EPOCHS" --epoch-size "$EPOCH_SIZE" --overwrite
 stamp "export --int8"
 $DFX export "$OUT" --int8
 stamp "done: $OUT"

@@ -7,11 +7,15 @@ Accepted layouts (label 0 = real, 1 = fake; `group` names the photo source or ge
 - the seed project's layout, a folder per source (``celeba/``, ``ffhq/``, ``attgan/``, ...),
   mapped with ``real=["celeba", "ffhq"]`` and ``fake=[...]`` (known names map by themselves);
 - a CSV/TSV labels file of ``path,label[,group]`` rows, paths relative to the file.
+
+A tree with a ``pairs.jsonl`` at its root (written by ``dfx data reconstruct``) pairs each fake
+with the real photo it was made from (`Sample.source`); `split` keeps a pair in one split.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from dfx.images import is_image_path
 
 SEED_REAL = ("celeba", "ffhq")
 SEED_FAKE = ("attgan", "gdwct", "stargan", "stylegan", "stylegan2")
+PAIRS_FILE = "pairs.jsonl"  # one JSON object per fake: {"fake": relative path, "source", "source_relative", ...}
 _LABEL_WORDS = {"real": 0, "0": 0, "fake": 1, "1": 1, "gan": 1, "synthetic": 1}
 
 
@@ -36,6 +41,7 @@ class Sample:
     path: str  # absolute path of the image file
     label: int  # 0 real, 1 fake
     group: str  # photo source or generator, e.g. "ffhq", "stylegan2"
+    source: str | None = None  # a pseudo-fake's real photo (absolute path), from the tree's pairs.jsonl
 
 
 def as_roots(source) -> list[str]:
@@ -76,6 +82,9 @@ def _discover_one(source: Path, real: list[str] | None, fake: list[str] | None) 
         samples = _mapped_folders(source, real or [], fake or [])
     elif (source / "real").is_dir() or (source / "fake").is_dir():
         samples = _label_tree(source)
+        pairs = read_pairs(source)
+        if pairs:
+            samples = [Sample(s.path, s.label, s.group, pairs.get(s.path)) for s in samples]
     else:
         known = [d.name for d in _subdirs(source) if d.name.lower() in SEED_REAL + SEED_FAKE]
         if not known:
@@ -130,6 +139,26 @@ def _mapped_folders(root: Path, real: list[str], fake: list[str]) -> list[Sample
     return samples
 
 
+def read_pairs(root: str | os.PathLike) -> dict[str, str]:
+    """{fake path: its source photo's path} (absolute) from ROOT/pairs.jsonl; {} without one.
+    The source is looked up beside the tree first (its relative path), so folders moved
+    together still pair up. A line cut short by a killed writer is skipped."""
+    root = Path(root)
+    path = root / PAIRS_FILE
+    if not path.is_file():
+        return {}
+    pairs = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            fake = os.path.abspath(root / entry["fake"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        near = os.path.abspath(root / entry["source_relative"]) if entry.get("source_relative") else None
+        pairs[fake] = near if near and os.path.exists(near) else entry.get("source")
+    return pairs
+
+
 def read_labels_file(path: str | os.PathLike) -> list[Sample]:
     """Read ``path,label[,group]`` rows (CSV or TSV, header optional)."""
     path = Path(path)
@@ -154,9 +183,23 @@ def read_labels_file(path: str | os.PathLike) -> list[Sample]:
 
 
 def split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic train/validation split, stratified by (label, group)."""
+    """Deterministic train/validation split, stratified by (label, group). A fake paired with a
+    real photo that is among `samples` (Sample.source) goes wherever its photo goes, so a
+    photo's reconstruction never validates a model that trained on the photo (or the reverse);
+    the other samples split exactly as they would without the pairs."""
     if not 0 < val_fraction < 1:
         raise ValueError("val_fraction must be between 0 and 1")
+    present = {s.path for s in samples}
+    followers = [s for s in samples if s.source and s.source in present]
+    leaders = [s for s in samples if not (s.source and s.source in present)]
+    train, val = _stratified_split(leaders, val_fraction, seed)
+    in_val = {s.path for s in val}
+    for s in followers:
+        (val if s.source in in_val else train).append(s)
+    return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
+
+
+def _stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     strata: dict[tuple[int, str], list[Sample]] = {}
     for sample in sorted(samples, key=lambda s: s.path):
         strata.setdefault((sample.label, sample.group), []).append(sample)

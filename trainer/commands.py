@@ -1,4 +1,4 @@
-"""Subcommands of this part (registered by dfx.cli): `dfx data synth`, `dfx train`, `dfx eval`.
+"""Subcommands of this part (registered by dfx.cli): `dfx data synth`, `dfx data reconstruct`, `dfx train`, `dfx eval`.
 
 Light at import: tensorflow, matplotlib and the runners load inside the handlers.
 """
@@ -42,6 +42,34 @@ def register(sub) -> None:
     synth.add_argument("--size", type=int, default=64, help="image side in pixels, a multiple of 4 (default 64)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same images (default 0)")
     synth.set_defaults(handler=_synth)
+    from dfx.trainer.reconstruct import DECODERS, LOSSES, ReconstructConfig
+
+    rd = ReconstructConfig.__dataclass_fields__
+    recon = data_sub.add_parser(
+        "reconstruct",
+        help="make aligned pseudo-fakes: real photos passed through small autoencoders trained here",
+        description="Train a bank of small autoencoders on the real photos (random patches; decoders: nearest, "
+        "bilinear, transposed-conv and pixel-shuffle up-sampling, latent stride x4 and x8) and write each photo's "
+        "reconstruction to OUT/fake/<decoder>/, saved like its source (same size; JPEG with the source's "
+        "quantisation tables, PNG as PNG), plus OUT/pairs.jsonl linking each fake to its photo. Pass OUT beside the "
+        "real roots to `dfx train` / `dfx protocol`: a photo and its reconstructions always share a split. Runs on "
+        "your own users' photos adapt the detector to your cameras without a single collected fake. Resumable: "
+        "finished fakes and trained models are reused.",
+    )
+    recon.add_argument("data", metavar="REAL_DATA", nargs="+", help="labelled roots (their real/ photos) or plain folders of real photos")
+    recon.add_argument("--out", required=True, metavar="DIR", help="folder to write fake/<decoder>/, pairs.jsonl, models/, reconstruct.json")
+    recon.add_argument("--decoders", type=_names, default=rd["decoders"].default, metavar="A,B",
+                       help=f"autoencoders to train and use (default all: {','.join(DECODERS)})")
+    recon.add_argument("--per-photo", default=str(rd["per_photo"].default), metavar="N|all",
+                       help="decoders each photo goes through, chosen per photo by the seed (default %(default)s; all: every decoder)")
+    recon.add_argument("--steps", type=int, default=rd["steps"].default, help="training steps per autoencoder (default %(default)s)")
+    recon.add_argument("--patch", type=int, default=rd["patch"].default, help="training patch side in px (default %(default)s)")
+    recon.add_argument("--train-photos", type=int, default=rd["train_photos"].default, help="photos the autoencoders learn from (default %(default)s)")
+    recon.add_argument("--loss", choices=LOSSES, default=rd["loss"].default, help="l1, or l1 plus a log-spectrum term that keeps the output sharp (default)")
+    recon.add_argument("--freq-weight", type=float, default=rd["freq_weight"].default, help="weight of the log-spectrum term (default %(default)s)")
+    recon.add_argument("--limit", type=int, metavar="N", help="reconstruct only N photos (a seeded choice); default all")
+    recon.add_argument("--seed", type=int, default=rd["seed"].default, help="seed for models, patches and the decoder choice (default %(default)s)")
+    recon.set_defaults(handler=_reconstruct)
     data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
 
     from dfx.trainer.augment import AUGMENT_MODES
@@ -71,6 +99,12 @@ def register(sub) -> None:
     train.add_argument("--epochs", type=int, default=d["epochs"].default, help="maximum epochs; early stopping usually ends sooner (default %(default)s)")
     train.add_argument("--epoch-size", type=int, metavar="N", help="images drawn per balanced epoch (default: the training split's size)")
     train.add_argument("--no-balance", action="store_true", help="plain shuffled epochs with class weights instead of equal shares per group")
+    train.add_argument("--pairs", action="store_true",
+                       help="put each drawn pseudo-fake's real photo (pairs.jsonl of `dfx data reconstruct`) in the same batch, "
+                       "in place of another real image: the loss then compares the two sides of each pair")
+    train.add_argument("--scale-jitter", type=float, metavar="LOW",
+                       help="also train on a copy of every image rescaled by a seeded factor in [LOW, 1) at native resolution "
+                       "(e.g. 0.5: a re-shared, smaller upload); default off")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")
     train.add_argument("--lr", type=float, default=d["learning_rate"].default, help="peak Adam learning rate after warm-up (default %(default)s)")
     train.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"].default, help="linear learning-rate warm-up, in epochs (default %(default)s)")
@@ -93,9 +127,11 @@ def register(sub) -> None:
     protocol = sub.add_parser(
         "protocol",
         help="leave-one-source-out: train without each generator / photo source, test on it",
-        description="For every generator and photo source G in DATA: train on the others, score G (against the other "
-        "class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
-        "80%% crop, mirror, 10 degree rotation). Beside each row a shortcut baseline that sees only width, height, format, "
+        description="For every generator, photo source and pseudo-fake decoder family (groups ae-<family>-x<stride> "
+        "from `dfx data reconstruct`, all strides held out together) G in DATA: train on the others, score G (against the "
+        "other class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
+        "80%% crop, mirror, 10 degree rotation), and every row again laundered (both classes resized to a random 256-512 px "
+        "long side and re-saved as JPEG q70-90). Beside each row a shortcut baseline that sees only width, height, format, "
         "JPEG tables and colour statistics. Writes OUT/protocol.json and OUT/protocol.md; finished folds are reused "
         "when rerun with the same settings, so a killed run resumes.",
     )
@@ -110,6 +146,9 @@ def register(sub) -> None:
     protocol.add_argument("--augment", choices=AUGMENT_MODES, default=pd["augment"].default, help="default %(default)s")
     protocol.add_argument("--groups", type=_names, metavar="G,H", help="run only these rows (group names, or in-distribution)")
     protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
+    protocol.add_argument("--pairs", action="store_true", help="draw pseudo-fakes beside their real photo in each batch (see dfx train --pairs)")
+    protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
+    protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
     protocol.set_defaults(handler=_protocol)
 
@@ -145,6 +184,29 @@ def _synth(args) -> int:
     return 0
 
 
+def _reconstruct(args) -> int:
+    from dfx.errors import DfxError, require
+
+    require("tensorflow", "train", "dfx data reconstruct")
+    from dfx.trainer.reconstruct import ReconstructConfig, run
+
+    per_photo = None if args.per_photo == "all" else int(args.per_photo) if args.per_photo.isdigit() else -1
+    if per_photo is not None and per_photo < 1:
+        raise DfxError(f"--per-photo must be a positive number or all, not {args.per_photo!r}")
+    report = run(ReconstructConfig(
+        data=tuple(args.data), out=args.out, decoders=tuple(args.decoders), per_photo=per_photo, steps=args.steps,
+        patch=args.patch, train_photos=args.train_photos, loss=args.loss, freq_weight=args.freq_weight, limit=args.limit, seed=args.seed,
+    ))
+    print(f"{report['fakes_written']} fakes written, {report['fakes_skipped_as_done']} already there, "
+          f"from {report['reconstructed_photos']} of {report['photos']} photos into {args.out}")
+    for name, r in report["decoders"].items():
+        print(f"  {name}: PSNR {r.get('psnr_db')} dB, sharpness ratio {r.get('sharpness_ratio')}, {r.get('seconds')} s to train")
+    if report["unreadable"]["count"]:
+        first = report["unreadable"]["first"][0]
+        print(f"unreadable: {report['unreadable']['count']} photo(s), e.g. {first['path']}: {first['reason']}", file=sys.stderr)
+    return 0
+
+
 def _train(args) -> int:
     from dfx.errors import require
 
@@ -155,7 +217,7 @@ def _train(args) -> int:
     config = TrainConfig(
         data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
         architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
-        balance=not args.no_balance, epoch_size=args.epoch_size,
+        balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, scale_jitter=args.scale_jitter,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
@@ -184,7 +246,8 @@ def _protocol(args) -> int:
     report = run(ProtocolConfig(
         data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
-        groups=args.groups, seed=args.seed, baseline=not args.no_baseline,
+        groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs,
+        scale_jitter=args.scale_jitter, launder=not args.no_launder,
     ))
     print(format_table(report))
     return 0

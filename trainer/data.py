@@ -19,6 +19,7 @@ class Arrays:
     y: np.ndarray  # int64 (N,), 1 = fake
     samples: list[Sample]
     errors: list[tuple[str, str]]  # (path, reason) of images that failed to decode
+    variant: np.ndarray | None = None  # int64 (N,): 0 the image as stored, 1 its rescaled copy (with_rescaled); None: all 0
 
 
 def load_arrays(samples: list[Sample], size: tuple[int, int], fit: str, *, workers: int | None = None, progress: bool = True, desc: str = "decode") -> Arrays:
@@ -84,6 +85,46 @@ def balanced_indices(samples: list[Sample], epochs: int, epoch_size: int, seed: 
     return rng.choice(len(samples), size=epochs * epoch_size, replace=True, p=p / p.sum()).astype(np.int64)
 
 
+def _partners(samples: list[Sample], variant: np.ndarray | None) -> np.ndarray:
+    """For each sample, the index of its pair's real photo in the same variant (-1: none)."""
+    v = np.zeros(len(samples), np.int64) if variant is None else np.asarray(variant, np.int64)
+    index_of = {(s.path, int(k)): i for i, (s, k) in enumerate(zip(samples, v))}
+    return np.array([index_of.get((s.source, int(k)), -1) if s.source else -1 for s, k in zip(samples, v)], np.int64)
+
+
+def paired_indices(samples: list[Sample], indices: np.ndarray, batch_size: int, variant: np.ndarray | None = None) -> np.ndarray:
+    """`indices` (balanced draws) with pairs brought together: in each batch, the real photo of
+    every drawn pseudo-fake (Sample.source, when it is a training sample; the same variant, so a
+    rescaled fake meets its photo rescaled alike) takes the place of one of the batch's drawn
+    real images, so the batch holds both sides of the pair and the only difference the loss
+    sees between them is the decoder's trace. The fakes' shares stay those of `group_shares`;
+    the real side shifts towards the photos that have reconstructions. int64, like `indices`."""
+    partner = _partners(samples, variant)
+    real = np.array([s.label == 0 for s in samples])
+    out = np.array(indices, np.int64, copy=True)
+    for start in range(0, len(out), batch_size):
+        batch = out[start : start + batch_size]  # a view: edits land in `out`
+        partners = [int(partner[i]) for i in batch if partner[i] >= 0]
+        slots = [k for k, i in enumerate(batch) if real[i]]
+        for k, p in zip(slots, partners):
+            batch[k] = p
+    return out
+
+
+def pair_share(samples: list[Sample], indices: np.ndarray, batch_size: int, variant: np.ndarray | None = None) -> float:
+    """Fraction of drawn pseudo-fakes whose real photo is in the same batch (for the manifest)."""
+    partner = _partners(samples, variant)
+    hits = total = 0
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        members = set(batch.tolist())
+        for i in batch:
+            if partner[i] >= 0:
+                total += 1
+                hits += int(partner[i]) in members
+    return hits / total if total else 0.0
+
+
 def balanced_dataset(arrays: Arrays, indices: np.ndarray, batch_size: int, augment):
     """Batches of (float32 images, float32 labels) following `indices` (see balanced_indices);
     the images stay in one in-memory tensor and are gathered per step."""
@@ -99,3 +140,27 @@ def balanced_dataset(arrays: Arrays, indices: np.ndarray, batch_size: int, augme
         return (augment(image) if augment is not None else tf.cast(image, tf.float32)), label
 
     return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def with_rescaled(arrays: Arrays, canvas: tuple[int, int], fit: str, low: float, seed: int, *,
+                  workers: int | None = None, progress: bool = True) -> Arrays:
+    """`arrays` plus a second copy of every image, resized by a seeded factor in [low, 1) at
+    native resolution and then fitted like the first (TrainConfig.scale_jitter): the same
+    samples twice (variant 0 and 1), so balanced draws pick either copy. A pseudo-fake is
+    rescaled by its photo's factor, so the pair stays aligned."""
+    x, keep, failures = rescaled_copies(arrays.samples, canvas[0], fit, low, seed, workers=workers, progress=progress)
+    kept = [arrays.samples[i] for i in keep]
+    return Arrays(np.concatenate([arrays.x, x]), np.concatenate([arrays.y, np.array([s.label for s in kept], np.int64)]),
+                  list(arrays.samples) + kept, arrays.errors + failures,
+                  np.concatenate([np.zeros(len(arrays.samples), np.int64), np.ones(len(kept), np.int64)]))
+
+
+def rescaled_copies(samples: list[Sample], side: int, fit: str, low: float, seed: int, *, workers: int | None = None,
+                    progress: bool = True):
+    """(uint8 (N, side, side, 3), kept indices, errors): each sample rescaled (seeded by its
+    pair's photo when it has one) and fitted by the pixel path."""
+    from dfx.trainer.alterations import load_altered, rescaled
+
+    keys = {s.path: s.source or s.path for s in samples}
+    return load_altered([s.path for s in samples], lambda p: rescaled(p, low, seed, key=keys[p]), side, fit,
+                        workers=workers, desc="decode rescaled", progress=progress)

@@ -12,6 +12,15 @@ JPEG quantisation tables, per-channel mean/std) is trained and scored on the ver
 (scikit-learn's gradient-boosted trees). A model that does not beat it by a wide margin on a
 held-out group learned the cue, not the generator.
 
+Protocol v2 (this version): pseudo-fakes from `dfx data reconstruct` (fake groups named
+``ae-<family>-x<stride>``) are held out by *family* (all strides of one decoder together), beside
+the real generators and the photo sources; holding out a photo source also drops the
+pseudo-fakes made from its photos. *Laundered rows* score the in-distribution row and every
+held-out row again after every image of both classes went through one social-media pipeline
+(dfx.trainer.alterations.launder: long side to a random 256-512 px, JPEG q70-90, per image),
+with the shortcut baseline scored on the laundered files too. Splits keep a photo and its
+reconstructions together (dfx.datasets.split).
+
 Every fold is a real bundle written by the trainer (`folds/<name>/`), so a killed run resumes:
 finished folds are reused when their recorded settings match. Decoded images are cached once
 per (size, fit, canvas) in `cache/`.
@@ -39,6 +48,8 @@ IN_DISTRIBUTION = "in-distribution"
 RECIPE_VERSION = 2
 # Robustness rows: (name, what it does to the native-resolution image).
 PERTURBATIONS = ("jpeg-q60", "blur-sigma1", "half-size", "crop-80", "mirror", "rotate-10")
+LAUNDERED = "laundered"  # the suffix of a laundered row: "<row> / laundered"
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -59,64 +70,112 @@ class ProtocolConfig:
     val_fraction: float = 0.2  # the split every fold shares
     baseline: bool = True  # train and score the shortcut baseline beside the model
     progress: bool = True  # progress output on a terminal
+    pairs: bool = False  # draw pseudo-fakes beside their real photo (TrainConfig.pairs)
+    scale_jitter: float | None = None  # training copies rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter)
+    launder: bool = True  # add the laundered rows
+
+
+def holdable_units(samples) -> dict[str, tuple[int, frozenset[str]]]:
+    """What a fold can hold out: {name: (label, groups)}. A generator or photo source is its own
+    unit; pseudo-fake decoders (``ae-<family>-x<stride>``) are held out by family (``ae-<family>``), all strides."""
+    from dfx.trainer.reconstruct import decoder_family
+
+    units: dict[str, tuple[int, set[str]]] = {}
+    for label, group in sorted({(s.label, s.group) for s in samples}):
+        family = decoder_family(group) if label == 1 else None
+        name = family or group
+        if name in units and not (family and all(decoder_family(g) == family for g in units[name][1])):
+            raise DfxError(f"the name {name!r} is used by two groups that are not one decoder family; rename one folder")
+        units.setdefault(name, (label, set()))[1].add(group)
+    return {name: (label, frozenset(groups)) for name, (label, groups) in units.items()}
 
 
 def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     """Run the protocol (or the chosen rows); write protocol.json and protocol.md; return the report."""
+    from functools import partial
+
+    from dfx.trainer.alterations import launder
+
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = datasets.discover(list(config.data))
     train_s, val_s = datasets.split(samples, config.val_fraction, config.seed)
-    keys = sorted({(s.label, s.group) for s in samples})
-    names = [IN_DISTRIBUTION] + [g for _, g in keys]
-    if len(set(names)) != len(names):
-        raise DfxError("a group name is used by both classes; rename one folder")
-    chosen = names if not config.groups else [n for n in names if n in config.groups]
-    unknown = sorted(set(config.groups or ()) - set(names))
+    units = holdable_units(samples)
+    if IN_DISTRIBUTION in units:
+        raise DfxError(f"a group is named {IN_DISTRIBUTION!r}; rename it")
+    names = [IN_DISTRIBUTION] + list(units)
+    unknown = [n for n in (config.groups or ()) if n not in names]
     if unknown:
         raise DfxError(f"unknown group(s) {', '.join(unknown)}", hint=f"known: {', '.join(names)}")
-    label_of = {g: label for label, g in keys}
+    chosen = list(dict.fromkeys(config.groups)) if config.groups else names  # in the order asked: the important rows first
+    group_of = {s.path: s.group for s in samples}
+    from dfx.trainer.reconstruct import decoder_family
+
+    pseudo_groups = {s.group for s in samples if s.label == 1 and decoder_family(s.group)}
 
     pixels = _Cache(out / "cache", config)
     train_x = pixels.arrays("train", train_s)
+    scaled_x = pixels.rescaled(train_s) if config.scale_jitter is not None else None
     eval_x = pixels.arrays("eval", samples)
+    laundered_x = pixels.altered(f"all-{LAUNDERED}-s{config.seed}", samples, partial(launder, seed=config.seed)) if config.launder else None
     path_index = {s.path: i for i, s in enumerate(samples)}
     features = _shortcut_features(samples, out / "cache") if config.baseline else None
+    laundered_features = (_shortcut_features(samples, out / "cache", partial(launder, seed=config.seed), f"cues-{LAUNDERED}-s{config.seed}")
+                          if config.baseline and config.launder else None)
 
     report_path = out / "protocol.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if report.get("config_key") != _config_key(config):
         report = {"rows": {}}
-    report.update(config=_jsonable(config), config_key=_config_key(config), data=datasets.summary(samples))
+    report.update(protocol=PROTOCOL_VERSION, config=_jsonable(config), config_key=_config_key(config), data=datasets.summary(samples),
+                  units={n: {"label": "fake" if lab else "real", "groups": sorted(g)} for n, (lab, g) in units.items()})
     for name in chosen:
         started = time.time()
-        held = None if name == IN_DISTRIBUTION else name
-        fold_train = [s for s in train_s if s.group != held]
-        fold_val = [s for s in val_s if s.group != held]
-        bundle = _train_fold(config, out / "folds" / name, fold_train, fold_val, train_x, train_s, eval_x, path_index, log)
+        held_label, held = units[name] if name != IN_DISTRIBUTION else (None, frozenset())
+
+        def excluded(s, held=held):
+            return s.group in held or (s.source is not None and group_of.get(s.source) in held)
+
+        fold_train = [s for s in train_s if not excluded(s)]
+        fold_val = [s for s in val_s if not excluded(s)]
+        bundle = _train_fold(config, out / "folds" / name, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log)
         threshold = bundle.threshold
         model = _load_model(bundle)
         rows = {}
-        if held is None:
+        if held_label is None:
+            evaluated = fold_val
             rows[name] = _score(model, eval_x, path_index, fold_val, threshold)
+            real_fakes = [s for s in fold_val if s.group not in pseudo_groups]
+            if len(real_fakes) < len(fold_val):  # the same row on the real generators' fakes only
+                rows[name]["auc_without_pseudo_fakes"] = _score(model, eval_x, path_index, real_fakes, threshold)["auc"]
             for perturbation in PERTURBATIONS:
                 x = pixels.perturbed(perturbation, fold_val)
                 rows[f"{IN_DISTRIBUTION} / {perturbation}"] = _score_arrays(model, x, fold_val, threshold)
         else:
-            other = [s for s in val_s if s.label != label_of[held]]
-            evaluated = [s for s in samples if s.group == held] + other
+            evaluated = [s for s in samples if s.group in held] + [s for s in val_s if s.label != held_label and not excluded(s)]
             rows[name] = _score(model, eval_x, path_index, evaluated, threshold)
-            rows[name]["held_out"] = "fake" if label_of[held] else "real"
+            rows[name]["held_out"] = "fake" if held_label else "real"
+            rows[name]["pseudo_fake_family"] = bool(held & pseudo_groups)
+        if laundered_x is not None:
+            key = f"{name} / {LAUNDERED}"
+            rows[key] = _score(model, laundered_x, path_index, evaluated, threshold)
+            rows[key]["laundered_of"] = name
+            if held_label is not None:
+                rows[key]["held_out"] = rows[name]["held_out"]
+                rows[key]["pseudo_fake_family"] = rows[name]["pseudo_fake_family"]
         if features is not None:
-            base_eval = fold_val if held is None else evaluated
-            base = _baseline(features, path_index, fold_train, fold_val, base_eval)
-            rows[name]["baseline_auc"] = base
+            rows[name]["baseline_auc"] = _baseline(features, features, path_index, fold_train, fold_val, evaluated)
+            if laundered_features is not None:
+                rows[f"{name} / {LAUNDERED}"]["baseline_auc"] = _baseline(features, laundered_features, path_index, fold_train, fold_val, evaluated)
         rows[name]["seconds"] = round(time.time() - started, 1)
         rows[name]["train_seconds"] = bundle.manifest["training"]["seconds"]
         rows[name]["best_epoch"] = bundle.manifest["training"]["best_epoch"]
         report["rows"].update(rows)
         report_path.write_text(json.dumps(report, indent=2, default=_json_default))
-        log(f"{name}: AUC {rows[name]['auc']:.4f}" + (f"  baseline {rows[name]['baseline_auc']:.4f}" if "baseline_auc" in rows[name] else ""))
+        laundered_row = rows.get(f"{name} / {LAUNDERED}", {})
+        log(f"{name}: AUC {rows[name]['auc']:.4f}" + (f"  baseline {rows[name]['baseline_auc']:.4f}" if "baseline_auc" in rows[name] else "")
+            + (f"  laundered {laundered_row['auc']:.4f}" if laundered_row else "")
+            + (f" (baseline {laundered_row['baseline_auc']:.4f})" if "baseline_auc" in laundered_row else ""))
     report["summary"] = summarize(report["rows"])
     report_path.write_text(json.dumps(report, indent=2, default=_json_default))
     (out / "protocol.md").write_text(format_table(report) + "\n")
@@ -124,16 +183,34 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 
 
 def summarize(rows: dict) -> dict:
-    held = {k: r for k, r in rows.items() if "held_out" in r}
+    plain = {k: r for k, r in rows.items() if "laundered_of" not in r}
+    held = {k: r for k, r in plain.items() if "held_out" in r}
+    generators = [r["auc"] for r in held.values() if r["held_out"] == "fake" and not r.get("pseudo_fake_family")]
+    families = [r["auc"] for r in held.values() if r.get("pseudo_fake_family")]
+    sources = [r["held_out_fpr"] for r in held.values() if r["held_out"] == "real"]
     aucs = [r["auc"] for r in held.values()]
     base = rows.get(IN_DISTRIBUTION, {}).get("auc")
-    robust = {k: r["auc"] for k, r in rows.items() if k.startswith(f"{IN_DISTRIBUTION} /")}
+    robust = {k: r["auc"] for k, r in plain.items() if k.startswith(f"{IN_DISTRIBUTION} /")}
+    laundered = {r["laundered_of"]: r for r in rows.values() if "laundered_of" in r}
+    drops = [rows[k]["auc"] - r["auc"] for k, r in laundered.items() if k in rows]
+    margins = [r["auc"] - r["baseline_auc"] for r in laundered.values() if r.get("baseline_auc") is not None]
+
+    def mean(values):
+        return float(np.mean(values)) if values else None
+
     return {
-        "held_out_mean_auc": float(np.mean(aucs)) if aucs else None,
+        "held_out_mean_auc": mean(aucs),
         "held_out_min_auc": float(np.min(aucs)) if aucs else None,
+        "real_generator_mean_auc": mean(generators),  # what matters: generators that are not ours
+        "real_generator_min_auc": float(np.min(generators)) if generators else None,
+        "pseudo_family_mean_auc": mean(families),
+        "photo_source_max_flagged": float(np.max(sources)) if sources else None,  # at the bundle threshold
         "in_distribution_auc": base,
+        "half_size_drop": float(base - robust[f"{IN_DISTRIBUTION} / half-size"]) if base is not None and f"{IN_DISTRIBUTION} / half-size" in robust else None,
         "worst_robustness_drop": float(base - min(robust.values())) if robust and base is not None else None,
         "min_margin_over_baseline": min((r["auc"] - r["baseline_auc"] for r in held.values() if "baseline_auc" in r), default=None),
+        "worst_laundered_drop": float(max(drops)) if drops else None,  # unlaundered AUC - laundered AUC, worst row
+        "min_laundered_margin_over_baseline": float(min(margins)) if margins else None,
     }
 
 
@@ -141,7 +218,7 @@ def format_table(report: dict) -> str:
     c = report["config"]
     lines = [
         f"{c['architecture']} at {c['size']} px ({c['fit']}, training canvas {c['train_canvas']}), {c['epochs']} epochs x "
-        f"{c['epoch_size']} images, augment {c['augment']}",
+        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}",
         "",
         "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | train min |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -154,10 +231,20 @@ def format_table(report: dict) -> str:
             rate = f"{r['held_out_tpr']:.1%} caught"
         base = f"{r['baseline_auc']:.3f}" if r.get("baseline_auc") is not None else ""
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else ""
-        label = f"held out: {name}" if r.get("held_out") else name
+        label = f"held out: {name}" if r.get("held_out") and "laundered_of" not in r else name
+        if r.get("pseudo_fake_family") and "laundered_of" not in r:
+            label += " (pseudo-fake family)"
         lines.append(f"| {label} | {r['images']} | {r['auc']:.3f} | {r['average_precision']:.3f} | {r['accuracy']:.3f} | "
                      f"{r['tpr_at_1pct_fpr']:.3f} | {rate} | {base} | {minutes} |")
     s = report.get("summary", {})
+    if s:
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.3f}"
+        lines += ["", f"real generators held out: mean AUC {fmt(s.get('real_generator_mean_auc'))}, min {fmt(s.get('real_generator_min_auc'))}; "
+                      f"pseudo-fake families held out: mean {fmt(s.get('pseudo_family_mean_auc'))}; photo sources held out: at most "
+                      f"{fmt(s.get('photo_source_max_flagged'))} flagged; half-size drop {fmt(s.get('half_size_drop'))}; "
+                      f"worst laundered drop {fmt(s.get('worst_laundered_drop'))}; smallest laundered margin over the baseline "
+                      f"{fmt(s.get('min_laundered_margin_over_baseline'))}"]
     if s.get("held_out_mean_auc") is not None:
         lines += ["", f"held-out mean AUC {s['held_out_mean_auc']:.3f}, min {s['held_out_min_auc']:.3f}; "
                       f"worst robustness drop {s['worst_robustness_drop'] if s['worst_robustness_drop'] is None else round(s['worst_robustness_drop'], 3)}; "
@@ -167,7 +254,7 @@ def format_table(report: dict) -> str:
 
 # ---- folds ---------------------------------------------------------------------------------------
 
-def _train_fold(config, folder: Path, fold_train, fold_val, train_x, train_s, eval_x, path_index, log):
+def _train_fold(config, folder: Path, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log):
     from dfx.bundle import Bundle
     from dfx.trainer.data import Arrays
     from dfx.trainer.train import TrainConfig, fit_arrays
@@ -177,6 +264,7 @@ def _train_fold(config, folder: Path, fold_train, fold_val, train_x, train_s, ev
         seed=config.seed, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_epochs=1.0, patience=config.epochs, augment=config.augment, architecture=config.architecture,
         train_canvas=config.train_canvas, balance=True, epoch_size=config.epoch_size, overwrite=True, progress=config.progress,
+        pairs=config.pairs, scale_jitter=config.scale_jitter,
     )
     if (folder / "manifest.json").exists():
         try:
@@ -190,7 +278,12 @@ def _train_fold(config, folder: Path, fold_train, fold_val, train_x, train_s, ev
     train_index = {s.path: i for i, s in enumerate(train_s)}
     ti = np.array([train_index[s.path] for s in fold_train])
     vi = np.array([path_index[s.path] for s in fold_val])
-    train_arrays = Arrays(train_x[ti], np.array([s.label for s in fold_train]), list(fold_train), [])
+    y = np.array([s.label for s in fold_train])
+    if scaled_x is None:
+        train_arrays = Arrays(train_x[ti], y, list(fold_train), [])
+    else:  # each image twice: as stored and rescaled (TrainConfig.scale_jitter)
+        train_arrays = Arrays(np.concatenate([train_x[ti], scaled_x[ti]]), np.concatenate([y, y]), list(fold_train) * 2, [],
+                              np.repeat(np.array([0, 1], np.int64), len(ti)))
     val_arrays = Arrays(eval_x[vi], np.array([s.label for s in fold_val]), list(fold_val), [])
     bundle = Bundle.create(folder, input_size=(config.size, config.size), fit=config.fit, architecture=config.architecture, overwrite=True)
     bundle = fit_arrays(train_config, bundle, train_arrays, val_arrays)
@@ -241,11 +334,26 @@ class _Cache:
         return self._cached(f"{role}-{c.fit}-{side}", samples, lambda: load_many([s.path for s in samples], side, c.fit, desc=f"decode {role}", progress=c.progress))
 
     def perturbed(self, name: str, samples) -> np.ndarray:
-        from dfx.images import load_many
+        from functools import partial
+
+        return self.altered(f"val-{name}", samples, partial(perturb, name))
+
+    def rescaled(self, samples) -> np.ndarray:
+        """The training images rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter), at the canvas."""
+        from dfx.trainer.data import rescaled_copies
 
         c = self.config
-        sources = _PerturbedSources(name, [s.path for s in samples])
-        return self._cached(f"val-{name}-{c.fit}-{c.size}", samples, lambda: load_many(sources, c.size, c.fit, desc=name, progress=c.progress))
+        side = c.train_canvas or c.size
+        return self._cached(f"train-rescaled-{c.scale_jitter}-s{c.seed}-{c.fit}-{side}", samples,
+                            lambda: _as_decoded(rescaled_copies(samples, side, c.fit, c.scale_jitter, c.seed, progress=c.progress)))
+
+    def altered(self, key: str, samples, alter) -> np.ndarray:
+        """`samples` altered at native resolution (alter(path) -> PIL image or bytes), at the input size."""
+        from dfx.trainer.alterations import load_altered
+
+        c = self.config
+        return self._cached(f"{key}-{c.fit}-{c.size}", samples,
+                            lambda: _as_decoded(load_altered([s.path for s in samples], alter, c.size, c.fit, desc=key, progress=c.progress)))
 
     def _cached(self, key: str, samples, decode) -> np.ndarray:
         path = self.folder / f"{key}.npy"
@@ -256,20 +364,17 @@ class _Cache:
         x, kept, errors = decode()
         if errors:
             raise DfxError(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0]}", hint="remove them from the data")
+        if len(kept) != len(paths):
+            raise DfxError(f"{len(paths) - len(kept)} image(s) could not be decoded")
         np.save(path, x)
         paths_file.write_text(json.dumps(paths))
         return x
 
 
-class _PerturbedSources(list):
-    """PIL images made on demand (load_many decodes them in threads) from the files, altered."""
-
-    def __init__(self, name: str, paths: list[str]):
-        super().__init__(paths)
-        self.name = name
-
-    def __iter__(self):
-        return (perturb(self.name, p) for p in super().__iter__())
+def _as_decoded(result):
+    """load_altered's (x, kept, [(path, reason)]) in load_many's shape for _cached."""
+    x, kept, errors = result
+    return x, kept, [f"{p}: {r}" for p, r in errors]
 
 
 def perturb(name: str, path: str):
@@ -298,6 +403,10 @@ def perturb(name: str, path: str):
         return ImageOps.mirror(image)
     if name == "rotate-10":
         return image.rotate(10, resample=2)  # bilinear, same canvas
+    if name == LAUNDERED:
+        from dfx.trainer.alterations import launder
+
+        return to_rgb(launder(path))
     raise ValueError(f"unknown perturbation {name!r}")
 
 
@@ -306,11 +415,14 @@ def perturb(name: str, path: str):
 FEATURES = ("width", "height", "jpeg", "png", "other_format", "q_luma", "q_chroma", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b")
 
 
-def cheap_cues(path: str) -> list[float]:
-    """The cues a model should not need: size, format, JPEG quantisation, colour statistics."""
+def cheap_cues(source) -> list[float]:
+    """The cues a model should not need: size, format, JPEG quantisation, colour statistics.
+    `source`: a path or encoded bytes."""
+    import io
+
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as image:
         fmt = image.format or ""
         tables = getattr(image, "quantization", None) or {}
         w, h = image.size
@@ -322,19 +434,31 @@ def cheap_cues(path: str) -> list[float]:
     return [w, h, fmt == "JPEG", fmt == "PNG", fmt not in ("JPEG", "PNG"), q_luma, q_chroma, *px.mean(0), *px.std(0)]
 
 
-def _shortcut_features(samples, cache: Path) -> np.ndarray:
-    path = cache / "cues.npy"
-    paths_file = cache / "cues.json"
+def _shortcut_features(samples, cache: Path, alter: Callable | None = None, name: str = "cues") -> np.ndarray:
+    """The cheap cues of every sample (of its altered file when `alter` is given), cached."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    path = cache / f"{name}.npy"
+    paths_file = cache / f"{name}.json"
     paths = [s.path for s in samples]
     if path.exists() and paths_file.exists() and json.loads(paths_file.read_text()) == paths:
         return np.load(path)
-    x = np.array([cheap_cues(p) for p in paths], np.float64)
+
+    def one(p):
+        return cheap_cues(alter(p) if alter is not None else p)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        x = np.array(list(tqdm(pool.map(one, paths), total=len(paths), desc=name, unit="img", disable=None)), np.float64)
     np.save(path, x)
     paths_file.write_text(json.dumps(paths))
     return x
 
 
-def _baseline(features, path_index, train, val, evaluated) -> float:
+def _baseline(features, eval_features, path_index, train, val, evaluated) -> float:
+    """AUC of the shortcut model fitted on the fold's training groups (`features`), scored on
+    `evaluated` as seen in `eval_features` (the same files, or their laundered copies)."""
     from dfx.errors import require
 
     require("sklearn", "train", "the shortcut baseline")
@@ -344,7 +468,7 @@ def _baseline(features, path_index, train, val, evaluated) -> float:
     x = features[[path_index[s.path] for s in fit_on]]
     y = np.array([s.label for s in fit_on])
     clf = HistGradientBoostingClassifier(max_iter=200, random_state=0, class_weight="balanced").fit(x, y)
-    xe = features[[path_index[s.path] for s in evaluated]]
+    xe = eval_features[[path_index[s.path] for s in evaluated]]
     ye = np.array([s.label for s in evaluated])
     return float(metrics.auc(ye, clf.predict_proba(xe)[:, 1]))
 
@@ -358,7 +482,7 @@ def _jsonable(config: ProtocolConfig) -> dict:
 def _config_key(config: ProtocolConfig) -> str:
     """What makes two runs' folds interchangeable (not `groups`, `out` or `progress`)."""
     d = _jsonable(config)
-    for k in ("groups", "out", "progress", "baseline"):
+    for k in ("groups", "out", "progress", "baseline", "launder"):
         d.pop(k)
     d["data"] = [str(Path(p).resolve()) for p in d["data"]]
     d["recipe"] = RECIPE_VERSION

@@ -83,6 +83,13 @@ class TrainConfig:
     # with class weights (the seed's recipe).
     balance: bool = True
     epoch_size: int | None = None  # images per balanced epoch; None: the training split's size
+    # Pseudo-fakes (dfx data reconstruct) drawn with their real photo in the same batch, so the
+    # loss compares the two sides of each pair (needs balance).
+    pairs: bool = False
+    # Scale jitter: every training image is also stored resized by a random factor in
+    # [scale_jitter, 1) (per image, seeded; applied at native resolution before the pixel path,
+    # like a re-shared upload), and the balanced draws pick either copy. None: off.
+    scale_jitter: float | None = None
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)
     workers: int | None = None  # decode threads (default 4)
@@ -151,6 +158,9 @@ def train(config: TrainConfig) -> Bundle:
     bundle = Bundle.create(config.out, input_size=size, fit=config.fit, architecture=config.architecture, overwrite=config.overwrite)
     canvas = (config.train_canvas, config.train_canvas) if config.train_canvas else size
     train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, workers=config.workers, progress=config.progress, desc="decode train")
+    if config.scale_jitter is not None:
+        train_arrays = data_mod.with_rescaled(train_arrays, canvas, config.fit, config.scale_jitter, config.seed,
+                                              workers=config.workers, progress=config.progress)
     val_arrays = data_mod.load_arrays(val_samples, size, config.fit, workers=config.workers, progress=config.progress, desc="decode val")
     return fit_arrays(config, bundle, train_arrays, val_arrays, started=started)
 
@@ -169,6 +179,10 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError("--target-fpr must be between 0 and 1 (for example 0.01)")
     if config.train_canvas is not None and config.train_canvas < config.size:
         raise DfxError(f"--train-canvas ({config.train_canvas}) must be at least --size ({config.size})")
+    if config.pairs and not config.balance:
+        raise DfxError("--pairs draws pairs into balanced epochs; it cannot be combined with --no-balance")
+    if config.scale_jitter is not None and not 0 < config.scale_jitter < 1:
+        raise DfxError(f"--scale-jitter must be between 0 and 1 (e.g. 0.5), not {config.scale_jitter}")
     if config.architecture == "npr_cnn" and config.size % 2:
         raise DfxError(f"npr_cnn needs an even --size, not {config.size}")
 
@@ -201,6 +215,7 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
     Monitor = _make_monitor_class()
     monitor = None
     interrupted = False
+    pairs_together = None
     for attempt in range(config.max_restarts + 1):
         seed = config.seed + 1000 * attempt
         keras.utils.set_random_seed(seed)
@@ -217,6 +232,9 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
               f"{len(train_arrays.y)} train / {len(val_arrays.y)} val images at {config.size} px ({config.fit})", file=sys.stderr)
         if config.balance:
             indices = data_mod.balanced_indices(train_arrays.samples, config.epochs, steps_per_epoch * config.batch_size, seed)
+            if config.pairs:
+                indices = data_mod.paired_indices(train_arrays.samples, indices, config.batch_size, train_arrays.variant)
+                pairs_together = data_mod.pair_share(train_arrays.samples, indices, config.batch_size, train_arrays.variant)
             dataset = data_mod.balanced_dataset(train_arrays, indices, config.batch_size, augment)
         else:
             dataset = data_mod.train_dataset(train_arrays, config.batch_size, augment, seed)
@@ -249,11 +267,13 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
     return write_bundle(
         bundle, model, config, train_arrays, val_arrays, attempts,
         best_epoch=monitor.best_epoch, best_auc=monitor.best_auc, interrupted=interrupted, seconds=time.time() - started,
+        pairs_together=pairs_together,
     )
 
 
 def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_arrays, attempts: list[dict], *,
-                 best_epoch: int | None, best_auc: float, interrupted: bool, seconds: float) -> Bundle:
+                 best_epoch: int | None, best_auc: float, interrupted: bool, seconds: float,
+                 pairs_together: float | None = None) -> Bundle:
     """Finish a bundle from a trained model: threshold and metrics on the validation split,
     history JSON + plot, data record, training record, hashes. Expects model.keras saved."""
     from dfx.trainer import data as data_mod
@@ -293,6 +313,12 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "loss": "binary_crossentropy_from_logits",
         "class_weights": None if config.balance else {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
         "balance": data_mod.group_shares(train_arrays.samples) if config.balance else None,  # share of each epoch per group
+        # how batches were drawn: "balanced" (equal shares per group), "balanced+pairs" (pseudo-fakes
+        # beside their real photo), or "shuffled" (class weights)
+        "sampling": ("balanced+pairs" if config.pairs else "balanced") if config.balance else "shuffled",
+        "paired_fakes": sum(1 for s in train_arrays.samples if s.source),  # training pseudo-fakes with a known photo
+        "pairs_in_same_batch": pairs_together,  # share of drawn pseudo-fakes whose photo shared the batch
+        "scale_jitter": config.scale_jitter,
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
         "best_epoch": best_epoch,
         "interrupted": interrupted,  # stopped with Ctrl-C before early stopping or the last epoch

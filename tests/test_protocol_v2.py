@@ -1,0 +1,211 @@
+"""Pairs and protocol v2: pair-aware splits and batches, holdable units (decoder families),
+laundering, and the v2 summary. No training here: the pieces are checked on their own."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfx import datasets
+
+
+def _png(path: Path, seed: int, size=(40, 40)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, "PNG")
+
+
+@pytest.fixture(scope="module")
+def paired_tree(tmp_path_factory) -> tuple[Path, Path]:
+    """photos/real/{a,b} (30 + 20), photos/fake/gan (24); pseudo/fake/ae-tconv-x4 and
+    ae-nearest-x8 reconstructions of every photo, linked by pseudo/pairs.jsonl."""
+    root = tmp_path_factory.mktemp("pairs")
+    photos, pseudo = root / "photos", root / "pseudo"
+    for i in range(30):
+        _png(photos / "real" / "a" / f"a{i:02d}.png", i)
+    for i in range(20):
+        _png(photos / "real" / "b" / f"b{i:02d}.png", 100 + i)
+    for i in range(24):
+        _png(photos / "fake" / "gan" / f"g{i:02d}.png", 200 + i)
+    lines = []
+    for decoder in ("ae-tconv-x4", "ae-nearest-x8"):
+        for src in sorted((photos / "real").rglob("*.png")):
+            fake = pseudo / "fake" / decoder / f"{src.parent.name}_{src.name}"
+            fake.parent.mkdir(parents=True, exist_ok=True)
+            fake.write_bytes(src.read_bytes())
+            lines.append(json.dumps({"fake": str(fake.relative_to(pseudo)), "source": str(src.resolve()),
+                                     "source_relative": os.path.relpath(src, pseudo), "decoder": decoder}))
+    (pseudo / datasets.PAIRS_FILE).write_text("\n".join(lines) + "\n{\"cut short")  # a line cut by a kill is skipped
+    return photos, pseudo
+
+
+def test_discover_links_each_pseudo_fake_to_its_photo(paired_tree):
+    photos, pseudo = paired_tree
+    samples = datasets.discover([photos, pseudo])
+    fakes = [s for s in samples if s.group.startswith("ae-")]
+    assert len(fakes) == 100 and all(s.source and s.source.startswith(str(photos.resolve())) for s in fakes)
+    assert all(s.source is None for s in samples if not s.group.startswith("ae-"))
+
+
+def test_no_pair_straddles_train_and_val(paired_tree):
+    photos, pseudo = paired_tree
+    samples = datasets.discover([photos, pseudo])
+    for seed in range(5):
+        train, val = datasets.split(samples, 0.2, seed)
+        in_val = {s.path for s in val}
+        assert {s.path for s in train}.isdisjoint(in_val) and len(train) + len(val) == len(samples)
+        for s in samples:
+            if s.source:
+                assert (s.path in in_val) == (s.source in in_val)
+        # the real photos and generators split exactly as they do without the pseudo-fakes
+        plain_train, plain_val = datasets.split(datasets.discover([photos]), 0.2, seed)
+        assert [s.path for s in val if not s.source] == [s.path for s in plain_val]
+
+
+def test_pseudo_fakes_without_their_photos_split_like_any_group(paired_tree, tmp_path):
+    photos, pseudo = paired_tree
+    samples = [s for s in datasets.discover([photos, pseudo]) if s.label == 1]
+    train, val = datasets.split(samples, 0.2, 0)  # sources absent: stratified per group as before
+    assert sum(s.group == "ae-tconv-x4" for s in val) == 10
+
+
+def test_paired_batches_hold_both_sides_of_each_pair(paired_tree):
+    from dfx.trainer.data import balanced_indices, group_shares, pair_share, paired_indices
+
+    photos, pseudo = paired_tree
+    samples = datasets.discover([photos, pseudo])
+    batch = 32
+    drawn = balanced_indices(samples, 4, 256, seed=0)
+    paired = paired_indices(samples, drawn, batch)
+    assert pair_share(samples, drawn, batch) < 0.35  # by chance a photo rarely meets its fake
+    assert pair_share(samples, paired, batch) > 0.9  # short of 1 only where a batch drew more pseudo-fakes than reals
+    labels = np.array([s.label for s in samples])
+    for start in range(0, len(drawn), batch):  # the fakes drawn are untouched; only real slots change
+        assert np.array_equal(np.sort(drawn[start : start + batch][labels[drawn[start : start + batch]] == 1]),
+                              np.sort(paired[start : start + batch][labels[paired[start : start + batch]] == 1]))
+    assert set(group_shares(samples)) == {"real/a", "real/b", "fake/gan", "fake/ae-tconv-x4", "fake/ae-nearest-x8"}
+
+
+def test_paired_batches_keep_the_rescaled_copy_with_its_rescaled_photo(paired_tree):
+    from dfx.trainer.data import balanced_indices, pair_share, paired_indices
+
+    photos, pseudo = paired_tree
+    samples = datasets.discover([photos, pseudo])
+    doubled = samples * 2  # as with_rescaled stores them: variant 0, then the rescaled variant 1
+    variant = np.repeat(np.array([0, 1]), len(samples))
+    drawn = balanced_indices(doubled, 4, 256, seed=1)
+    paired = paired_indices(doubled, drawn, 32, variant)
+    n = len(samples)
+    where = {s.path: i for i, s in enumerate(samples)}
+    same = other = total = 0
+    for start in range(0, len(paired), 32):
+        batch = set(paired[start : start + 32].tolist())
+        for i in paired[start : start + 32]:
+            if doubled[i].source:
+                j = where[doubled[i].source]
+                total += 1
+                same += (j + variant[i] * n) in batch
+                other += (j + (1 - variant[i]) * n) in batch
+    assert same / total > 0.9 and other / total < 0.35  # its photo in the same variant joined, not the other copy
+    assert pair_share(doubled, paired, 32, variant) == pytest.approx(same / total)
+
+
+def test_holdable_units_group_decoder_families(paired_tree):
+    from dfx.trainer.protocol import holdable_units
+
+    photos, pseudo = paired_tree
+    units = holdable_units(datasets.discover([photos, pseudo]))
+    assert units["ae-tconv"] == (1, frozenset({"ae-tconv-x4"}))
+    assert units["ae-nearest"] == (1, frozenset({"ae-nearest-x8"}))
+    assert units["gan"] == (1, frozenset({"gan"})) and units["a"] == (0, frozenset({"a"}))
+
+
+def test_launder_is_deterministic_and_within_its_ranges(tmp_path):
+    from PIL import Image
+
+    from dfx.trainer.alterations import LAUNDER_LONG_SIDE, launder
+    from dfx.trainer.reconstruct import estimate_quality
+
+    big, small = tmp_path / "x" / "big.png", tmp_path / "x" / "small.png"
+    _png(big, 1, size=(900, 600))
+    _png(small, 2, size=(120, 100))
+    sides, qualities = [], []
+    for seed in range(6):
+        data = launder(str(big), seed)
+        assert data == launder(str(big), seed)  # one image, one alteration
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == "JPEG"
+            sides.append(max(im.size))
+            qualities.append(estimate_quality(im.quantization))
+            assert abs(im.size[0] / im.size[1] - 1.5) < 0.02  # aspect kept
+    assert all(LAUNDER_LONG_SIDE[0] <= s <= LAUNDER_LONG_SIDE[1] for s in sides) and len(set(sides)) > 1
+    assert all(70 <= q <= 90 for q in qualities)
+    with Image.open(io.BytesIO(launder(str(small), 0))) as im:
+        assert im.size == (120, 100)  # never enlarged
+
+
+def test_rescaled_copy_shrinks_a_pair_alike(tmp_path):
+    from dfx.trainer.alterations import rescaled
+
+    a, b = tmp_path / "real" / "p.png", tmp_path / "fake" / "p_fake.png"
+    _png(a, 1, size=(300, 200))
+    _png(b, 2, size=(300, 200))
+    sizes = {rescaled(str(a), 0.5, 0).size, rescaled(str(b), 0.5, 0, key=str(a)).size}
+    assert len(sizes) == 1
+    w, h = sizes.pop()
+    assert 150 <= w < 300 and 100 <= h < 200
+
+
+def test_summary_separates_generators_families_sources_and_laundered_rows():
+    from dfx.trainer.protocol import IN_DISTRIBUTION, summarize
+
+    rows = {
+        IN_DISTRIBUTION: {"auc": 0.99},
+        f"{IN_DISTRIBUTION} / half-size": {"auc": 0.9},
+        f"{IN_DISTRIBUTION} / laundered": {"auc": 0.95, "baseline_auc": 0.6, "laundered_of": IN_DISTRIBUTION},
+        "sd21": {"auc": 0.7, "held_out": "fake", "pseudo_fake_family": False, "held_out_fpr": 0.0},
+        "sd21 / laundered": {"auc": 0.5, "held_out": "fake", "laundered_of": "sd21", "baseline_auc": 0.55},
+        "ae-tconv": {"auc": 0.95, "held_out": "fake", "pseudo_fake_family": True, "held_out_fpr": 0.0},
+        "aaf": {"auc": 0.8, "held_out": "real", "pseudo_fake_family": False, "held_out_fpr": 0.3},
+    }
+    s = summarize(rows)
+    assert s["real_generator_mean_auc"] == pytest.approx(0.7)
+    assert s["pseudo_family_mean_auc"] == pytest.approx(0.95)
+    assert s["held_out_mean_auc"] == pytest.approx((0.7 + 0.95 + 0.8) / 3)  # laundered rows not counted
+    assert s["photo_source_max_flagged"] == pytest.approx(0.3)
+    assert s["half_size_drop"] == pytest.approx(0.09)
+    assert s["worst_laundered_drop"] == pytest.approx(0.2)
+    assert s["min_laundered_margin_over_baseline"] == pytest.approx(-0.05)
+
+
+def test_train_with_pairs_records_the_sampling_in_the_manifest(paired_tree, tmp_path):
+    pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
+    from dfx.trainer.train import TrainConfig, train
+
+    photos, pseudo = paired_tree
+    config = TrainConfig(data=(str(photos), str(pseudo)), out=str(tmp_path / "b"), size=32, train_canvas=None, epochs=1,
+                         epoch_size=128, batch_size=32, architecture="seed_cnn", augment="none", pairs=True,
+                         scale_jitter=0.5, progress=False)
+    m = train(config).manifest
+    t = m["training"]
+    assert t["sampling"] == "balanced+pairs" and t["scale_jitter"] == 0.5
+    assert t["paired_fakes"] == 2 * 80  # 80 training pseudo-fakes, stored twice (as is and rescaled)
+    assert t["pairs_in_same_batch"] > 0.8  # 128 draws: a batch with more pseudo-fakes than reals misses a few
+    val = m["data"]["val"]["groups"]
+    assert val["fake/ae-tconv-x4"] == val["real/a"] + val["real/b"]  # each val photo's fakes are in val too
+
+
+def test_pairs_need_balanced_epochs(paired_tree, tmp_path):
+    pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
+    from dfx.errors import DfxError
+    from dfx.trainer.train import TrainConfig, check_config
+
+    with pytest.raises(DfxError, match="--pairs"):
+        check_config(TrainConfig(data="x", out=str(tmp_path), pairs=True, balance=False))

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
 
     from dfx.bundle import Bundle, tool_versions
     from dfx.faces import FaceFinder, FinderConfig
-    from dfx.runtime.select import choose_runner
+    from dfx.runtime.scan.select import choose_runner
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     several = make_photos(out, finder, args.images, 4, seed=2)
     bundle = Bundle.open(args.bundle)
     size, fit = bundle.input_size, bundle.fit
-    runner, why = choose_runner(bundle, args.backend)
+    runner, choice = choose_runner(bundle, args.backend)
+    why = choice.reason
     report: dict = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "load_start": os.getloadavg()},
         "software": tool_versions("numpy", "pillow", "simplejpeg", "openvino", "onnxruntime"),

@@ -11,7 +11,7 @@ that can be mailed), or with `--thumbs folder` written to OUT_files/ beside the 
 there; a later report reuses a thumbnail whose source file has not changed (name from a hash
 of path, size and mtime).
 
-Row fields read (the `dfx scan` row, dfx/runtime/results.py, plus the per-face fields):
+Row fields read (the `dfx scan` row, runtime/scan/results.py, with the per-face fields faces and face_boxes):
 
     path, logit, probability, decision, backend, precision, model_sha256, error,
     c2pa, c2pa_failures, claim_generator, ai_declared, verdict, provenance_error,

@@ -162,10 +162,10 @@ def register(sub) -> None:
     ev.add_argument("bundle", metavar="BUNDLE", help="bundle folder (from dfx train)")
     ev.add_argument("data", metavar="DATA", nargs="?", help="labelled folder or labels file (default: the bundle's training data)")
     ev.add_argument("--split", choices=("all", "val"), default="all", help="all images of DATA, or the bundle's validation split of it (default all)")
-    ev.add_argument("--backend", default="auto", help="auto, trt, ort-cuda, ort-cpu, openvino or keras (default auto)")
-    ev.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="model precision to run (default: the backend's choice)")
+    from dfx.runtime.scan.flags import add_backend_flags  # the flags every command that runs a model shares
+
+    add_backend_flags(ev, threads=False, public_key=False, batch="images per inference call (default 32)")
     _add_mapping(ev)
-    ev.add_argument("--batch-size", type=int, default=32, help="images per inference call (default 32)")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ev.add_argument("--plot", metavar="ROC.png", help="write the ROC curve to this PNG file")
     ev.set_defaults(handler=_eval)
@@ -258,7 +258,7 @@ def _eval(args) -> int:
 
     report = evaluate(EvalConfig(
         bundle=args.bundle, data=args.data, split=args.split, backend=args.backend, precision=args.precision,
-        real=args.real, fake=args.fake, batch_size=args.batch_size, progress=not args.json,
+        real=args.real, fake=args.fake, batch_size=args.batch or 32, progress=not args.json,
     ))
     if args.plot and "roc" not in report:
         print("dfx eval: no ROC curve for one class; --plot skipped", file=sys.stderr)

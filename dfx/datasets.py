@@ -29,6 +29,7 @@ from dfx.images import is_image_path
 SEED_REAL = ("celeba", "ffhq")
 SEED_FAKE = ("attgan", "gdwct", "stargan", "stylegan", "stylegan2")
 PAIRS_FILE = "pairs.jsonl"  # one JSON object per fake: {"fake": relative path, "source", "source_relative", ...}
+LABELS = ("real", "fake")  # the class names of labels 0 and 1
 _LABEL_WORDS = {"real": 0, "0": 0, "fake": 1, "1": 1, "gan": 1, "synthetic": 1}
 
 
@@ -60,7 +61,7 @@ def discover(source, real: list[str] | None = None, fake: list[str] | None = Non
     samples = discover_any(roots, real, fake)
     labels = {s.label for s in samples}
     if labels != {0, 1}:
-        missing = "fake" if 1 not in labels else "real"
+        missing = LABELS[1 if 1 not in labels else 0]
         shown = roots[0] if len(roots) == 1 else ", ".join(roots)
         raise DatasetError(f"{shown} has no {missing} images; training and evaluation need both",
                            hint="for one class only, use `dfx eval` (it reports the false-positive or detection rate)")
@@ -238,7 +239,7 @@ def balanced_sample(samples: list[Sample], count: int, seed: int = 0) -> list[Sa
 
 def summary(samples: list[Sample]) -> dict:
     """Counts per label and per group, for manifests and reports."""
-    by_label = Counter("fake" if s.label else "real" for s in samples)
+    by_label = Counter(LABELS[s.label] for s in samples)
     by_group = Counter(f"{'fake' if s.label else 'real'}/{s.group}" for s in samples)
     return {"images": len(samples), "real": by_label["real"], "fake": by_label["fake"], "groups": dict(sorted(by_group.items()))}
 

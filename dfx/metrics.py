@@ -136,7 +136,7 @@ def per_group(labels, scores, groups, threshold: float) -> dict[str, dict]:
         report = summarize(y[keep], s[keep], threshold)
         # Within the group alone, accuracy is the detection rate (fake) or specificity (real).
         pred = s[members] >= threshold
-        report["group_label"] = "fake" if label else "real"
+        report["group_label"] = ("real", "fake")[int(label)]  # dfx.datasets.LABELS (metrics stays numpy-only)
         report["group_images"] = int(members.sum())
         report["group_accuracy"] = float(np.mean(pred == bool(label)))
         out[str(name)] = report

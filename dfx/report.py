@@ -240,7 +240,7 @@ def _card(row: Row, src: str | None, size: tuple | None) -> str:
         width, height = size
         for face in row.face_boxes:
             x0, y0, x1, y1 = _box(face)  # type: ignore[misc]
-            kind = "fake" if face.get("decision") == "fake" else "real"
+            kind = face.get("decision") if face.get("decision") == "fake" else "real"
             p = face.get("probability")
             label = f"{p:.2f}" if isinstance(p, (int, float)) else ""
             boxes.append(

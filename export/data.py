@@ -64,6 +64,6 @@ def per_class_and_group(samples: list[Sample]) -> dict:
     """{"real": {"unsplash": 256}, "fake": {"stylegan2": 256}} for the calibration report."""
     table: dict[str, dict[str, int]] = {"real": {}, "fake": {}}
     for s in samples:
-        cls = "fake" if s.label else "real"
+        cls = datasets.LABELS[s.label]
         table[cls][s.group] = table[cls].get(s.group, 0) + 1
     return {k: dict(sorted(v.items())) for k, v in table.items()}

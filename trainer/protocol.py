@@ -128,7 +128,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     if report.get("config_key") != _config_key(config):
         report = {"rows": {}}
     report.update(protocol=PROTOCOL_VERSION, config=_jsonable(config), config_key=_config_key(config), data=datasets.summary(samples),
-                  units={n: {"label": "fake" if lab else "real", "groups": sorted(g)} for n, (lab, g) in units.items()})
+                  units={n: {"label": datasets.LABELS[lab], "groups": sorted(g)} for n, (lab, g) in units.items()})
     for name in chosen:
         started = time.time()
         held_label, held = units[name] if name != IN_DISTRIBUTION else (None, frozenset())
@@ -154,7 +154,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         else:
             evaluated = [s for s in samples if s.group in held] + [s for s in val_s if s.label != held_label and not excluded(s)]
             rows[name] = _score(model, eval_x, path_index, evaluated, threshold)
-            rows[name]["held_out"] = "fake" if held_label else "real"
+            rows[name]["held_out"] = datasets.LABELS[held_label]
             rows[name]["pseudo_fake_family"] = bool(held & pseudo_groups)
         if laundered_x is not None:
             key = f"{name} / {LAUNDERED}"

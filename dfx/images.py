@@ -15,7 +15,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 
@@ -159,11 +159,13 @@ def load_image(source: ImageSource, size: int | tuple[int, int], fit: str = "res
 def load_many(
     sources: list[ImageSource], size: int | tuple[int, int], fit: str = "resize", *,
     workers: int | None = None, desc: str | None = None, progress: bool = True, leave: bool = True,
+    alter: Callable[[Any], Any] | None = None,
 ) -> tuple[np.ndarray, list[int], list[ImageError]]:
     """Decode many sources with `load_image` on a pool of threads (Pillow releases the GIL
     while it decodes). Returns (uint8 (N, H, W, 3) of those that decoded, their indices in
     `sources`, the ImageError of each that did not), all in input order. An unreadable image
-    is reported, never fatal: one broken file must not cost the others."""
+    is reported, never fatal: one broken file must not cost the others. `alter` (a source ->
+    a PIL image or encoded bytes, e.g. the protocol's laundering) runs first, in the same threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -172,9 +174,11 @@ def load_many(
 
     def one(source: ImageSource) -> np.ndarray | ImageError:
         try:
-            return load_image(source, (height, width), fit)
+            return load_image(alter(source) if alter is not None else source, (height, width), fit)
         except ImageError as exc:
             return exc
+        except OSError as exc:  # an alteration that could not read its file
+            return ImageError(describe(source), str(exc))
 
     pixels = np.empty((len(sources), height, width, 3), np.uint8)  # filled in place: no second copy
     kept: list[int] = []

@@ -69,30 +69,11 @@ def load_altered(paths: list[str], alter: Callable[[str], object], size: int, fi
                  desc: str | None = None, progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """(uint8 (N, size, size, 3) of those that decoded, their indices, (path, reason) of the
     rest): each path altered (`alter(path)` -> a PIL image or encoded bytes) and then fitted by
-    dfx.images.load_image, in threads."""
-    from concurrent.futures import ThreadPoolExecutor
+    dfx.images.load_image, in threads (dfx.images.load_many's pool)."""
+    from dfx.images import load_many
 
-    from tqdm import tqdm
-
-    from dfx.images import ImageError, load_image
-
-    def one(path: str):
-        try:
-            return load_image(alter(path), size, fit)
-        except ImageError as exc:
-            return (path, exc.reason)
-        except OSError as exc:
-            return (path, str(exc))
-
-    pixels = np.empty((len(paths), size, size, 3), np.uint8)
-    kept: list[int] = []
-    errors: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        bar = tqdm(pool.map(one, paths), total=len(paths), desc=desc, unit="img", disable=None if progress else True)
-        for index, result in enumerate(bar):
-            if isinstance(result, tuple):
-                errors.append(result)
-                continue
-            pixels[len(kept)] = result
-            kept.append(index)
-    return pixels[: len(kept)], kept, errors
+    pixels, kept, errors = load_many(paths, size, fit, workers=workers or min(4, os.cpu_count() or 1), desc=desc,
+                                     progress=progress, alter=alter)
+    done = set(kept)
+    failed = [path for i, path in enumerate(paths) if i not in done]  # in input order, as the errors are
+    return pixels, kept, [(path, error.reason) for path, error in zip(failed, errors)]

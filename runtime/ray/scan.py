@@ -180,6 +180,7 @@ class InferActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         from dfx.faces import FaceBox
+        from dfx.runtime.scan.rows import per_input
 
         height, width = self.model.input_size
         errors = [str(e) for e in batch["error"]]
@@ -191,28 +192,23 @@ class InferActor:
         failure = ""
         if good:
             try:
-                stacks = {i: w for i in good if (w := windows[i]) is not None}
-                scores = self.model.runner.infer(np.concatenate(list(stacks.values()))).tolist()
-                at = 0
-                for i, stack in stacks.items():  # each input's windows, in order: one logit, or one per face
-                    logits[i], at = scores[at:at + len(stack)], at + len(stack)
+                stacks = [w for i in good if (w := windows[i]) is not None]
+                scores = self.model.runner.infer(np.concatenate(stacks)).tolist()
+                logits = dict(zip(good, per_input(scores, [len(w) for w in stacks])))  # one logit, or one per face
             except Exception as exc:  # as in dfx scan: a failed batch costs its rows, not the job
                 failure = f"inference failed: {type(exc).__name__}: {exc}"
         provenance = batch.get("provenance")
         rows = []
         for i, path in enumerate(batch["path"]):
             columns = json.loads(provenance[i]) if provenance is not None and provenance[i] else None
-            faces = boxes[i]
             if errors[i]:
                 result = self.rows.error(str(path), errors[i], columns)
-            elif faces == []:  # a photo with no face: nothing was inferred
-                result = self.rows.faced(str(path), [], [], columns)
+            elif boxes[i] == []:  # a photo with no face: nothing was inferred
+                result = self.rows.windowed(str(path), [], [], columns)
             elif i not in logits:
                 result = self.rows.error(str(path), failure, columns)
-            elif faces is None:
-                result = self.rows.scored(str(path), logits[i][0], columns)
             else:
-                result = self.rows.faced(str(path), faces, logits[i], columns)
+                result = self.rows.windowed(str(path), boxes[i], logits[i], columns)
             rows.append(result.to_dict())
         return rows_to_table(rows)
 
@@ -380,18 +376,13 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     }
 
 
-def _finder_bytes(bundle: Any, faces: str) -> bytes | None:
-    """The bundle's face finder for the decode tasks (read through the manifest's hash check),
-    or None: faces off, or a bundle without one (`--faces all` is refused, as by dfx scan)."""
-    if faces == "off":
-        return None
+def _finder_bytes(bundle: Any, faces: str, no_face: str) -> bytes | None:
+    """The bundle's face finder for the decode tasks (its file read through the manifest's hash
+    check), or None: faces off, or a bundle without one. dfx scan's checks and refusals apply."""
     from dfx.runtime.scan.pipeline import face_options
 
-    face_options(bundle, faces)  # the same refusal and checks as dfx scan
-    from dfx.faces import FACE_FINDER_ROLE
-
-    names = bundle.files_with_role(FACE_FINDER_ROLE)
-    return bundle.file(names[0]).read_bytes() if names else None
+    options, _ = face_options(bundle, faces, no_face)
+    return options.finder.model.read_bytes() if options is not None and options.finder is not None else None
 
 
 def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +418,7 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         batch_format="numpy",
         fn_kwargs={"size": bundle.input_size, "fit": bundle.fit, "scheme": scheme, "provenance": provenance,
                    "trust_anchors": config.trust_anchors, "faces": config.faces, "no_face": config.no_face,
-                   "finder": _finder_bytes(bundle, config.faces)},
+                   "finder": _finder_bytes(bundle, config.faces, config.no_face)},
         num_cpus=config.decode_cpus,
         # A decode task holds a batch of encoded and decoded images (32 x 196 KB at 256 px plus
         # Pillow's buffers). Reserving it also makes the stage's resources differ from the

@@ -38,7 +38,7 @@ from dfx.errors import DfxError
 from dfx.images import describe, load_image
 from dfx.runtime.runners.base import Runner
 from dfx.runtime.scan.results import Result
-from dfx.runtime.scan.rows import RowFactory, RowHook
+from dfx.runtime.scan.rows import RowFactory, RowHook, per_input
 
 
 def default_workers() -> int:
@@ -102,21 +102,19 @@ def windows_of(source: Any, size: tuple[int, int], fit: str, faces: FaceOptions 
     path whatever --faces says. Raises dfx.images.ImageError like load_image."""
     if faces is None or faces.mode == "off" or (faces.finder is None and faces.mode == "auto"):
         return Windows(load_image(source, size, fit)[None])
-    from dfx.faces import CROP_MAX_SIDE, face_windows
+    from dfx.faces import face_windows, is_face_crop
     from dfx.images import read_bytes
 
     data = read_bytes(source) if isinstance(source, (str, os.PathLike)) else source
-    if faces.mode == "auto" and _long_side(data) <= CROP_MAX_SIDE:  # a face crop: no finder cost
+    if faces.mode == "auto" and is_face_crop(*_height_width(data)):  # a face crop: the crop files' own path, no finder
         return Windows(load_image(data, size, fit)[None])
     found = face_windows(data, faces.finder, faces.mode, size, fit, no_face=faces.no_face)
-    if found.faces.whole:
-        return Windows(load_image(data, size, fit)[None])
-    return Windows(found.windows, list(found.faces.boxes))
+    return Windows(found.windows, None if found.faces.whole else list(found.faces.boxes))
 
 
-def _long_side(source: Any) -> int:
-    """The longer side of an encoded image (its header only) or of an array / PIL image; 0 when
-    the header cannot be read (load_image then says why)."""
+def _height_width(source: Any) -> tuple[int, int]:
+    """(height, width) of an encoded image (its header only) or of an array / PIL image; (0, 0)
+    when the header cannot be read (load_image then says why)."""
     import io
 
     from PIL import Image
@@ -124,11 +122,14 @@ def _long_side(source: Any) -> int:
     if isinstance(source, (bytes, bytearray, memoryview)):
         try:
             with Image.open(io.BytesIO(source)) as image:
-                return max(image.size)
+                return image.height, image.width
         except Exception:
-            return 0
+            return 0, 0
     shape = getattr(source, "shape", None)
-    return max(shape[:2]) if shape is not None else max(getattr(source, "size", (0, 0)))
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
+    width, height = getattr(source, "size", (0, 0))
+    return height, width
 
 
 def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = None,
@@ -188,18 +189,15 @@ def iter_results(
     factory = RowFactory(runner.backend, runner.precision, model_sha256, threshold, probability, hook)
 
     def rows(pending: Pending, logits: np.ndarray | None, failure: str = "") -> Iterator[Result]:
-        scores = logits.tolist() if logits is not None else None
-        at = 0
-        for name, px, columns in pending:
+        counts = [_windows(px) for _, px, _ in pending]
+        scores = per_input(logits.tolist(), counts) if logits is not None else None
+        for i, (name, px, columns) in enumerate(pending):
             if isinstance(px, str):
                 yield factory.error(name, px, columns)
-            elif px.boxes is not None and not px.boxes:
-                yield factory.faced(name, [], [], columns)  # no face: nothing to infer
-            elif scores is None:
+            elif scores is None and counts[i]:
                 yield factory.error(name, failure, columns)
-            else:
-                mine, at = scores[at:at + len(px.pixels)], at + len(px.pixels)
-                yield factory.scored(name, mine[0], columns) if px.boxes is None else factory.faced(name, px.boxes, mine, columns)
+            else:  # scored, or a photo with no face (nothing was inferred, so nothing failed)
+                yield factory.windowed(name, px.boxes, scores[i] if scores is not None else [], columns)
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfx-decode")
     queued: collections.deque[Pending] = collections.deque()  # batches handed to the runner, oldest first

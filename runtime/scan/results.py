@@ -52,8 +52,7 @@ def register_columns(*columns: Column) -> None:
 # its box, the finder's score and the detector's logit/probability/decision. Null for an image
 # scored whole (a face crop), so face-crop folders write the rows they always did. In CSV the
 # list is one cell of JSON text (the documented flattening: one row per input in both formats).
-FACE_COLUMNS = (Column("faces", "count"), Column("face_boxes", "json"))
-_HOOK_COLUMNS.extend(FACE_COLUMNS)
+FACE_COLUMNS = (Column("faces", "count"), Column("face_boxes", "json"))  # registered below, first of all
 
 
 def hook_columns() -> tuple[str, ...]:
@@ -122,6 +121,7 @@ class Result:
 
 
 CORE_COLUMNS = ("path", "logit", "probability", "decision", "backend", "precision", "model_sha256", "error")
+register_columns(*FACE_COLUMNS)
 
 
 def __getattr__(name: str) -> Any:

@@ -83,6 +83,12 @@ class RowFactory:
         return Result(name, worst["logit"] if worst else None, worst["probability"] if worst else None, decision,
                       self.backend, self.precision, self.model_sha256, None, extra=extra)
 
+    def windowed(self, name: str, boxes: Sequence[Any] | None, logits: Sequence[float],
+                 columns: Mapping[str, Any] | None = None) -> Result:
+        """The row of one input from the logits of its model windows: the image scored whole
+        (`boxes` None: one logit), or face by face (one logit per box; none for no face)."""
+        return self.scored(name, logits[0], columns) if boxes is None else self.faced(name, boxes, logits, columns)
+
     def error(self, name: str, error: str, columns: Mapping[str, Any] | None = None) -> Result:
         return Result(name, None, None, None, self.backend, self.precision, self.model_sha256, error,
                       extra=self._finish(None, columns))
@@ -91,3 +97,14 @@ class RowFactory:
         if self.hook is None:
             return dict(columns or {})
         return self.hook.finish(decision, columns if columns is not None else self.hook.read(None))
+
+
+def per_input(logits: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
+    """A batch's logits cut back into each input's: `counts[i]` windows (one, one per face, or none)."""
+    out, at = [], 0
+    for count in counts:
+        out.append(list(logits[at:at + count]))
+        at += count
+    if at != len(logits):
+        raise ValueError(f"{len(logits)} logits for {at} windows")
+    return out

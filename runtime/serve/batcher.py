@@ -40,6 +40,7 @@ from dfx.errors import DfxError
 from dfx.images import describe
 from dfx.runtime.scan.model import LoadedModel
 from dfx.runtime.scan.pipeline import FaceOptions, Windows, decode, face_options
+from dfx.runtime.scan.rows import per_input
 from dfx.runtime.scan.results import Result
 from dfx.runtime.scan.rows import RowHook
 
@@ -274,7 +275,7 @@ class DynamicBatcher:
                 self._settle([(job, index, model.error_row(job.names[index], decoded, columns, self.hook))])
                 return
             if decoded.boxes is not None and not decoded.boxes:  # a photo with no face: nothing to infer
-                self._settle([(job, index, model.rows(self.hook).faced(job.names[index], [], [], columns))])
+                self._settle([(job, index, model.rows(self.hook).windowed(job.names[index], [], [], columns))])
                 return
             with self._cond:
                 self._queue.append(_Item(job, index, decoded, time.monotonic(), columns))
@@ -355,14 +356,10 @@ class DynamicBatcher:
         if failure:
             self._settle([(it.job, it.index, model.error_row(it.job.names[it.index], failure, it.columns, self.hook)) for it in live])
         else:
-            rows, at = model.rows(self.hook), 0
-            settled: list[tuple[_Job, int, Result | None]] = []
-            for it in live:  # each item's windows, in order: one logit, or one per face
-                mine, at = logits[at:at + len(it.windows.pixels)], at + len(it.windows.pixels)
-                name = it.job.names[it.index]
-                row = rows.scored(name, mine[0], it.columns) if it.windows.boxes is None else rows.faced(name, it.windows.boxes, mine, it.columns)
-                settled.append((it.job, it.index, row))
-            self._settle(settled)
+            rows = model.rows(self.hook)
+            scores = per_input(logits, [len(it.windows.pixels) for it in live])  # one logit, or one per face
+            self._settle([(it.job, it.index, rows.windowed(it.job.names[it.index], it.windows.boxes, mine, it.columns))
+                          for it, mine in zip(live, scores)])
 
     def _learn(self, seconds_per_image: float) -> None:
         """Moving average of the runner's time per image; the first batches (warm-up: graph

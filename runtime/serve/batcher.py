@@ -166,9 +166,10 @@ class DynamicBatcher:
         from dfx.runtime.scan.pipeline import default_workers
 
         self.config = config
-        # Whole photos, as `dfx scan --faces --no-face`: each model brings its own face finder.
+        # Whole photos, as `dfx scan --faces --no-face`: each model brings its own face finder,
+        # so the options are made with the model (here and in swap).
         self.faces, self.no_face = faces, no_face
-        self._face_options: dict[int, FaceOptions | None] = {}
+        self._faces: FaceOptions | None = face_options(model.bundle, faces, no_face)[0] if model is not None else None
         # The row hook (the provenance room's): encoded images get its columns read from the
         # same bytes in the decode thread, as `dfx scan` does; None: no hook columns.
         self.hook = hook
@@ -197,14 +198,8 @@ class DynamicBatcher:
         """Serve `model` from the next batch on; returns the previous model (not closed)."""
         options, _ = face_options(model.bundle, self.faces, self.no_face)  # before the swap: a refusal keeps the old model
         with self._model_lock:
-            self._face_options = {id(model): options}
-            old, self._model = self._model, model
+            old, self._model, self._faces = self._model, model, options
         return old
-
-    def face_options_for(self, model: LoadedModel) -> FaceOptions | None:
-        if id(model) not in self._face_options:  # a model given to the constructor
-            self._face_options[id(model)] = face_options(model.bundle, self.faces, self.no_face)[0]
-        return self._face_options[id(model)]
 
     # ---- admission -------------------------------------------------------------------------------
     @property
@@ -268,7 +263,7 @@ class DynamicBatcher:
                 self._settle([(job, index, None)], expired=1)
                 return
             began = time.perf_counter()
-            faces = self.face_options_for(model)
+            faces = self._faces  # after a reload in between: the new bundle's finder; the windows still take `model`'s size
             decoded, columns = decode(source, model.input_size, model.fit, self.hook, faces)  # never raises
             self.observer.on_decode(time.perf_counter() - began, not isinstance(decoded, str))
             if isinstance(decoded, str):

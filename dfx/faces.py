@@ -361,7 +361,7 @@ def faces_for_image(source: Any, finder: FaceFinder | None, mode: str = "auto", 
         raise ValueError(f"faces mode {mode!r} needs a FaceFinder")
     photo = decode_photo(source, finder_scale=None if mode == "off" else draft_scale(finder.config.min_face if finder else 40))
     h, w = photo.height, photo.width
-    if mode == "off" or (mode == "auto" and max(h, w) <= CROP_MAX_SIDE):
+    if mode == "off" or (mode == "auto" and is_face_crop(h, w)):  # small: a crop without looking
         return PhotoFaces(h, w, [], [photo.full()], True)
     assert finder is not None
     boxes = finder.find(photo.small, photo.scale)

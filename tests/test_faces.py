@@ -170,6 +170,35 @@ def test_exif_orientation_is_applied_to_both_views(orientation):
         assert np.abs(photo.small.astype(int) - small).mean() < 6  # same orientation as full
 
 
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7])
+def test_region_cuts_give_the_full_decodes_pixels(subsampling, progressive, orientation):
+    """Photo.regions (lossless cuts through libturbojpeg) == the full decode sliced, at the image's
+    edges and corners too, for every subsampling, progressive files and rotated EXIF."""
+    from PIL import Image
+
+    from dfx.images import to_rgb
+    from dfx.photos import region_decode_available
+
+    if not region_decode_available():
+        pytest.skip("region decoding needs PyTurboJPEG and the system's libturbojpeg (apt install libturbojpeg0)")
+    rng = np.random.default_rng(subsampling * 10 + orientation)
+    pixels = wp.background(rng, 603, 811, "landscape")  # odd sizes: partial MCUs at the edges
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg(pixels, 90, subsampling=subsampling, progressive=progressive, exif=exif.tobytes())
+    reference = np.asarray(to_rgb(data))  # Pillow, whole image, upright
+    h, w = reference.shape[:2]
+    regions = [(0, 0, 37, 41), (w - 53, h - 29, w, h), (101, 7, 230, 300), (w // 2 - 1, h // 3 + 3, w // 2 + 64, h // 3 + 70),
+               (0, h - 100, w, h), (5, 9, 6, 10)]
+    photo = decode_photo(data, 4)
+    assert photo._jpeg is not None  # the cut path, not a slice of full()
+    for (x0, y0, x1, y1), cut in zip(regions, photo.regions(regions)):
+        np.testing.assert_array_equal(cut, reference[y0:y1, x0:x1], err_msg=str((x0, y0, x1, y1)))
+    assert callable(photo._full)  # and the whole image was never decoded
+
+
 def test_auto_mode_scores_small_images_and_close_ups_whole(finder, face_pool):
     pool, _ = face_pool
     crop = pool[0][0]
@@ -300,3 +329,39 @@ def test_both_backends_find_the_same_faces(finder_onnx, pasted_set):
 def test_finder_config_min_face_trades_small_faces_for_speed(finder_onnx):
     slow, fast = FaceFinder(finder_onnx), FaceFinder(finder_onnx, config=FinderConfig(min_face=160))
     assert slow.levels(1500, 2000, 2.0)[0] > fast.levels(1500, 2000, 2.0)[0]
+
+
+def test_int8_finder_is_kept_only_when_it_finds_the_float_finders_faces(finder_onnx, face_pool, tmp_path):
+    """export/faces_int8: calibrated on canvases of real face crops, the INT8 finder finds what the
+    float finder finds and is registered; on faceless canvases it cannot be vouched for and is
+    not. A bundle that has it runs it (scan, Detector, serve and Ray all take face_options)."""
+    import shutil
+
+    from dfx.bundle import Bundle
+    from dfx.export import faces_int8
+    from dfx.faces import FACE_FINDER_INT8_FILE, FACE_FINDER_ROLE
+    from dfx.runtime.scan.pipeline import face_options
+
+    _, files = face_pool
+    canvases = faces_int8.calibration_canvases(files, count=32)
+    again = faces_int8.calibration_canvases(files, count=32)
+    assert len(canvases) == 32 and all(np.array_equal(a, b) for a, b in zip(canvases, again))  # deterministic
+    int8_path = faces_int8.quantize_face_finder(finder_onnx, tmp_path / "q.onnx", canvases)
+    record = faces_int8.agreement(finder_onnx, int8_path, canvases)
+    assert record["vouched"] and record["faces"] >= faces_int8.MIN_FACES and record["agreement"] >= 0.95, record
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(12):  # faceless "calibration images": nothing for the float finder to find
+        (blank / f"{i}.jpg").write_bytes(_jpeg(wp.background(np.random.default_rng(i), 200, 160, wp.BACKGROUND_KINDS[i % 4])))
+    root = tmp_path / "bundle"
+    bundle = Bundle.create(root, architecture="seed_cnn", input_size=(64, 64), fit="crop")
+    shutil.copy(finder_onnx, root / "face_finder.onnx")
+    bundle.add_file("face_finder.onnx", role=FACE_FINDER_ROLE)
+    logs: list[str] = []
+    assert faces_int8.add_to_bundle(bundle, [str(p) for p in sorted(blank.iterdir())], logs.append) is None
+    assert not bundle.has(FACE_FINDER_INT8_FILE) and "not used" in logs[-1] and not bundle.manifest["face_finder_int8"]["vouched"]
+    assert faces_int8.add_to_bundle(bundle, files, logs.append) == FACE_FINDER_INT8_FILE
+    bundle.save()
+    options, _ = face_options(Bundle.open(root), "auto")
+    assert options.finder.model.name == FACE_FINDER_INT8_FILE  # the vouched INT8 twin runs

@@ -67,7 +67,7 @@ def face_options(bundle: Any, mode: str = "auto", no_face: str = "no_face") -> t
     The face finder travels in the bundle (`dfx export` adds face_finder.onnx, verified by hash
     like the model). Without one, `auto` scores every image whole, as before, and says so;
     `all` is refused."""
-    from dfx.faces import FACE_FINDER_ROLE, FACES_MODES, NO_FACE_POLICIES, FaceFinder
+    from dfx.faces import FACES_MODES, NO_FACE_POLICIES, FaceFinder, bundle_finder_file
 
     if mode not in FACES_MODES:
         raise DfxError(f"--faces must be one of {', '.join(FACES_MODES)}, not {mode!r}")
@@ -75,14 +75,14 @@ def face_options(bundle: Any, mode: str = "auto", no_face: str = "no_face") -> t
         raise DfxError(f"--no-face must be one of {', '.join(NO_FACE_POLICIES)}, not {no_face!r}")
     if mode == "off":
         return None, "faces off: every image is scored whole, as one face crop"
-    names = bundle.files_with_role(FACE_FINDER_ROLE)
-    if not names:
+    model = bundle_finder_file(bundle)  # verified against the manifest's sha256
+    if model is None:
         if mode == "all":
             raise DfxError("--faces all needs a face finder, and this bundle has none",
                            hint="re-export it (`dfx export BUNDLE`: it adds face_finder.onnx), or use --faces off")
         return FaceOptions(None, mode, no_face), "faces auto: the bundle has no face finder, so every image is scored whole " \
             "(re-export it with `dfx export` to screen whole photos face by face)"
-    finder = FaceFinder(bundle.file(names[0]))  # verified against the manifest's sha256
+    finder = FaceFinder(model)
     policy = "scored whole" if no_face == "score" else "reported as no_face"
     where = "images over 1024 px that are not close-ups" if mode == "auto" else "every image"
     return FaceOptions(finder, mode, no_face), f"faces {mode}: faces are found in {where}; a photo without one is {policy}"

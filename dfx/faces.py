@@ -317,6 +317,14 @@ def weighted_nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
 CROP_MARGIN = 1 / 0.6
 
 
+def min_face_for_window(size: int | tuple[int, int], margin: float = CROP_MARGIN) -> int:
+    """The default smallest face: the one whose crop (`margin` x its width) just covers the model
+    window. A smaller face cannot fill the window at native resolution, so searching for it costs
+    finder time (1/min_face^2) for faces the model would read upscaled."""
+    side = min(size) if isinstance(size, tuple) else int(size)
+    return max(8, int(np.ceil(side / margin)))
+
+
 def crop_region(box: FaceBox, height: int, width: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) integer region of the square crop around `box`, clipped to the image."""
     side = max(box.width, box.height) * margin

@@ -75,7 +75,7 @@ def test_scan_rows_for_whole_photos(faces_bundle, photos, tmp_path, capsys):
     assert all(r.faces is None for r in off.values())  # --faces off: today's rows
     assert main(common + ["--out", str(tmp_path / "rows.jsonl")]) == 0  # --faces auto is the default
     err = capsys.readouterr().err
-    assert "faces auto: faces are found in images over 1024 px" in err
+    assert "faces auto: faces of 39 px and more are found in images over 1024 px" in err  # 39: the 64 px window's face
     assert json.loads(err.strip().splitlines()[-1])["no_face"] == 1
     rows = _rows(tmp_path / "rows.jsonl")
     _check_face_rows(rows, truth, off["crop"].logit)

@@ -51,7 +51,7 @@ def scan_command(args: Any) -> int:
         address=args.ray_address, progress=sys.stderr.isatty() and not args.quiet,
         provenance=not getattr(args, "no_provenance", False), trust_anchors=getattr(args, "trust_anchors", None),
         public_key=getattr(args, "public_key", None) or trusted_key_from_env(),
-        faces=getattr(args, "faces", "auto"), no_face=getattr(args, "no_face", "no_face"),
+        faces=getattr(args, "faces", "auto"), no_face=getattr(args, "no_face", "no_face"), min_face=getattr(args, "min_face", None),
     )
     extensions = None
     if getattr(args, "extensions", None):

@@ -71,6 +71,7 @@ class RayScanConfig:
     public_key: str | None = None  # refuse a bundle not signed by it (as dfx scan --public-key)
     faces: str = "auto"  # whole photos, as dfx scan --faces: off | auto | all
     no_face: str = "no_face"  # as dfx scan --no-face: no_face | score
+    min_face: int | None = None  # as dfx scan --min-face (None: from the model window)
 
 
 # ---- the two stages ----------------------------------------------------------------------------
@@ -78,7 +79,7 @@ class RayScanConfig:
 
 def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: str, scheme: str,
                  provenance: bool = False, trust_anchors: str | None = None, faces: str = "off",
-                 no_face: str = "no_face", finder: bytes | None = None) -> dict[str, np.ndarray]:
+                 no_face: str = "no_face", finder: bytes | None = None, min_face: int = 40) -> dict[str, np.ndarray]:
     """Ray task: file bytes -> the model windows through dfx.images (one, or one per face with
     `faces`, as `dfx scan --faces`), or the row's error text; with `provenance`, the C2PA
     columns read from the same bytes (as `dfx scan`'s decode pool does).
@@ -91,7 +92,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
     from dfx.runtime.scan.pipeline import FaceOptions, decode  # the very function `dfx scan`'s decode pool runs
 
     hook = _provenance_hook(trust_anchors) if provenance else None
-    options = None if faces == "off" else FaceOptions(_face_finder(finder), faces, no_face)
+    options = None if faces == "off" else FaceOptions(_face_finder(finder, min_face), faces, no_face)
     height, width = size
     paths = [f"{scheme}://{p}" if scheme else str(p) for p in batch["path"]]
     windows = np.full(len(paths), b"", dtype=object)
@@ -114,10 +115,10 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: tuple[int, int], fit: st
     return {"path": np.array(paths, dtype=object), "windows": windows, "boxes": boxes, "error": errors, "provenance": columns}
 
 
-_FINDERS: dict[bytes, Any] = {}  # one face finder per worker process and model
+_FINDERS: dict[tuple[bytes, int], Any] = {}  # one face finder per worker process, model and min_face
 
 
-def _face_finder(model: bytes | None) -> Any:
+def _face_finder(model: bytes | None, min_face: int) -> Any:
     """The bundle's face finder, from its bytes (shipped by the driver, verified there); None
     without one (then `auto` scores every image whole, as dfx scan does)."""
     if model is None:
@@ -125,14 +126,14 @@ def _face_finder(model: bytes | None) -> Any:
     import hashlib
     import tempfile
 
-    from dfx.faces import FaceFinder
+    from dfx.faces import FaceFinder, FinderConfig
 
-    key = hashlib.sha256(model).digest()
+    key = (hashlib.sha256(model).digest(), int(min_face))
     if key not in _FINDERS:
         path = os.path.join(tempfile.mkdtemp(prefix="dfx-finder-"), "face_finder.onnx")
         with open(path, "wb") as handle:
             handle.write(model)
-        _FINDERS[key] = FaceFinder(path)
+        _FINDERS[key] = FaceFinder(path, config=FinderConfig(min_face=int(min_face)))
     return _FINDERS[key]
 
 
@@ -376,13 +377,15 @@ def scan(bundle_dir: str | os.PathLike, inputs: Iterable[str], out: str, config:
     }
 
 
-def _finder_bytes(bundle: Any, faces: str, no_face: str) -> bytes | None:
-    """The bundle's face finder for the decode tasks (its file read through the manifest's hash
-    check), or None: faces off, or a bundle without one. dfx scan's checks and refusals apply."""
+def _finder_for_tasks(bundle: Any, config: RayScanConfig) -> dict[str, Any]:
+    """The decode tasks' face finder: the bundle's file (read through the manifest's hash check;
+    None for faces off or a bundle without one) and its min_face. dfx scan's checks and refusals apply."""
     from dfx.runtime.scan.pipeline import face_options
 
-    options, _ = face_options(bundle, faces, no_face)
-    return options.finder.model.read_bytes() if options is not None and options.finder is not None else None
+    options, _ = face_options(bundle, config.faces, config.no_face, config.min_face)
+    if options is None or options.finder is None:
+        return {"finder": None}
+    return {"finder": options.finder.model.read_bytes(), "min_face": options.finder.config.min_face}
 
 
 def _missing_row(path: str, like: dict[str, Any]) -> dict[str, Any]:
@@ -418,7 +421,7 @@ def _run_pipeline(ray: Any, todo: list[str], scheme: str, out: str, bundle: Any,
         batch_format="numpy",
         fn_kwargs={"size": bundle.input_size, "fit": bundle.fit, "scheme": scheme, "provenance": provenance,
                    "trust_anchors": config.trust_anchors, "faces": config.faces, "no_face": config.no_face,
-                   "finder": _finder_bytes(bundle, config.faces, config.no_face)},
+                   **_finder_for_tasks(bundle, config)},
         num_cpus=config.decode_cpus,
         # A decode task holds a batch of encoded and decoded images (32 x 196 KB at 256 px plus
         # Pillow's buffers). Reserving it also makes the stage's resources differ from the

@@ -105,7 +105,8 @@ def scan_command(args: argparse.Namespace) -> int:
     runner, choice = choose_runner(bundle, args.backend, args.precision, threads=args.threads)
     say(f"dfx scan: backend {choice.reason}")
     say(f"dfx scan: {bundle.signature_line}")
-    faces, faces_line = face_options(bundle, getattr(args, "faces", "off"), getattr(args, "no_face", "no_face"))
+    faces, faces_line = face_options(bundle, getattr(args, "faces", "off"), getattr(args, "no_face", "no_face"),
+                                     getattr(args, "min_face", None))
     say(f"dfx scan: {faces_line}")
     # A room's row hook (the provenance room's reads C2PA), set on this parser when it registered.
     hook: ScanHook | None = args.row_hook(args, say) if getattr(args, "row_hook", None) else None

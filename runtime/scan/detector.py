@@ -70,6 +70,7 @@ class Detector:
         check_parity: bool = False,
         faces: str = "auto",
         no_face: str = "no_face",
+        min_face: int | None = None,
     ) -> "Detector":
         """Open (and verify) the bundle, choose a backend, activate it.
 
@@ -81,7 +82,8 @@ class Detector:
         True reads C2PA manifests when the `c2pa` extra is installed, False leaves the columns
         null, or a row hook of your own. `faces` ("auto", "all", "off") and `no_face` ("no_face",
         "score") screen whole photos face by face as `dfx scan --faces --no-face` does; each row
-        then carries `faces` and `face_boxes`.
+        then carries `faces` and `face_boxes`. `min_face` (px, as `--min-face`; default: the face
+        whose crop covers the model window) is the smallest face looked for.
         """
         if isinstance(provenance, bool):
             from dfx.runtime.provenance.hook import ProvenanceHook  # the default hook, composed here
@@ -92,7 +94,7 @@ class Detector:
         model = load_model(bundle, backend, precision, threads=threads, threshold=threshold, public_key=public_key,
                            check=False, check_parity=check_parity)
         try:
-            options, _ = face_options(model.bundle, faces, no_face)
+            options, _ = face_options(model.bundle, faces, no_face, min_face)
         except BaseException:
             model.close()
             raise

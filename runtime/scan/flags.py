@@ -40,3 +40,7 @@ def add_faces_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         "every image whole. Needs the bundle's face finder (added by `dfx export`)")
     parser.add_argument("--no-face", dest="no_face", choices=("no_face", "score"), default="no_face",
                         help="a searched photo with no face: decision no_face (default, never `real`), or score it whole")
+    parser.add_argument("--min-face", dest="min_face", type=int, metavar="PX",
+                        help="smallest face to look for, in photo pixels (default: the face a crop of the model's window "
+                        "holds, 58 px for a 96 px model: smaller faces cannot fill the window at native resolution). "
+                        "The finder's cost grows as 1/min-face^2: on 12 MP photos 160 is ~3x faster than 60")

@@ -61,13 +61,13 @@ class FaceOptions:
     no_face: str = "no_face"  # no_face | score: a photo without a face gets `no_face`, or is scored whole
 
 
-def face_options(bundle: Any, mode: str = "auto", no_face: str = "no_face") -> tuple[FaceOptions | None, str]:
+def face_options(bundle: Any, mode: str = "auto", no_face: str = "no_face", min_face: int | None = None) -> tuple[FaceOptions | None, str]:
     """(how this scan treats whole photos, a line saying so) for `--faces MODE --no-face POLICY`.
 
     The face finder travels in the bundle (`dfx export` adds face_finder.onnx, verified by hash
     like the model). Without one, `auto` scores every image whole, as before, and says so;
     `all` is refused."""
-    from dfx.faces import FACES_MODES, NO_FACE_POLICIES, FaceFinder, bundle_finder_file
+    from dfx.faces import FACES_MODES, NO_FACE_POLICIES, FaceFinder, FinderConfig, bundle_finder_file, min_face_for_window
 
     if mode not in FACES_MODES:
         raise DfxError(f"--faces must be one of {', '.join(FACES_MODES)}, not {mode!r}")
@@ -82,10 +82,14 @@ def face_options(bundle: Any, mode: str = "auto", no_face: str = "no_face") -> t
                            hint="re-export it (`dfx export BUNDLE`: it adds face_finder.onnx), or use --faces off")
         return FaceOptions(None, mode, no_face), "faces auto: the bundle has no face finder, so every image is scored whole " \
             "(re-export it with `dfx export` to screen whole photos face by face)"
-    finder = FaceFinder(model)
+    if min_face is not None and min_face < 8:
+        raise DfxError(f"--min-face must be at least 8 px, not {min_face}")
+    smallest = min_face or min_face_for_window(bundle.input_size)
+    finder = FaceFinder(model, config=FinderConfig(min_face=smallest))
     policy = "scored whole" if no_face == "score" else "reported as no_face"
     where = "images over 1024 px that are not close-ups" if mode == "auto" else "every image"
-    return FaceOptions(finder, mode, no_face), f"faces {mode}: faces are found in {where}; a photo without one is {policy}"
+    return FaceOptions(finder, mode, no_face), (f"faces {mode}: faces of {smallest} px and more are found in {where}; "
+                                                f"a photo without one is {policy}")
 
 
 @dataclass(frozen=True)

@@ -162,14 +162,14 @@ class DynamicBatcher:
     """
 
     def __init__(self, config: BatchConfig, model: LoadedModel | None = None, observer: Observer | None = None,
-                 hook: RowHook | None = None, faces: str = "auto", no_face: str = "no_face"):
+                 hook: RowHook | None = None, faces: str = "auto", no_face: str = "no_face", min_face: int | None = None):
         from dfx.runtime.scan.pipeline import default_workers
 
         self.config = config
         # Whole photos, as `dfx scan --faces --no-face`: each model brings its own face finder,
         # so the options are made with the model (here and in swap).
-        self.faces, self.no_face = faces, no_face
-        self._faces: FaceOptions | None = face_options(model.bundle, faces, no_face)[0] if model is not None else None
+        self.faces, self.no_face, self.min_face = faces, no_face, min_face
+        self._faces: FaceOptions | None = face_options(model.bundle, faces, no_face, min_face)[0] if model is not None else None
         # The row hook (the provenance room's): encoded images get its columns read from the
         # same bytes in the decode thread, as `dfx scan` does; None: no hook columns.
         self.hook = hook
@@ -196,7 +196,7 @@ class DynamicBatcher:
 
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         """Serve `model` from the next batch on; returns the previous model (not closed)."""
-        options, _ = face_options(model.bundle, self.faces, self.no_face)  # before the swap: a refusal keeps the old model
+        options, _ = face_options(model.bundle, self.faces, self.no_face, self.min_face)  # before the swap: a refusal keeps the old model
         with self._model_lock:
             old, self._model, self._faces = self._model, model, options
         return old

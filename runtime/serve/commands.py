@@ -133,7 +133,7 @@ def serve_command(args: argparse.Namespace) -> int:
         bundle=args.bundle, backend=args.backend, precision=args.precision, threads=args.threads, threshold=args.threshold,
         model_name=args.model_name, batch=batch, max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
         token=read_token(args.token_file, args.token_env), drain_timeout_s=args.drain_timeout, public_key=public_key,
-        provenance=not args.no_provenance, trust_anchors=args.trust_anchors, faces=args.faces, no_face=args.no_face,
+        provenance=not args.no_provenance, trust_anchors=args.trust_anchors, faces=args.faces, no_face=args.no_face, min_face=args.min_face,
     )
     # Fail fast, before binding a port, on what can be checked cheaply: the manifest, the hashes
     # and the backend choice. Activation runs after the server is up (readiness says when).

@@ -33,6 +33,7 @@ class ServeConfig:
     token: str | None = field(default=None, repr=False)
     faces: str = "auto"  # whole photos, as `dfx scan --faces`: off | auto | all
     no_face: str = "no_face"  # a searched photo with no face: no_face | score (as `dfx scan --no-face`)
+    min_face: int | None = None  # smallest face looked for, px (as `dfx scan --min-face`; None: from the model window)
     provenance: bool = True  # read C2PA manifests of encoded images, as dfx scan does (needs the c2pa extra)
     trust_anchors: str | None = None  # PEM of C2PA trust anchors ("trusted" vs "valid"); None: none
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish

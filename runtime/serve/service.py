@@ -32,7 +32,7 @@ class Service:
         self.config = config
         self.metrics = ServeMetrics()
         self.batcher = DynamicBatcher(config.batch, observer=self.metrics, hook=_provenance_hook(config),
-                                      faces=config.faces, no_face=config.no_face)
+                                      faces=config.faces, no_face=config.no_face, min_face=config.min_face)
         self.metrics.track_admitted(lambda: self.batcher.admitted)
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
         self.state = "loading"

@@ -189,3 +189,25 @@ def test_eval_faces_all_reports_photos_without_a_face(photo_bundle, photo_tree, 
     assert report["images"] == len(truth) - 1  # photos scored (by their most-fake face), the faceless one not
     assert main(["eval", str(bundle_dir), str(root), "--faces", "all", "--backend", "keras"]) == 0
     assert "no face found: 1 photo(s), not scored (--faces all)" in capsys.readouterr().out
+
+
+def test_protocol_rows_score_photos_face_by_face_and_keep_windows_under_alterations(photo_tree, converted, tmp_path):
+    from dfx.trainer.protocol import ProtocolConfig, _Cache, _score
+
+    root, truth = photo_tree
+    samples = datasets.discover(root)
+    cache = _Cache(tmp_path / "cache", ProtocolConfig(data=(str(root),), out=str(tmp_path), size=32, train_canvas=None, progress=False))
+    plain = cache.arrays("eval", samples)
+    mirrored = cache.perturbed("mirror", samples)
+    assert plain.photo.tolist() == mirrored.photo.tolist()  # the alteration is applied to each face's crop: same windows
+    assert len(plain.x) == sum(truth.values()) and plain.searched == len(truth) and len(plain.no_face) == 1
+    again = cache.arrays("eval", samples)  # from the cache, with its window -> photo map
+    np.testing.assert_array_equal(again.x, plain.x)
+    assert again.photo.tolist() == plain.photo.tolist() and again.no_face == plain.no_face
+
+    class Brightness:  # a stand-in model: the logit is the window's mean brightness
+        def predict_on_batch(self, x):
+            return x.reshape(len(x), -1).mean(1) / 255.0
+
+    row = _score(Brightness(), plain, {s.path: i for i, s in enumerate(samples)}, samples, 0.5)
+    assert row["images"] == len(truth) - 1 and row["no_face"] == 1

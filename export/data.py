@@ -2,7 +2,9 @@
 
 Defaults come from the bundle's manifest["data"] record: calibration on the training split,
 parity on the validation split, exactly as training drew them. Pixels go through
-dfx.images.load_image at the bundle's size and fit, the same path serving uses.
+dfx.images.load_image at the bundle's size and fit, the same path serving uses, and whole photos
+through the faces mode training recorded (manifest["data"]["faces"], dfx.photo_data): one image
+per face, as the model was trained.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ import numpy as np
 from dfx import datasets
 from dfx.bundle import Bundle
 from dfx.datasets import DatasetError, Sample
-from dfx.images import load_many
+from dfx.photo_data import FacePolicy, load_faces
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: np.ndarray  # uint8 (N, H, W, 3)
+    images: np.ndarray  # uint8 (N, H, W, 3): one per image, or per face of a whole photo
     labels: np.ndarray  # int64 (N,), 1 = fake
-    samples: list[Sample]  # the ones that decoded, aligned with images
+    samples: list[Sample]  # the ones that decoded, aligned with images (a photo's once per face)
     source: str  # human description, e.g. "the bundle's validation split (/data/faces)"
-    skipped: list[str]  # "path: reason" for files that could not be decoded
+    skipped: list[str]  # "path: reason" for files that could not be decoded or had no face
 
 
 def resolve(bundle: Bundle, data: str | os.PathLike | None, split: str) -> tuple[list[Sample], str]:
@@ -46,12 +48,13 @@ def resolve(bundle: Bundle, data: str | os.PathLike | None, split: str) -> tuple
     return chosen, f"the bundle's {name} split ({record['root']})"
 
 
-def load(samples: list[Sample], size: tuple[int, int], fit: str, source: str, progress: str | None = None) -> ImageSet:
-    """Decode samples (threaded); undecodable files are skipped and listed, never fatal."""
-    images, keep, failures = load_many([s.path for s in samples], size, fit, desc=progress, progress=bool(progress), leave=False)
-    kept = [samples[i] for i in keep]
-    labels = np.asarray([s.label for s in kept], np.int64)
-    return ImageSet(images, labels, kept, source, [str(exc) for exc in failures])
+def load(samples: list[Sample], size: tuple[int, int], fit: str, source: str, progress: str | None = None,
+         faces: FacePolicy | None = None) -> ImageSet:
+    """Decode samples (threaded) whole or face by face (`faces`: the bundle's training policy,
+    dfx.photo_data.bundle_policy; None: whole); undecodable files and photos without a face are
+    skipped and listed, never fatal."""
+    found = load_faces(samples, size, fit, faces, desc=progress, progress=bool(progress), leave=False)
+    return ImageSet(found.x, found.labels, found.kept, source, [f"{p}: {r}" for p, r in found.skipped])
 
 
 def noise_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:

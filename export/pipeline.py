@@ -27,6 +27,7 @@ from dfx.export import data as export_data
 from dfx.export import int8, onnx_export, parity_report
 from dfx.forms import FORMS, ONNX_FORMS
 from dfx.parity import FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT, precision_of
+from dfx.photo_data import bundle_policy
 
 FILES = {name: FORMS[name].file for name in ONNX_FORMS}  # dfx.forms is the table
 # The INT8 files and their activation type: TensorRT's symmetric int8, the CPU's uint8 twin.
@@ -150,7 +151,7 @@ def _validation_images(bundle: Bundle, config: ExportConfig, log: Callable[[str]
     try:
         samples, source = export_data.resolve(bundle, config.parity, "val")
         chosen = datasets.balanced_sample(samples, config.validate_count, seed=0)
-        images = export_data.load(chosen, size, fit, source)
+        images = export_data.load(chosen, size, fit, source, faces=bundle_policy(bundle))
         if len(images.images):
             return images
         reason = "none of its images could be decoded"
@@ -166,13 +167,14 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     twin model.int8.cpu.onnx (for ONNX Runtime CPU and OpenVINO); see export/int8.py."""
     size, fit = bundle.input_size, bundle.fit
     options = int8.CalibrationOptions(method=config.calib_method)
+    faces = bundle_policy(bundle)  # whole photos decode as training decoded them
     samples, source = export_data.resolve(bundle, config.calib, "train")
     chosen = datasets.balanced_sample(samples, config.calib_count, seed=config.calib_seed)
     # Keyed on the Keras model (tf2onnx's bytes differ run to run; the graph does not) plus
     # opset and tool versions: what determines the FP32 graph being calibrated.
     source_id = {"keras": bundle.sha256("model.keras"), "opset": config.opset,
                  "tools": tool_versions("tf2onnx", "onnxruntime")}
-    key = _cache_key(source_id, options, chosen, size, fit)
+    key = _cache_key(source_id, options, chosen, size, fit, faces.record() if faces.mode != "off" else None)
     cache_name = f"{CACHE_DIR}/{config.calib_method}-{key[:16]}.json"
     cache_path = bundle.root / cache_name
     previous = _previous_report(bundle, key)
@@ -187,7 +189,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
             ranges = int8.load_ranges(cache_path)
         else:
-            calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
+            calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
             log(f"calibrating ({config.calib_method}) on {len(calib_set.images)} images from {source}")
             start = time.perf_counter()
             ranges = int8.calibrate(pre, calib_set.images, options)
@@ -201,7 +203,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                 selection = {**reused, "how": reused["how"] + " (reused with the cache)"}
             else:
                 if calib_set is None:
-                    calib_set = export_data.load(chosen, size, fit, source, progress="calibration images")
+                    calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
                 if calib_fp32 is None:
                     calib_fp32 = _run(_ort(fp32_path, "fp32", size, config), calib_set.images, config.batch_size)
                 # The uint8 twin has the resolution to try the first conv; the symmetric file
@@ -229,7 +231,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         "images": len(used),
         "per_class_and_group": export_data.per_class_and_group(used),
         "skipped": calib_set.skipped if calib_set is not None else [],
-        "files": [s.path for s in used],
+        "files": list(dict.fromkeys(s.path for s in used)),  # a whole photo once, however many faces it gave
         "cache": {"file": cache_name, "key": key, "hit": hit},
         "forms": {form: {k: v for k, v in entry.items() if k != "validation"} for form, entry in written.items()},
         "ranges": int8.ranges_table(ranges),
@@ -307,7 +309,7 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
         samples, source = export_data.resolve(bundle, config.parity, "val")
         if len(samples) > config.parity_count:
             samples = datasets.balanced_sample(samples, config.parity_count, seed=0)
-        images = export_data.load(samples, size, fit, source, progress="parity images")
+        images = export_data.load(samples, size, fit, source, progress="parity images", faces=bundle_policy(bundle))
         labels = images.labels
         if not len(images.images):
             raise DatasetError(f"no parity image in {source} could be decoded")
@@ -481,14 +483,14 @@ def _validation_entry(diff: float, tolerance: float, against: str, images) -> di
     return {"against": against, "max_abs_diff": diff, "tolerance": tolerance, "images": len(images.images), "source": images.source}
 
 
-def _cache_key(source_id: dict, options: int8.CalibrationOptions, samples, size, fit: str) -> str:
-    """Same model, same images, same method and options, same pixels -> same ranges."""
-    payload = json.dumps(
-        {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples],
-         "size": list(size), "fit": fit},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+def _cache_key(source_id: dict, options: int8.CalibrationOptions, samples, size, fit: str, faces: dict | None = None) -> str:
+    """Same model, same images, same method and options, same pixels -> same ranges. `faces`: the
+    whole-photo policy when not off (a bundle trained before it keeps its key)."""
+    payload = {"algorithm": int8.ALGORITHM, "model": source_id, "options": asdict(options), "files": [s.path for s in samples],
+               "size": list(size), "fit": fit}
+    if faces is not None:
+        payload["faces"] = faces
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _write_parity(bundle: Bundle, report: dict) -> None:

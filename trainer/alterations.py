@@ -8,17 +8,17 @@
   (TrainConfig.scale_jitter), a re-shared, smaller copy of the photo.
 
 Every random choice is seeded by (seed, the image's folder and file name), so one image always
-gets the same alteration, wherever the data lives. `load_altered` decodes many through the one
-pixel path, in threads, altering inside the workers (never holding all altered images at once).
+gets the same alteration, wherever the data lives. dfx.photo_data.load_faces decodes many through
+the one pixel path, in threads, altering inside the workers (never holding all altered images at
+once). Each alteration takes `image=` too: a face's crop cut from the photo at `path` (whole photos,
+dfx.photo_data), altered in place of the file and seeded by the photo.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -32,13 +32,14 @@ def _rng(kind: str, seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def launder(path: str, seed: int = 0) -> bytes:
-    """The JPEG bytes of `path` after the social-media pipeline (see the module docstring)."""
+def launder(path: str, seed: int = 0, image=None) -> bytes:
+    """The JPEG bytes of `path` after the social-media pipeline (see the module docstring).
+    `image`: pixels to launder instead of the file's (a face's crop from it; `path` still seeds)."""
     from PIL import Image
 
     from dfx.images import to_rgb
 
-    image = to_rgb(path)
+    image = to_rgb(path if image is None else image)
     rng = _rng("launder", seed, path)
     target = int(rng.integers(LAUNDER_LONG_SIDE[0], LAUNDER_LONG_SIDE[1] + 1))
     quality = int(rng.integers(LAUNDER_QUALITY[0], LAUNDER_QUALITY[1] + 1))
@@ -51,29 +52,15 @@ def launder(path: str, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def rescaled(path: str, low: float, seed: int = 0, key: str | None = None):
+def rescaled(path: str, low: float, seed: int = 0, key: str | None = None, image=None):
     """`path` resized by a random factor in [low, 1) (bicubic, antialiased): a PIL image. The
     factor is seeded by `key` (default `path`): a pseudo-fake passes its photo's path, so both
-    sides of a pair shrink alike."""
+    sides of a pair shrink alike. `image`: pixels to rescale instead of the file's (a face's crop)."""
     from PIL import Image
 
     from dfx.images import to_rgb
 
-    image = to_rgb(path)
+    image = to_rgb(path if image is None else image)
     factor = float(_rng("rescale", seed, key or path).uniform(low, 1.0))
     w, h = image.size
     return image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
-
-
-def load_altered(paths: list[str], alter: Callable[[str], object], size: int, fit: str, *, workers: int | None = None,
-                 desc: str | None = None, progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """(uint8 (N, size, size, 3) of those that decoded, their indices, (path, reason) of the
-    rest): each path altered (`alter(path)` -> a PIL image or encoded bytes) and then fitted by
-    dfx.images.load_image, in threads (dfx.images.load_many's pool)."""
-    from dfx.images import load_many
-
-    pixels, kept, errors = load_many(paths, size, fit, workers=workers or min(4, os.cpu_count() or 1), desc=desc,
-                                     progress=progress, alter=alter)
-    done = set(kept)
-    failed = [path for i, path in enumerate(paths) if i not in done]  # in input order, as the errors are
-    return pixels, kept, [(path, error.reason) for path, error in zip(failed, errors)]

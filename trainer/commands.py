@@ -23,6 +23,13 @@ def _add_mapping(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fake", type=_names, metavar="A,B", help="folders under DATA that hold fake images (the seed's layout: attgan,gdwct,stargan,stylegan,stylegan2)")
 
 
+def _add_faces(parser: argparse.ArgumentParser) -> None:
+    from dfx.faces import FACES_MODES
+    from dfx.photo_data import FACES_HELP
+
+    parser.add_argument("--faces", choices=FACES_MODES, default="auto", help=FACES_HELP + " (default %(default)s)")
+
+
 def register(sub) -> None:
     from dfx.trainer.train import TrainConfig
 
@@ -96,6 +103,7 @@ def register(sub) -> None:
                        help="store training images at N px (native-resolution crop) and train on random --size windows of them "
                        "(default: 4/3 of --size; equal to --size turns the windows off)")
     _add_mapping(train)
+    _add_faces(train)
     train.add_argument("--epochs", type=int, default=d["epochs"].default, help="maximum epochs; early stopping usually ends sooner (default %(default)s)")
     train.add_argument("--epoch-size", type=int, metavar="N", help="images drawn per balanced epoch (default: the training split's size)")
     train.add_argument("--no-balance", action="store_true", help="plain shuffled epochs with class weights instead of equal shares per group")
@@ -150,6 +158,7 @@ def register(sub) -> None:
     protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
     protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
+    _add_faces(protocol)
     protocol.set_defaults(handler=_protocol)
 
     ev = sub.add_parser(
@@ -166,6 +175,7 @@ def register(sub) -> None:
 
     add_backend_flags(ev, threads=False, public_key=False, batch="images per inference call (default 32)")
     _add_mapping(ev)
+    _add_faces(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ev.add_argument("--plot", metavar="ROC.png", help="write the ROC curve to this PNG file")
     ev.set_defaults(handler=_eval)
@@ -221,12 +231,18 @@ def _train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
+        faces=args.faces,
     )
     bundle = train(config)
     m = bundle.manifest
     val = m["metrics"]["val"]
     t = m["threshold"]
     print(f"bundle: {bundle.root}")
+    faces = m["data"].get("faces") or {}
+    if faces.get("mode", "off") != "off" and (faces["train"]["searched"] or faces["val"]["searched"]):
+        print(f"faces {faces['mode']}: {faces['train']['windows']} train / {faces['val']['windows']} val windows from "
+              f"{faces['train']['photos']} / {faces['val']['photos']} images; no face found in "
+              f"{faces['train']['no_face']['count'] + faces['val']['no_face']['count']} photo(s) (skipped)")
     print(f"validation ({val['images']} images, best epoch {m['training']['best_epoch']}): AUC {val['auc']:.4f}  "
           f"accuracy {val['accuracy']:.4f}  precision {val['precision']:.4f}  recall {val['recall']:.4f}  "
           f"specificity {val['specificity']:.4f}")
@@ -247,7 +263,7 @@ def _protocol(args) -> int:
         data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
         groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs,
-        scale_jitter=args.scale_jitter, launder=not args.no_launder,
+        scale_jitter=args.scale_jitter, launder=not args.no_launder, faces=args.faces,
     ))
     print(format_table(report))
     return 0
@@ -258,7 +274,7 @@ def _eval(args) -> int:
 
     report = evaluate(EvalConfig(
         bundle=args.bundle, data=args.data, split=args.split, backend=args.backend, precision=args.precision,
-        real=args.real, fake=args.fake, batch_size=args.batch or 32, progress=not args.json,
+        real=args.real, fake=args.fake, batch_size=args.batch or 32, progress=not args.json, faces=args.faces,
     ))
     if args.plot and "roc" not in report:
         print("dfx eval: no ROC curve for one class; --plot skipped", file=sys.stderr)

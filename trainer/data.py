@@ -1,34 +1,38 @@
 """Training input: decode once through dfx.images.load_image (THE pixel path), cache the uint8
-arrays in memory, and feed them through tf.data with augmentation and class balancing."""
+arrays in memory, and feed them through tf.data with augmentation and class balancing. Whole
+photos go through dfx.photo_data.load_faces: one window per face, each with its photo's label."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dfx.datasets import Sample
-from dfx.images import load_many
+from dfx.photo_data import FacePolicy, load_faces
 
 
 @dataclass
 class Arrays:
-    """Decoded images of one split. `samples` are those that decoded, aligned with x and y."""
+    """Decoded images of one split. `samples` are those that decoded, aligned with x and y (a
+    whole photo's sample once per face found in it)."""
 
     x: np.ndarray  # uint8 (N, H, W, 3)
     y: np.ndarray  # int64 (N,), 1 = fake
     samples: list[Sample]
     errors: list[tuple[str, str]]  # (path, reason) of images that failed to decode
     variant: np.ndarray | None = None  # int64 (N,): 0 the image as stored, 1 its rescaled copy (with_rescaled); None: all 0
+    no_face: list[str] = field(default_factory=list)  # photos searched where no face was found (skipped)
+    searched: int = 0  # photos the face finder looked at
 
 
-def load_arrays(samples: list[Sample], size: tuple[int, int], fit: str, *, workers: int | None = None, progress: bool = True, desc: str = "decode") -> Arrays:
-    """Decode every sample with load_image (threaded). Unreadable images are skipped and
-    reported, never fatal: one broken file must not cost a training run."""
-    x, keep, failures = load_many([s.path for s in samples], size, fit, workers=workers, desc=desc, progress=progress)
-    kept = [samples[i] for i in keep]
-    errors = [(exc.source, exc.reason) for exc in failures]
-    return Arrays(x, np.array([s.label for s in kept], np.int64), kept, errors)
+def load_arrays(samples: list[Sample], size: tuple[int, int], fit: str, *, faces: FacePolicy | None = None,
+                workers: int | None = None, progress: bool = True, desc: str = "decode") -> Arrays:
+    """Decode every sample with load_image (threaded), whole or face by face (`faces`; None: off).
+    Unreadable images and photos without a face are skipped and reported, never fatal: one broken
+    file must not cost a training run."""
+    found = load_faces(samples, size, fit, faces, workers=workers, desc=desc, progress=progress)
+    return Arrays(found.x, found.labels, found.kept, found.errors, no_face=found.no_face, searched=found.searched)
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -143,24 +147,30 @@ def balanced_dataset(arrays: Arrays, indices: np.ndarray, batch_size: int, augme
 
 
 def with_rescaled(arrays: Arrays, canvas: tuple[int, int], fit: str, low: float, seed: int, *,
-                  workers: int | None = None, progress: bool = True) -> Arrays:
+                  faces: FacePolicy | None = None, workers: int | None = None, progress: bool = True) -> Arrays:
     """`arrays` plus a second copy of every image, resized by a seeded factor in [low, 1) at
     native resolution and then fitted like the first (TrainConfig.scale_jitter): the same
     samples twice (variant 0 and 1), so balanced draws pick either copy. A pseudo-fake is
-    rescaled by its photo's factor, so the pair stays aligned."""
-    x, keep, failures = rescaled_copies(arrays.samples, canvas[0], fit, low, seed, workers=workers, progress=progress)
-    kept = [arrays.samples[i] for i in keep]
-    return Arrays(np.concatenate([arrays.x, x]), np.concatenate([arrays.y, np.array([s.label for s in kept], np.int64)]),
-                  list(arrays.samples) + kept, arrays.errors + failures,
-                  np.concatenate([np.zeros(len(arrays.samples), np.int64), np.ones(len(kept), np.int64)]))
+    rescaled by its photo's factor, so the pair stays aligned. Whole photos: each face's crop is
+    rescaled (its photo's factor)."""
+    photos = list(dict.fromkeys(arrays.samples))  # a photo once, however many faces it has
+    found = rescaled_copies(photos, canvas[0], fit, low, seed, faces=faces, workers=workers, progress=progress)
+    kept = found.kept
+    return Arrays(np.concatenate([arrays.x, found.x]), np.concatenate([arrays.y, found.labels]),
+                  list(arrays.samples) + kept, arrays.errors + found.errors,
+                  np.concatenate([np.zeros(len(arrays.samples), np.int64), np.ones(len(kept), np.int64)]),
+                  arrays.no_face, arrays.searched)
 
 
-def rescaled_copies(samples: list[Sample], side: int, fit: str, low: float, seed: int, *, workers: int | None = None,
-                    progress: bool = True):
-    """(uint8 (N, side, side, 3), kept indices, errors): each sample rescaled (seeded by its
-    pair's photo when it has one) and fitted by the pixel path."""
-    from dfx.trainer.alterations import load_altered, rescaled
+def rescaled_copies(samples: list[Sample], side: int, fit: str, low: float, seed: int, *, faces: FacePolicy | None = None,
+                    workers: int | None = None, progress: bool = True):
+    """dfx.photo_data.FaceSet of each sample rescaled (seeded by its pair's photo when it has one)
+    and fitted by the pixel path."""
+    from dfx.trainer.alterations import rescaled
 
     keys = {s.path: s.source or s.path for s in samples}
-    return load_altered([s.path for s in samples], lambda p: rescaled(p, low, seed, key=keys[p]), side, fit,
-                        workers=workers, desc="decode rescaled", progress=progress)
+
+    def alter(path, image=None):
+        return rescaled(path, low, seed, key=keys[path], image=image)
+
+    return load_faces(samples, side, fit, faces, alter=alter, workers=workers, desc="decode rescaled", progress=progress)

@@ -3,13 +3,14 @@ specificity, AUC-ROC) plus average precision, EER, TPR at 1 % FPR and the confus
 overall and per generator/source.
 
 Inference goes through the Runner dfx.runtime.scan.select.choose_runner picks (as `dfx scan` does),
-fed by dfx.images.load_image: the same pixels as serving.
+fed by dfx.images.load_image: the same pixels as serving. Whole photos (--faces, dfx.photo_data)
+are scored face by face; a photo's score is its most-fake face's logit, as in a scan row, and a
+photo in which no face is found is counted, not scored.
 """
 
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from dfx import datasets, metrics
 from dfx.bundle import Bundle
 from dfx.errors import DfxError
-from dfx.images import ImageError, load_image
+from dfx.photo_data import FacePolicy, face_policy, load_faces, photo_logits
 
 SPLITS = ("all", "val")
 
@@ -35,6 +36,7 @@ class EvalConfig:
     batch_size: int = 32  # images per runner call
     workers: int | None = None  # decode threads (default 4)
     progress: bool = True  # progress bar on a terminal
+    faces: str = "auto"  # whole photos: off | auto | all (dfx.photo_data); the bundle's own face finder when it has one
 
 
 def select_samples(bundle: Bundle, config: EvalConfig) -> list[datasets.Sample]:
@@ -59,37 +61,34 @@ def select_samples(bundle: Bundle, config: EvalConfig) -> list[datasets.Sample]:
     return samples
 
 
-def score(bundle: Bundle, samples: list[datasets.Sample], runner, *, batch_size: int = 32, workers: int | None = None, progress: bool = True):
-    """(logits for the images that decoded, their samples, [(path, reason)] for those that did not)."""
+def score(bundle: Bundle, samples: list[datasets.Sample], runner, *, batch_size: int = 32, workers: int | None = None,
+          progress: bool = True, faces: FacePolicy | None = None):
+    """(logits of the photos that were scored, their samples, [(path, reason)] for those that could
+    not be decoded, [paths] of photos with no face). A photo's logit is its most-fake window's
+    (dfx.photo_data.photo_logits); with `faces` None or off every image is one window."""
     from tqdm import tqdm
 
     size, fit = bundle.input_size, bundle.fit
-
-    def decode(sample: datasets.Sample):
-        try:
-            return load_image(sample.path, size, fit), None
-        except ImageError as exc:
-            return None, exc.reason
-
     logits: list[np.ndarray] = []
     kept: list[datasets.Sample] = []
     errors: list[tuple[str, str]] = []
+    no_face: list[str] = []
     bar = tqdm(total=len(samples), desc="eval", unit="img", disable=None if progress else True)
-    with runner, ThreadPoolExecutor(max_workers=workers or 4) as pool:
+    with runner:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            pixels = []
-            for sample, (image, reason) in zip(chunk, pool.map(decode, chunk)):
-                if image is None:
-                    errors.append((sample.path, reason))
-                else:
-                    pixels.append(image)
-                    kept.append(sample)
-            if pixels:
-                logits.append(runner.infer(np.stack(pixels)))
+            found = load_faces(chunk, size, fit, faces, workers=workers, progress=False)
+            errors += found.errors
+            no_face += found.no_face
+            if len(found.x):
+                window_logits = np.concatenate([runner.infer(found.x[i : i + batch_size]) for i in range(0, len(found.x), batch_size)])
+                per_photo = photo_logits(window_logits, found.photo, len(chunk))
+                scored = np.flatnonzero(~np.isnan(per_photo))
+                logits.append(per_photo[scored].astype(np.float32))
+                kept += [chunk[i] for i in scored]
             bar.update(len(chunk))
     bar.close()
-    return (np.concatenate(logits) if logits else np.zeros((0,), np.float32)), kept, errors
+    return (np.concatenate(logits) if logits else np.zeros((0,), np.float32)), kept, errors, no_face
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -99,17 +98,22 @@ def evaluate(config: EvalConfig) -> dict:
     samples = select_samples(bundle, config)
     from dfx.runtime.scan.select import choose_runner
 
+    faces = face_policy(config.faces, bundle)  # the finder is made only if a photo needs it
     runner, choice = choose_runner(bundle, config.backend, config.precision)
     reason = choice.reason
-    logits, kept, errors = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers, progress=config.progress)
+    logits, kept, errors, no_face = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers,
+                                          progress=config.progress, faces=faces)
     if errors:
         print(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
+    if no_face:
+        print(f"{len(no_face)} photo(s) with no face found, not scored, e.g. {no_face[0]}", file=sys.stderr)
     labels = np.array([s.label for s in kept], np.int64)
     if not len(labels):
-        raise DfxError("no image of DATA could be decoded", hint="check DATA and --split")
+        raise DfxError("no image of DATA could be decoded" + (" or had a face" if no_face else ""), hint="check DATA, --split and --faces")
     threshold = bundle.threshold
+    face_record = {"mode": config.faces, "no_face": {"count": len(no_face), "first": no_face[:5]}}
     if set(labels.tolist()) != {0, 1}:
-        return one_class_report(bundle, config, kept, labels, logits, errors, runner, reason)
+        return {**one_class_report(bundle, config, kept, labels, logits, errors, runner, reason), "faces": face_record}
     report = metrics.summarize(labels, logits, threshold)
     fpr, tpr, _ = metrics.roc_curve(labels, logits)
     report.update(
@@ -125,6 +129,7 @@ def evaluate(config: EvalConfig) -> dict:
             "model_precision": getattr(runner, "precision", "?"),  # fp32/fp16/int8; "precision" is the metric
             "runner_reason": reason,
             "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
+            "faces": face_record,  # photos scored by their most-fake face; no_face: photos not scored
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
         }
     )
@@ -180,6 +185,7 @@ def format_report(report: dict) -> str:
             lines.append(f"  {group:<20}{r['images']:>6}  {r[key]:.2%}  ({r['interval_95'][0]:.2%} .. {r['interval_95'][1]:.2%})")
         if report["errors"]["count"]:
             lines.append(f"unreadable: {report['errors']['count']} image(s)")
+        lines += _no_face_lines(report)
         return "\n".join(lines)
     lines = [
         f"{report['images']} images ({report['split']} split of {report['data']}), backend {report['backend']} {report['model_precision']}",
@@ -204,7 +210,15 @@ def format_report(report: dict) -> str:
     if report["errors"]["count"]:
         lines.append(f"unreadable: {report['errors']['count']} image(s)")
         lines += [f"  {e['path']}: {e['reason']}" for e in report["errors"]["first"]]
+    lines += _no_face_lines(report)
     return "\n".join(lines)
+
+
+def _no_face_lines(report: dict) -> list[str]:
+    count = ((report.get("faces") or {}).get("no_face") or {}).get("count", 0)
+    if not count:
+        return []
+    return [f"no face found: {count} photo(s), not scored (--faces {report['faces']['mode']})"]
 
 
 def plot_roc(report: dict, path: str | Path) -> None:

@@ -21,6 +21,11 @@ held-out row again after every image of both classes went through one social-med
 with the shortcut baseline scored on the laundered files too. Splits keep a photo and its
 reconstructions together (dfx.datasets.split).
 
+Whole photos (`faces`, dfx.photo_data): images are split by photo, then decoded face by face;
+each face trains with its photo's label, a photo is scored by its most-fake face, and photos
+where no face is found are counted per row (`no_face`), not scored. Alterations apply to each
+face's crop (the faces found on the photo as stored), so every row scores the same faces.
+
 Every fold is a real bundle written by the trainer (`folds/<name>/`), so a killed run resumes:
 finished folds are reused when their recorded settings match. Decoded images are cached once
 per (size, fit, canvas) in `cache/`.
@@ -73,6 +78,7 @@ class ProtocolConfig:
     pairs: bool = False  # draw pseudo-fakes beside their real photo (TrainConfig.pairs)
     scale_jitter: float | None = None  # training copies rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter)
     launder: bool = True  # add the laundered rows
+    faces: str = "auto"  # whole photos: off | auto | all (dfx.photo_data); auto decodes face crops exactly as off
 
 
 def holdable_units(samples) -> dict[str, tuple[int, frozenset[str]]]:
@@ -119,15 +125,18 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     eval_x = pixels.arrays("eval", samples)
     laundered_x = pixels.altered(f"all-{LAUNDERED}-s{config.seed}", samples, partial(launder, seed=config.seed)) if config.launder else None
     path_index = {s.path: i for i, s in enumerate(samples)}
+    if eval_x.no_face:
+        log(f"faces {config.faces}: no face found in {len(eval_x.no_face)} photo(s), e.g. {eval_x.no_face[0]}; they are not scored")
+    key = _config_key(config, faces_used=eval_x.searched > 0)
     features = _shortcut_features(samples, out / "cache") if config.baseline else None
     laundered_features = (_shortcut_features(samples, out / "cache", partial(launder, seed=config.seed), f"cues-{LAUNDERED}-s{config.seed}")
                           if config.baseline and config.launder else None)
 
     report_path = out / "protocol.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    if report.get("config_key") != _config_key(config):
+    if report.get("config_key") != key:
         report = {"rows": {}}
-    report.update(protocol=PROTOCOL_VERSION, config=_jsonable(config), config_key=_config_key(config), data=datasets.summary(samples),
+    report.update(protocol=PROTOCOL_VERSION, config=_jsonable(config), config_key=key, data=datasets.summary(samples),
                   units={n: {"label": datasets.LABELS[lab], "groups": sorted(g)} for n, (lab, g) in units.items()})
     for name in chosen:
         started = time.time()
@@ -138,7 +147,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 
         fold_train = [s for s in train_s if not excluded(s)]
         fold_val = [s for s in val_s if not excluded(s)]
-        bundle = _train_fold(config, out / "folds" / name, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log)
+        bundle = _train_fold(config, key, out / "folds" / name, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log)
         threshold = bundle.threshold
         model = _load_model(bundle)
         rows = {}
@@ -150,7 +159,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
                 rows[name]["auc_without_pseudo_fakes"] = _score(model, eval_x, path_index, real_fakes, threshold)["auc"]
             for perturbation in PERTURBATIONS:
                 x = pixels.perturbed(perturbation, fold_val)
-                rows[f"{IN_DISTRIBUTION} / {perturbation}"] = _score_arrays(model, x, fold_val, threshold)
+                rows[f"{IN_DISTRIBUTION} / {perturbation}"] = _score(model, x, {s.path: i for i, s in enumerate(fold_val)}, fold_val, threshold)
         else:
             evaluated = [s for s in samples if s.group in held] + [s for s in val_s if s.label != held_label and not excluded(s)]
             rows[name] = _score(model, eval_x, path_index, evaluated, threshold)
@@ -254,7 +263,7 @@ def format_table(report: dict) -> str:
 
 # ---- folds ---------------------------------------------------------------------------------------
 
-def _train_fold(config, folder: Path, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log):
+def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log):
     from dfx.bundle import Bundle
     from dfx.trainer.data import Arrays
     from dfx.trainer.train import TrainConfig, fit_arrays
@@ -264,30 +273,35 @@ def _train_fold(config, folder: Path, fold_train, fold_val, train_x, scaled_x, t
         seed=config.seed, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_epochs=1.0, patience=config.epochs, augment=config.augment, architecture=config.architecture,
         train_canvas=config.train_canvas, balance=True, epoch_size=config.epoch_size, overwrite=True, progress=config.progress,
-        pairs=config.pairs, scale_jitter=config.scale_jitter,
+        pairs=config.pairs, scale_jitter=config.scale_jitter, faces=config.faces,
     )
     if (folder / "manifest.json").exists():
         try:
             bundle = Bundle.open(folder)
-            if bundle.manifest.get("protocol_key") == _config_key(config):
+            if bundle.manifest.get("protocol_key") == key:
                 log(f"{folder.name}: reusing the finished fold")
                 return bundle
         except DfxError:
             pass
     log(f"{folder.name}: training on {len(fold_train)} images ({', '.join(sorted({s.group for s in fold_train}))})")
     train_index = {s.path: i for i, s in enumerate(train_s)}
-    ti = np.array([train_index[s.path] for s in fold_train])
-    vi = np.array([path_index[s.path] for s in fold_val])
-    y = np.array([s.label for s in fold_train])
+    ti = [train_index[s.path] for s in fold_train]
+    x, photo = train_x.select(ti)
+    windows = [fold_train[i] for i in photo]  # a photo's sample once per face
+    y = np.array([s.label for s in windows], np.int64)
     if scaled_x is None:
-        train_arrays = Arrays(train_x[ti], y, list(fold_train), [])
+        train_arrays = Arrays(x, y, windows, [])
     else:  # each image twice: as stored and rescaled (TrainConfig.scale_jitter)
-        train_arrays = Arrays(np.concatenate([train_x[ti], scaled_x[ti]]), np.concatenate([y, y]), list(fold_train) * 2, [],
-                              np.repeat(np.array([0, 1], np.int64), len(ti)))
-    val_arrays = Arrays(eval_x[vi], np.array([s.label for s in fold_val]), list(fold_val), [])
+        sx, sphoto = scaled_x.select(ti)
+        scaled = [fold_train[i] for i in sphoto]
+        train_arrays = Arrays(np.concatenate([x, sx]), np.concatenate([y, np.array([s.label for s in scaled], np.int64)]),
+                              windows + scaled, [], np.concatenate([np.zeros(len(windows), np.int64), np.ones(len(scaled), np.int64)]))
+    vx, vphoto = eval_x.select([path_index[s.path] for s in fold_val])
+    val_windows = [fold_val[i] for i in vphoto]
+    val_arrays = Arrays(vx, np.array([s.label for s in val_windows], np.int64), val_windows, [])
     bundle = Bundle.create(folder, input_size=(config.size, config.size), fit=config.fit, architecture=config.architecture, overwrite=True)
     bundle = fit_arrays(train_config, bundle, train_arrays, val_arrays)
-    bundle.manifest["protocol_key"] = _config_key(config)
+    bundle.manifest["protocol_key"] = key
     bundle.manifest["protocol_fold"] = folder.name
     bundle.save()
     return bundle
@@ -299,93 +313,122 @@ def _load_model(bundle):
     return keras.saving.load_model(str(bundle.verify("model.keras")), compile=False)
 
 
-def _score(model, eval_x, path_index, chosen, threshold) -> dict:
-    x = eval_x[np.array([path_index[s.path] for s in chosen])]
-    return _score_arrays(model, x, chosen, threshold)
-
-
-def _score_arrays(model, x, chosen, threshold) -> dict:
+def _score(model, decoded: "_Decoded", index, chosen, threshold) -> dict:
+    """The row of `chosen` (photos; `index`: path -> position in `decoded`): each photo scored by
+    its most-fake window (dfx.photo_data.photo_logits); photos without a face are counted."""
+    from dfx.photo_data import photo_logits
     from dfx.trainer.data import predict_logits
 
-    y = np.array([s.label for s in chosen])
-    logits = predict_logits(model, x)
-    row = metrics.summarize(y, logits, threshold)
+    x, photo = decoded.select([index[s.path] for s in chosen])
+    scores = photo_logits(predict_logits(model, x), photo, len(chosen))
+    scored = ~np.isnan(scores)
+    y = np.array([s.label for s in chosen])[scored]
+    row = metrics.summarize(y, scores[scored], threshold)
     out = {k: row[k] for k in ("images", "auc", "average_precision", "accuracy", "tpr_at_1pct_fpr", "specificity", "recall")}
     out["held_out_fpr"] = 1.0 - row["specificity"]
     out["held_out_tpr"] = row["recall"]
+    if not scored.all():
+        out["no_face"] = int((~scored).sum())  # photos of the row in which no face was found (not scored)
     return out
 
 
 # ---- pixels ----------------------------------------------------------------------------------------
 
+@dataclass
+class _Decoded:
+    """Decoded windows of a list of photos: `x[k]` belongs to photo `photo[k]` (ascending); one
+    window per image scored whole, one per face of a whole photo, none for a photo with no face."""
+
+    x: np.ndarray  # uint8 (K, H, W, 3)
+    photo: np.ndarray  # int64 (K,)
+    no_face: list[str]
+    searched: int  # photos the face finder looked at
+
+    def select(self, photos) -> tuple[np.ndarray, list[int]]:
+        """(the windows of `photos` (indices), in that order; each window's position in `photos`)."""
+        starts = np.searchsorted(self.photo, photos, "left")
+        ends = np.searchsorted(self.photo, photos, "right")
+        rows = [np.arange(a, b) for a, b in zip(starts, ends)]
+        at = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return self.x[at], [i for i, r in enumerate(rows) for _ in range(len(r))]
+
+
 class _Cache:
-    """Decoded pixels, saved once per (size, fit, canvas) so reruns and folds skip decoding."""
+    """Decoded pixels, saved once per (size, fit, canvas, faces) so reruns and folds skip decoding."""
 
     def __init__(self, folder: Path, config: ProtocolConfig):
+        from dfx.photo_data import face_policy
+
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config = config
+        self.faces = face_policy(config.faces)  # one finder for every decode, made only if a photo needs it
+        # face crops decode alike under off and auto; the suffix keeps whole-photo windows apart
+        self.suffix = "" if config.faces == "off" else f"-faces-{config.faces}"
 
-    def arrays(self, role: str, samples) -> np.ndarray:
-        from dfx.images import load_many
+    def arrays(self, role: str, samples) -> _Decoded:
+        from dfx.photo_data import load_faces
 
         c = self.config
         side = (c.train_canvas or c.size) if role == "train" else c.size
-        return self._cached(f"{role}-{c.fit}-{side}", samples, lambda: load_many([s.path for s in samples], side, c.fit, desc=f"decode {role}", progress=c.progress))
+        return self._cached(f"{role}-{c.fit}-{side}", samples,
+                            lambda: load_faces(samples, side, c.fit, self.faces, desc=f"decode {role}", progress=c.progress))
 
-    def perturbed(self, name: str, samples) -> np.ndarray:
+    def perturbed(self, name: str, samples) -> _Decoded:
         from functools import partial
 
         return self.altered(f"val-{name}", samples, partial(perturb, name))
 
-    def rescaled(self, samples) -> np.ndarray:
+    def rescaled(self, samples) -> _Decoded:
         """The training images rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter), at the canvas."""
         from dfx.trainer.data import rescaled_copies
 
         c = self.config
         side = c.train_canvas or c.size
         return self._cached(f"train-rescaled-{c.scale_jitter}-s{c.seed}-{c.fit}-{side}", samples,
-                            lambda: _as_decoded(rescaled_copies(samples, side, c.fit, c.scale_jitter, c.seed, progress=c.progress)))
+                            lambda: rescaled_copies(samples, side, c.fit, c.scale_jitter, c.seed, faces=self.faces, progress=c.progress))
 
-    def altered(self, key: str, samples, alter) -> np.ndarray:
-        """`samples` altered at native resolution (alter(path) -> PIL image or bytes), at the input size."""
-        from dfx.trainer.alterations import load_altered
+    def altered(self, key: str, samples, alter) -> _Decoded:
+        """`samples` altered at native resolution (alter(path, image=None) -> PIL image or bytes), at the input size."""
+        from dfx.photo_data import load_faces
 
         c = self.config
         return self._cached(f"{key}-{c.fit}-{c.size}", samples,
-                            lambda: _as_decoded(load_altered([s.path for s in samples], alter, c.size, c.fit, desc=key, progress=c.progress)))
+                            lambda: load_faces(samples, c.size, c.fit, self.faces, alter=alter, desc=key, progress=c.progress))
 
-    def _cached(self, key: str, samples, decode) -> np.ndarray:
+    def _cached(self, key: str, samples, decode) -> _Decoded:
+        key += self.suffix
         path = self.folder / f"{key}.npy"
         paths_file = self.folder / f"{key}.json"
+        faces_file = self.folder / f"{key}.faces.json"  # absent in caches of face crops written before whole photos
         paths = [s.path for s in samples]
         if path.exists() and paths_file.exists() and json.loads(paths_file.read_text()) == paths:
-            return np.load(path)
-        x, kept, errors = decode()
-        if errors:
-            raise DfxError(f"{len(errors)} image(s) could not be decoded, e.g. {errors[0]}", hint="remove them from the data")
-        if len(kept) != len(paths):
-            raise DfxError(f"{len(paths) - len(kept)} image(s) could not be decoded")
-        np.save(path, x)
+            x = np.load(path)
+            if faces_file.exists():
+                f = json.loads(faces_file.read_text())
+                return _Decoded(x, np.array(f["photo"], np.int64), f["no_face"], f["searched"])
+            if len(x) == len(paths):
+                return _Decoded(x, np.arange(len(paths), dtype=np.int64), [], 0)
+        found = decode()
+        if found.errors:
+            raise DfxError(f"{len(found.errors)} image(s) could not be decoded, e.g. {found.errors[0][0]}: {found.errors[0][1]}",
+                           hint="remove them from the data")
+        np.save(path, found.x)
+        faces_file.write_text(json.dumps({"photo": found.photo.tolist(), "no_face": found.no_face, "searched": found.searched}))
         paths_file.write_text(json.dumps(paths))
-        return x
+        return _Decoded(found.x, found.photo, found.no_face, found.searched)
 
 
-def _as_decoded(result):
-    """load_altered's (x, kept, [(path, reason)]) in load_many's shape for _cached."""
-    x, kept, errors = result
-    return x, kept, [f"{p}: {r}" for p, r in errors]
-
-
-def perturb(name: str, path: str):
-    """The native-resolution image at `path` after one robustness alteration (a PIL image)."""
+def perturb(name: str, path: str, image=None):
+    """The native-resolution image at `path` after one robustness alteration (a PIL image).
+    `image`: pixels to alter instead of the file's (a face's crop from it, dfx.photo_data)."""
     import io
 
     from PIL import ImageFilter, ImageOps
 
     from dfx.images import to_rgb
 
-    image = to_rgb(path)
+    image = to_rgb(path if image is None else image)
     w, h = image.size
     if name == "jpeg-q60":
         buffer = io.BytesIO()
@@ -406,7 +449,7 @@ def perturb(name: str, path: str):
     if name == LAUNDERED:
         from dfx.trainer.alterations import launder
 
-        return to_rgb(launder(path))
+        return to_rgb(launder(path, image=image))
     raise ValueError(f"unknown perturbation {name!r}")
 
 
@@ -479,11 +522,15 @@ def _jsonable(config: ProtocolConfig) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
 
-def _config_key(config: ProtocolConfig) -> str:
-    """What makes two runs' folds interchangeable (not `groups`, `out` or `progress`)."""
+def _config_key(config: ProtocolConfig, faces_used: bool = True) -> str:
+    """What makes two runs' folds interchangeable (not `groups`, `out` or `progress`). `faces`
+    counts only where the finder looked at a photo (`faces_used`): on face crops auto decodes
+    exactly as off, so folds of runs made before whole photos are reused."""
     d = _jsonable(config)
-    for k in ("groups", "out", "progress", "baseline", "launder"):
+    for k in ("groups", "out", "progress", "baseline", "launder", "faces"):
         d.pop(k)
+    if faces_used:
+        d["faces"] = config.faces
     d["data"] = [str(Path(p).resolve()) for p in d["data"]]
     d["recipe"] = RECIPE_VERSION
     return json.dumps(d, sort_keys=True)

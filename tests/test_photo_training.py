@@ -157,9 +157,13 @@ def test_train_on_photos_and_crops_records_the_faces_mode(photo_bundle, photo_tr
     from dfx.bundle import Bundle
 
     _, truth = photo_tree
-    record = Bundle.open(photo_bundle).manifest["data"]
-    faces = record["faces"]
-    assert faces["mode"] == "auto" and faces["finder"]["min_face"] == 40 and faces["crop_max_side"] == 1024
+    from dfx.faces import min_face_for_window
+
+    bundle = Bundle.open(photo_bundle)
+    faces = bundle.manifest["data"]["faces"]
+    # the smallest face looked for is the one a crop of the model window holds, as in dfx scan
+    assert faces["mode"] == "auto" and faces["finder"]["min_face"] == min_face_for_window(bundle.input_size)
+    assert faces["crop_max_side"] == 1024
     assert faces["train"]["searched"] + faces["val"]["searched"] == len(truth)
     assert faces["train"]["no_face"]["count"] + faces["val"]["no_face"]["count"] == 1
     photos = faces["train"]["photos"] + faces["val"]["photos"]

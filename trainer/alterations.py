@@ -1,9 +1,10 @@
 """What happens to an image on its way to us, applied at native resolution before the pixel path.
 
-- `launder`: one social-media pipeline: the long side resized to a random 256-512 px (never
-  enlarged: platforms do not up-scale), then JPEG at a random quality 70-90 (4:2:0). The protocol's
-  laundered rows pass every image of both classes through it, so that neither size, format nor
-  compression can tell the classes apart.
+- `launder`: one social-media pipeline: the long side resized to a random 256-512 px (down or
+  up: every image leaves at a size drawn independently of its source, so size says nothing), then
+  JPEG at a random quality 70-90 (4:2:0). The protocol's laundered rows pass every image of both
+  classes through it, so that neither size, format nor compression can tell the classes apart.
+  (Until protocol v2.1 small images kept their size, and the shortcut baseline still read it.)
 - `rescaled`: the image resized by a random factor in [low, 1): the training-side scale jitter
   (TrainConfig.scale_jitter), a re-shared, smaller copy of the photo.
 
@@ -44,7 +45,7 @@ def launder(path: str, seed: int = 0, image=None) -> bytes:
     target = int(rng.integers(LAUNDER_LONG_SIDE[0], LAUNDER_LONG_SIDE[1] + 1))
     quality = int(rng.integers(LAUNDER_QUALITY[0], LAUNDER_QUALITY[1] + 1))
     w, h = image.size
-    if max(w, h) > target:
+    if max(w, h) != target:
         scale = target / max(w, h)
         image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC, reducing_gap=None)
     buffer = io.BytesIO()

@@ -98,7 +98,7 @@ def evaluate(config: EvalConfig) -> dict:
     samples = select_samples(bundle, config)
     from dfx.runtime.scan.select import choose_runner
 
-    faces = face_policy(config.faces, bundle)  # the finder is made only if a photo needs it
+    faces = face_policy(config.faces, bundle, size=bundle.input_size)  # the finder is made only if a photo needs it
     runner, choice = choose_runner(bundle, config.backend, config.precision)
     reason = choice.reason
     logits, kept, errors, no_face = score(bundle, samples, runner, batch_size=config.batch_size, workers=config.workers,

@@ -362,7 +362,7 @@ class _Cache:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self.faces = face_policy(config.faces)  # one finder for every decode, made only if a photo needs it
+        self.faces = face_policy(config.faces, size=config.size)  # one finder for every decode, made only if a photo needs it
         # face crops decode alike under off and auto; the suffix keeps whole-photo windows apart
         self.suffix = "" if config.faces == "off" else f"-faces-{config.faces}"
 

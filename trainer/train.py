@@ -163,7 +163,7 @@ def train(config: TrainConfig) -> Bundle:
     bundle = Bundle.create(config.out, input_size=size, fit=config.fit, architecture=config.architecture, overwrite=config.overwrite)
     canvas = (config.train_canvas, config.train_canvas) if config.train_canvas else size
     # Split by photo above, decoded face by face here: a photo's faces always share a split.
-    faces = face_policy(config.faces)
+    faces = face_policy(config.faces, size=config.size)
     train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, faces=faces, workers=config.workers,
                                         progress=config.progress, desc="decode train")
     if config.scale_jitter is not None:
@@ -318,7 +318,7 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "val": datasets.summary(val_arrays.samples),
         "unreadable": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
         # how photos became windows; dfx export decodes calibration and parity images the same way
-        "faces": {**face_policy(config.faces).record(), "train": _face_counts(train_arrays), "val": _face_counts(val_arrays)},
+        "faces": {**face_policy(config.faces, size=config.size).record(), "train": _face_counts(train_arrays), "val": _face_counts(val_arrays)},
     }
     m["metrics"] = {"val": val_metrics, "per_generator": metrics.per_group(y, logits, groups, threshold["logit"])}
     m["calibration"] = calibrate(y, logits)

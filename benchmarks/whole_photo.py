@@ -5,11 +5,13 @@ through decode -> face finding -> native-resolution crops -> the bundle's model.
 
 Reports (terminal and OUT/whole_photo.json):
 - per-stage milliseconds per image, one thread, sequential: the DCT-scaled decode for the
-  finder (Pillow draft mode vs simplejpeg), face finding, the full-resolution decode (Pillow vs
-  simplejpeg), cropping + the bundle's window, inference of the image's windows;
+  finder (Pillow draft mode vs simplejpeg), face finding (float and INT8 finder), the
+  full-resolution decode (Pillow vs simplejpeg) beside the lossless region cuts of the faces
+  (PyTurboJPEG), cropping + the bundle's window, inference of the image's windows;
 - end-to-end images/s of the threaded path a scan runs (`dfx.faces.face_windows` on a pool of
   decode workers, batches of windows to the runner, the row factory), for several
-  `min_face` settings and both JPEG paths, beside the runner's pure-inference rate.
+  `min_face` settings, both finders and both JPEG paths, beside the runner's pure-inference rate
+  (each configuration run once on 4 photos first: OpenVINO compiles on the first call).
 The machine, its load average and the software versions are recorded with the numbers.
 """
 
@@ -52,11 +54,11 @@ def make_photos(out: Path, finder, n: int, faces_per_photo: int, seed: int) -> l
     return paths
 
 
-def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> dict[str, float]:
+def stage_times(paths: list[str], finder, runner, size, fit, min_face: int, int8_finder=None) -> dict[str, float]:
     """Milliseconds per image of each stage, one thread, in order, on `paths`."""
-    from dfx.faces import crop_face, draft_scale
+    from dfx.faces import crop_face, crop_region, draft_scale
     from dfx.images import load_image
-    from dfx.photos import _fast_full, _fast_scaled, _pil_scaled
+    from dfx.photos import _fast_full, _fast_scaled, _pil_scaled, decode_photo, region_decode_available
 
     def full_width(data: bytes) -> int:
         from PIL import Image
@@ -66,8 +68,11 @@ def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> d
             return image.size[0]
 
     reduction = draft_scale(min_face)
-    t = {k: 0.0 for k in ("read", "small_pillow", "small_simplejpeg", "find", "full_pillow", "full_simplejpeg", "crop_window", "infer")}
+    t = {k: 0.0 for k in ("read", "small_pillow", "small_simplejpeg", "find", "full_pillow", "full_simplejpeg", "crop_window", "infer",
+                          "find_int8", "region_cuts")}
     faces = 0
+    if int8_finder is not None:  # compiled before timing
+        int8_finder.find(_fast_scaled(Path(paths[0]).read_bytes(), reduction, 1, paths[0]))
     for path in paths:
         c0 = time.perf_counter()
         data = Path(path).read_bytes()
@@ -92,6 +97,15 @@ def stage_times(paths: list[str], finder, runner, size, fit, min_face: int) -> d
         faces += len(boxes)
         for key, dt in zip(t, (c1 - c0, c2 - c1, c3 - c2, c4 - c3, c5 - c4, c6 - c5, c7 - c6, c8 - c7)):
             t[key] += dt
+        if int8_finder is not None:
+            c9 = time.perf_counter()
+            int8_finder.find(small, full_width(data) / small.shape[1])
+            t["find_int8"] += time.perf_counter() - c9
+        if region_decode_available() and boxes:
+            photo = decode_photo(data, reduction)
+            c10 = time.perf_counter()
+            photo.regions([crop_region(b, photo.height, photo.width) for b in boxes])
+            t["region_cuts"] += time.perf_counter() - c10
     out = {k: round(1000 * v / len(paths), 2) for k, v in t.items()}
     out["faces_per_image"] = round(faces / len(paths), 2)
     return out
@@ -102,6 +116,8 @@ def end_to_end(paths: list[str], finder, runner, size, fit, threshold: float, pr
     --faces auto) on `paths` (files read from disk): decode pool, face windows, batches, rows."""
     from dfx.runtime.scan.pipeline import FaceOptions, iter_results
 
+    list(iter_results(paths[:4], runner, size=size, fit=fit, threshold=threshold, batch_size=batch, workers=workers,
+                      probability=probability, faces=FaceOptions(finder, "auto")))  # warm-up: compiles the finder
     start = time.perf_counter()
     rows = list(iter_results(paths, runner, size=size, fit=fit, threshold=threshold, batch_size=batch, workers=workers,
                              probability=probability, faces=FaceOptions(finder, "auto")))
@@ -130,21 +146,26 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=24, help="photos per set (one-face and four-face sets)")
     parser.add_argument("--backend", default="auto", help="dfx scan --backend for the deepfake model")
     parser.add_argument("--workers", type=int, default=2, help="decode + face-finding threads")
-    parser.add_argument("--min-faces", default="40,80,160", help="FinderConfig.min_face values to time end to end")
-    parser.add_argument("--finder", help="face finder ONNX (default: export one into OUT)")
+    parser.add_argument("--min-faces", default="58,100,160", help="FinderConfig.min_face values to time end to end")
+    parser.add_argument("--finder", help="float face finder ONNX (default: the bundle's, else export one into OUT)")
     parser.add_argument("--stage-images", type=int, default=8, help="photos timed stage by stage")
-    parser.add_argument("--stage-min-faces", default="40,80", help="min_face values of the stage timings")
+    parser.add_argument("--stage-min-faces", default="58,160", help="min_face values of the stage timings")
     args = parser.parse_args(argv)
 
     import dataclasses
 
     from dfx.bundle import Bundle, tool_versions
-    from dfx.faces import FaceFinder, FinderConfig
+    from dfx.faces import FACE_FINDER_INT8_ROLE, FACE_FINDER_ROLE, FaceFinder, FinderConfig
+    from dfx.photos import region_decode_available
     from dfx.runtime.scan.select import choose_runner
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    finder_path = args.finder or str(out / "face_finder.onnx")
+    bundle = Bundle.open(args.bundle)
+    in_bundle = bundle.files_with_role(FACE_FINDER_ROLE)
+    finder_path = args.finder or (str(bundle.file(in_bundle[0])) if in_bundle else str(out / "face_finder.onnx"))
+    int8_names = bundle.files_with_role(FACE_FINDER_INT8_ROLE)
+    int8_path = str(bundle.file(int8_names[0])) if int8_names else None
     if not Path(finder_path).exists():
         from dfx.export.faces_export import export_face_finder
 
@@ -152,7 +173,6 @@ def main(argv=None) -> int:
     finder = FaceFinder(finder_path)
     one = make_photos(out, finder, args.images, 1, seed=1)
     several = make_photos(out, finder, args.images, 4, seed=2)
-    bundle = Bundle.open(args.bundle)
     size, fit = bundle.input_size, bundle.fit
     runner, choice = choose_runner(bundle, args.backend)
     why = choice.reason
@@ -162,6 +182,8 @@ def main(argv=None) -> int:
         "bundle": {"path": args.bundle, "input": list(size), "fit": fit, "runner": why},
         "photos": {"size": "4000x3000", "jpeg_quality": 90, "one_face": len(one), "four_faces": len(several)},
         "finder_backend": finder.backend,
+        "int8_finder": int8_path is not None and bundle.manifest.get("face_finder_int8"),
+        "region_cuts": region_decode_available(),
     }
     with runner:
         report["pure_inference_images_per_s"] = pure_inference(runner, size)
@@ -169,21 +191,28 @@ def main(argv=None) -> int:
         for name, paths in (("one_face", one), ("four_faces", several)):
             for min_face in [int(v) for v in args.stage_min_faces.split(",")]:
                 f = FaceFinder(finder_path, config=FinderConfig(min_face=min_face))
-                report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:args.stage_images], f, runner, size, fit, min_face)
+                q = FaceFinder(int8_path, config=FinderConfig(min_face=min_face)) if int8_path else None
+                report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:args.stage_images], f, runner, size, fit, min_face, q)
                 print(name, min_face, report["stages_ms_per_image"][f"{name}_min_face_{min_face}"], flush=True)
         report["end_to_end"] = {}
+        import dfx.photos as photos
+
+        turbo = photos._turbo()
         for fast in (True, False):
             for min_face in [int(v) for v in args.min_faces.split(",")]:
-                if not fast and min_face != 80:
+                if not fast and min_face != 160:
                     continue
-                import dfx.photos as photos
-
-                photos.fast_jpeg_available = (lambda value=fast: value)  # the switch a user gets by (un)installing simplejpeg
-                f = FaceFinder(finder_path, config=dataclasses.replace(FinderConfig(), min_face=min_face))
-                for name, paths in (("one_face", one), ("four_faces", several)):
-                    key = f"{name}_min_face_{min_face}_{'simplejpeg' if fast else 'pillow'}"
-                    report["end_to_end"][key] = end_to_end(paths, f, runner, size, fit, bundle.threshold, bundle.probability, args.workers)
-                    print(key, report["end_to_end"][key], flush=True)
+                photos.fast_jpeg_available = (lambda value=fast: value)  # the switch a user gets by (un)installing the faces extra
+                photos._TURBO[:] = [turbo if fast else None]  # region cuts come with it (PyTurboJPEG)
+                finders = {"int8": int8_path, "float": finder_path} if int8_path else {"float": finder_path}
+                for precision, model in finders.items():
+                    if precision == "float" and int8_path and (not fast or min_face != 58):
+                        continue  # the float finder once, at the default, for the ratio
+                    f = FaceFinder(model, config=dataclasses.replace(FinderConfig(), min_face=min_face))
+                    for name, paths in (("one_face", one), ("four_faces", several)):
+                        key = f"{name}_min_face_{min_face}_{precision}_{'simplejpeg' if fast else 'pillow'}"
+                        report["end_to_end"][key] = end_to_end(paths, f, runner, size, fit, bundle.threshold, bundle.probability, args.workers)
+                        print(key, report["end_to_end"][key], flush=True)
     report["machine"]["load_end"] = os.getloadavg()
     (out / "whole_photo.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-provenance", action="store_true", help="with --images: skip the e2e+c2pa rows (C2PA manifests read, as dfx scan does)")
     p.add_argument("--e2e-batch-size", type=int, default=d["e2e_batch_size"].default, metavar="N",
                    help="batch size of the end-to-end rows (default %(default)s)")
+    from dfx.runtime.scan.flags import add_faces_flags
+
+    add_faces_flags(p.add_argument_group("whole photos in the --images rows (as dfx scan)"))
     p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
     p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~8 s of microbenchmarks, run before and after the rows)")
     p.add_argument("--json", metavar="FILE", help="write rows, machine, software and limits to FILE as JSON")
@@ -71,6 +74,9 @@ def bench_command(args: argparse.Namespace) -> int:
         roofline=not args.no_roofline,
         threads=args.threads,
         provenance=not args.no_provenance,
+        faces=args.faces,
+        no_face=args.no_face,
+        min_face=args.min_face,
     )
     result = harness.run(args.bundle, config, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(report.text(result))

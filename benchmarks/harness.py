@@ -88,6 +88,11 @@ class BenchConfig:
     seed: int = 0
     # With `images`: also time the e2e rows with C2PA provenance read (needs the `c2pa` extra).
     provenance: bool = True
+    # With `images`: whole photos as `dfx scan` treats them (--faces, --no-face, --min-face):
+    # photos are searched for faces and each face is a model window.
+    faces: str = "auto"
+    no_face: str = "no_face"
+    min_face: int | None = None
 
 
 # ---- backends ------------------------------------------------------------------------------------
@@ -235,7 +240,10 @@ def measure_end_to_end(
     reader = ProvenanceHook.maybe(config.provenance)  # the row hook `dfx scan` uses
     reader = reader if reader.reading else None  # None: off, or no c2pa extra
     size = config.e2e_batch_size
-    common = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=size)
+    from dfx.runtime.scan.pipeline import face_options
+
+    faces, _ = face_options(bundle, config.faces, config.no_face, config.min_face)  # as dfx scan does
+    common = dict(size=bundle.input_size, fit=bundle.fit, threshold=bundle.threshold, batch_size=size, faces=faces)
     rounds = max(config.rounds, 1)
 
     def sources(budget: float, by_count: bool):

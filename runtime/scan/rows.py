@@ -78,7 +78,8 @@ class RowFactory:
             logit = float(logit)
             faces.append({"box": box.as_list(), "face_score": round(float(box.score), 4), "logit": logit,
                           "probability": self.probability(logit), "decision": self.decide(logit)})
-        worst = faces[most_fake([f["logit"] for f in faces])] if faces else None  # the one rule, shared with dfx eval
+        index = most_fake([f["logit"] for f in faces])  # the one rule, shared with dfx eval
+        worst = faces[index] if index is not None else None
         decision = worst["decision"] if worst else NO_FACE
         extra = {**self._finish(decision, columns), "faces": len(faces), "face_boxes": faces}
         return Result(name, worst["logit"] if worst else None, worst["probability"] if worst else None, decision,

@@ -155,8 +155,14 @@ class FaceFinder:
 
             core = ov.Core()
             # f32 pinned: on AMX CPUs OpenVINO would pick bf16 by itself (slower here, and boxes move).
-            return core.compile_model(core.read_model(str(self.model)), "CPU", {
+            compiled = core.compile_model(core.read_model(str(self.model)), "CPU", {
                 "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"})
+            # One inference here, under the lock: OpenVINO's first numpy conversion (pybind11's
+            # one-time numpy API set-up) deadlocks when several threads make it at once, which is
+            # what a pool of decode workers does when nothing in the process used OpenVINO before
+            # (dfx train on photo folders hung this way).
+            compiled.create_infer_request().infer({0: np.zeros((1, 32, 32, 3), np.float32)})
+            return compiled
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -351,6 +351,41 @@ def measure_scan_memory(
     return report
 
 
+def _photo_stages(bundle: Bundle, files: list[str], runner: Runner, config: BenchConfig) -> dict[str, Any] | None:
+    """Milliseconds per photo of each whole-photo stage (benchmarks/whole_photo.py's stage_times:
+    decodes, the float and INT8 finders, cuts, window, inference) on up to 8 of `files` that
+    `dfx scan` would search (long side over dfx.faces.CROP_MAX_SIDE); None when there are none,
+    faces are off, or the bundle has no finder."""
+    from PIL import Image
+
+    from dfx.faces import CROP_MAX_SIDE, FACE_FINDER_INT8_ROLE, FACE_FINDER_ROLE, FaceFinder, FinderConfig
+    from dfx.runtime.scan.pipeline import face_options
+
+    options, _ = face_options(bundle, config.faces, config.no_face, config.min_face)
+    if options is None or options.finder is None:
+        return None
+    photos = []
+    for path in files:
+        try:
+            with Image.open(path) as image:  # the header only
+                if max(image.size) > CROP_MAX_SIDE:
+                    photos.append(path)
+        except Exception:
+            continue
+        if len(photos) == 8:
+            break
+    if not photos:
+        return None
+    from dfx.benchmarks.whole_photo import stage_times
+
+    finder_config = FinderConfig(min_face=options.finder.config.min_face)
+    float_finder = FaceFinder(bundle.file(bundle.files_with_role(FACE_FINDER_ROLE)[0]), config=finder_config)
+    int8 = bundle.files_with_role(FACE_FINDER_INT8_ROLE)
+    int8_finder = FaceFinder(bundle.file(int8[0]), config=finder_config) if int8 else None
+    stages = stage_times(photos, float_finder, runner, bundle.input_size, bundle.fit, finder_config.min_face, int8_finder)
+    return {"photos": len(photos), "min_face": finder_config.min_face, **stages}
+
+
 # ---- the run -------------------------------------------------------------------------------------
 def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the bench; returns {"bundle", "config", "machine", "rows", "skipped", "roofline", ...}."""
@@ -430,6 +465,10 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 rows.append(_row(name, runners[name], model_files[name], config.e2e_batch_size, "e2e", stat))
                 if c2pa is not None:
                     rows.append(_row(name, runners[name], model_files[name], config.e2e_batch_size, "e2e+c2pa", c2pa))
+            if e2e_runners:
+                stages = _photo_stages(bundle, files, next(iter(e2e_runners.values())), config)
+                if stages:
+                    extra["whole_photo_stages_ms"] = stages
     finally:
         for runner in runners.values():
             runner.deactivate()

@@ -97,6 +97,14 @@ def text(result: dict[str, Any]) -> str:
                 f"dfx scan (ORT, fresh process, {memory['rows']} files): peak RSS {memory['peak_rss_mb']:.0f} MB, "
                 f"{memory['images_per_s']:.1f} images/s, tensorflow imported: {memory['tensorflow_imported']}"
             )
+    stages = result.get("whole_photo_stages_ms")
+    if stages:
+        parts.append("")
+        names = {"small_simplejpeg": "finder view (DCT decode)", "find": "faces (float finder)", "find_int8": "faces (INT8 finder)",
+                 "full_simplejpeg": "full decode", "region_cuts": "face cuts", "crop_window": "crop + window", "infer": "inference"}
+        shown = ", ".join(f"{label} {stages[key]:.1f}" for key, label in names.items() if stages.get(key))
+        parts.append(f"whole photos ({stages['photos']} of --images, min_face {stages['min_face']}, "
+                     f"{stages['faces_per_image']} faces each), ms per photo on one thread: {shown}")
     return "\n".join(parts)
 
 

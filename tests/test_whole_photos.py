@@ -170,3 +170,22 @@ def test_ray_engine_writes_the_same_face_rows(faces_bundle, photos, tmp_path):
             assert [f["box"] for f in got["face_boxes"]] == [f["box"] for f in want["face_boxes"]]
             for g, w in zip(got["face_boxes"], want["face_boxes"]):
                 assert g["logit"] == pytest.approx(w["logit"], abs=1e-5) and g["decision"] == w["decision"]
+
+
+def test_bench_times_whole_photos_stage_by_stage(faces_bundle, photos):
+    """`dfx bench --images` on a photo inbox: the e2e rows screen faces as dfx scan does, and the
+    report splits a photo's time into decode, face finding, cuts, window and inference."""
+    from dfx.benchmarks import harness, report
+
+    truth, folder = photos
+    config = harness.BenchConfig(images=str(folder), backends=("ort-fp32",), batch_sizes=(4,), iters=2, rounds=1, warmup=0,
+                                 roofline=False, scan_memory=False, provenance=False, e2e_batch_size=4)
+    result = harness.run(faces_bundle, config)
+    stages = result["whole_photo_stages_ms"]
+    assert stages["photos"] == 2  # the group photo and the faceless one; the 64 px crop is not searched
+    assert stages["faces_per_image"] == len(truth["group.jpg"]) / 2
+    for key in ("small_simplejpeg", "find", "full_simplejpeg", "crop_window", "infer"):
+        assert stages[key] > 0, key
+    assert "whole photos (2 of --images" in report.text(result)
+    e2e = [r for r in result["rows"] if r["mode"] == "e2e"]
+    assert e2e and e2e[0]["images"] > 0 and not e2e[0].get("error")

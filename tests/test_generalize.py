@@ -229,3 +229,22 @@ def test_colour_augmentation_varies_the_channel_balance():
         return float(np.std([o[..., 0].mean() - o[..., 1].mean() for o in outs]))
 
     assert balance_spread("colour") > 3 * max(balance_spread("generalize"), 0.5)
+
+
+def test_protocol_trains_on_rescaled_and_laundered_copies(two_roots, tmp_path):
+    pytest.importorskip("sklearn", reason="the shortcut baseline needs scikit-learn (pip install 'dfx[train]')")
+    from dfx.trainer.protocol import IN_DISTRIBUTION, ProtocolConfig, run
+
+    def fold_images(out: str, **options) -> dict:
+        config = ProtocolConfig(data=tuple(str(r) for r in two_roots), out=str(tmp_path / out), size=32, train_canvas=48, epochs=1,
+                                epoch_size=64, batch_size=32, groups=(IN_DISTRIBUTION,), baseline=False, launder=False,
+                                progress=False, **options)
+        run(config, log=lambda _: None)
+        return _manifest(tmp_path / out / "folds" / IN_DISTRIBUTION)
+
+    plain = fold_images("plain")
+    both = fold_images("both", scale_jitter=0.5, launder_training="copy")
+    assert both["training"]["launder_training"] == "copy" and both["training"]["scale_jitter"] == 0.5
+    assert both["data"]["train"]["images"] == 3 * plain["data"]["train"]["images"]  # as stored, rescaled, laundered
+    only = fold_images("only", launder_training="all")
+    assert only["data"]["train"]["images"] == plain["data"]["train"]["images"]

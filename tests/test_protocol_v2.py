@@ -209,3 +209,37 @@ def test_pairs_need_balanced_epochs(paired_tree, tmp_path):
 
     with pytest.raises(DfxError, match="--pairs"):
         check_config(TrainConfig(data="x", out=str(tmp_path), pairs=True, balance=False))
+
+
+def test_laundered_training_copies_leave_a_pair_alike_and_apart_from_the_protocol_rows(paired_tree):
+    from PIL import Image
+
+    from dfx.trainer.alterations import launder
+
+    photos, pseudo = paired_tree
+    photo = sorted((photos / "real" / "a").glob("*.png"))[3]
+    fake = pseudo / "fake" / "ae-tconv-x4" / f"a_{photo.name}"
+    big = Image.new("RGB", (600, 450), (90, 120, 150))  # long side 600: every draw resizes
+    pair = [Image.open(io.BytesIO(launder(str(p), 0, image=big, key=str(photo), kind="launder-training"))).size for p in (photo, fake)]
+    assert pair[0] == pair[1]  # one size (and quality) for both sides of the pair
+    sizes = {Image.open(io.BytesIO(launder(f"x/{i}.png", 0, image=big, kind=k))).size for i in range(8) for k in ("launder", "launder-training")}
+    assert len(sizes) > 4  # the draws differ from image to image and between training and the rows
+
+
+def test_train_with_laundered_copies_records_them(paired_tree, tmp_path):
+    pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
+    from dfx.errors import DfxError
+    from dfx.trainer.train import TrainConfig, check_config, train
+
+    photos, pseudo = paired_tree
+    config = TrainConfig(data=(str(photos), str(pseudo)), out=str(tmp_path / "b"), size=32, train_canvas=None, epochs=1,
+                         epoch_size=128, batch_size=32, architecture="seed_cnn", augment="none", pairs=True,
+                         launder_training="copy", progress=False)
+    t = train(config).manifest["training"]
+    assert t["launder_training"] == "copy"
+    assert t["paired_fakes"] == 2 * 80  # every training pseudo-fake as stored and laundered
+    assert t["pairs_in_same_batch"] > 0.8  # a laundered fake meets its laundered photo
+    with pytest.raises(DfxError, match="--launder-training all"):
+        check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="all", scale_jitter=0.5))
+    with pytest.raises(DfxError, match="copy or all"):
+        check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="some"))

@@ -5,6 +5,7 @@
   JPEG at a random quality 70-90 (4:2:0). The protocol's laundered rows pass every image of both
   classes through it, so that neither size, format nor compression can tell the classes apart.
   (Until protocol v2.1 small images kept their size, and the shortcut baseline still read it.)
+  `dfx train --launder-training` trains on laundered copies too (`copy`) or only (`all`).
 - `rescaled`: the image resized by a random factor in [low, 1): the training-side scale jitter
   (TrainConfig.scale_jitter), a re-shared, smaller copy of the photo.
 
@@ -33,15 +34,17 @@ def _rng(kind: str, seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def launder(path: str, seed: int = 0, image=None) -> bytes:
+def launder(path: str, seed: int = 0, image=None, key: str | None = None, kind: str = "launder") -> bytes:
     """The JPEG bytes of `path` after the social-media pipeline (see the module docstring).
-    `image`: pixels to launder instead of the file's (a face's crop from it; `path` still seeds)."""
+    `image`: pixels to launder instead of the file's (a face's crop from it; `path` still seeds).
+    `key` (default `path`) seeds the size and quality: a pseudo-fake passes its photo's path, so
+    both sides of a pair leave alike. `kind` keeps training draws apart from the protocol's rows."""
     from PIL import Image
 
     from dfx.images import to_rgb
 
     image = to_rgb(path if image is None else image)
-    rng = _rng("launder", seed, path)
+    rng = _rng(kind, seed, key or path)
     target = int(rng.integers(LAUNDER_LONG_SIDE[0], LAUNDER_LONG_SIDE[1] + 1))
     quality = int(rng.integers(LAUNDER_QUALITY[0], LAUNDER_QUALITY[1] + 1))
     w, h = image.size

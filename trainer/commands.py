@@ -113,6 +113,9 @@ def register(sub) -> None:
     train.add_argument("--scale-jitter", type=float, metavar="LOW",
                        help="also train on a copy of every image rescaled by a seeded factor in [LOW, 1) at native resolution "
                        "(e.g. 0.5: a re-shared, smaller upload); default off")
+    train.add_argument("--launder-training", choices=("copy", "all"),
+                       help="launder training images of both classes as a social-media upload (long side to 256-512 px, "
+                       "JPEG q70-90): copy adds a laundered copy of every image, all trains on laundered images only; default off")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")
     train.add_argument("--lr", type=float, default=d["learning_rate"].default, help="peak Adam learning rate after warm-up (default %(default)s)")
     train.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"].default, help="linear learning-rate warm-up, in epochs (default %(default)s)")
@@ -156,6 +159,7 @@ def register(sub) -> None:
     protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
     protocol.add_argument("--pairs", action="store_true", help="draw pseudo-fakes beside their real photo in each batch (see dfx train --pairs)")
     protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
+    protocol.add_argument("--launder-training", choices=("copy", "all"), help="launder the training images too (see dfx train --launder-training)")
     protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
     _add_faces(protocol)
@@ -228,7 +232,7 @@ def _train(args) -> int:
         data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
         architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
         balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, scale_jitter=args.scale_jitter,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
+        launder_training=args.launder_training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
         faces=args.faces,
@@ -263,7 +267,7 @@ def _protocol(args) -> int:
         data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
         groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs,
-        scale_jitter=args.scale_jitter, launder=not args.no_launder, faces=args.faces,
+        scale_jitter=args.scale_jitter, launder_training=args.launder_training, launder=not args.no_launder, faces=args.faces,
     ))
     print(format_table(report))
     return 0

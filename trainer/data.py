@@ -21,7 +21,9 @@ class Arrays:
     y: np.ndarray  # int64 (N,), 1 = fake
     samples: list[Sample]
     errors: list[tuple[str, str]]  # (path, reason) of images that failed to decode
-    variant: np.ndarray | None = None  # int64 (N,): 0 the image as stored, 1 its rescaled copy (with_rescaled); None: all 0
+    # int64 (N,): 0 the image as stored, 1 its rescaled copy (with_rescaled), 2 its laundered copy
+    # (with_laundered); None: all 0
+    variant: np.ndarray | None = None
     no_face: list[str] = field(default_factory=list)  # photos searched where no face was found (skipped)
     searched: int = 0  # photos the face finder looked at
 
@@ -154,12 +156,38 @@ def with_rescaled(arrays: Arrays, canvas: tuple[int, int], fit: str, low: float,
     rescaled by its photo's factor, so the pair stays aligned. Whole photos: each face's crop is
     rescaled (its photo's factor)."""
     photos = list(dict.fromkeys(arrays.samples))  # a photo once, however many faces it has
-    found = rescaled_copies(photos, canvas[0], fit, low, seed, faces=faces, workers=workers, progress=progress)
+    return with_copies(arrays, rescaled_copies(photos, canvas[0], fit, low, seed, faces=faces, workers=workers, progress=progress), 1)
+
+
+def with_laundered(arrays: Arrays, canvas: tuple[int, int], fit: str, seed: int, *,
+                   faces: FacePolicy | None = None, workers: int | None = None, progress: bool = True) -> Arrays:
+    """`arrays` plus a laundered copy of every image (variant 2; TrainConfig.launder_training "copy")."""
+    photos = list(dict.fromkeys(arrays.samples))
+    return with_copies(arrays, laundered_copies(photos, canvas[0], fit, seed, faces=faces, workers=workers, progress=progress), 2)
+
+
+def with_copies(arrays: Arrays, found, variant: int) -> Arrays:
+    """`arrays` followed by the altered copies `found` (a dfx.photo_data.FaceSet), marked `variant`."""
     kept = found.kept
+    first = arrays.variant if arrays.variant is not None else np.zeros(len(arrays.samples), np.int64)
     return Arrays(np.concatenate([arrays.x, found.x]), np.concatenate([arrays.y, found.labels]),
                   list(arrays.samples) + kept, arrays.errors + found.errors,
-                  np.concatenate([np.zeros(len(arrays.samples), np.int64), np.ones(len(kept), np.int64)]),
-                  arrays.no_face, arrays.searched)
+                  np.concatenate([first, np.full(len(kept), variant, np.int64)]), arrays.no_face, arrays.searched)
+
+
+def laundered_copies(samples: list[Sample], side: int, fit: str, seed: int, *, faces: FacePolicy | None = None,
+                     workers: int | None = None, progress: bool = True):
+    """dfx.photo_data.FaceSet of each sample after the social-media pipeline (trainer.alterations.launder:
+    long side to 256-512 px, JPEG q70-90), drawn apart from the protocol's laundered rows and seeded
+    by its pair's photo when it has one, then fitted by the pixel path."""
+    from dfx.trainer.alterations import launder
+
+    keys = {s.path: s.source or s.path for s in samples}
+
+    def alter(path, image=None):
+        return launder(path, seed, image=image, key=keys[path], kind="launder-training")
+
+    return load_faces(samples, side, fit, faces, alter=alter, workers=workers, desc="decode laundered", progress=progress)
 
 
 def rescaled_copies(samples: list[Sample], side: int, fit: str, low: float, seed: int, *, faces: FacePolicy | None = None,

@@ -77,6 +77,7 @@ class ProtocolConfig:
     progress: bool = True  # progress output on a terminal
     pairs: bool = False  # draw pseudo-fakes beside their real photo (TrainConfig.pairs)
     scale_jitter: float | None = None  # training copies rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter)
+    launder_training: str | None = None  # "copy" | "all": laundered training images (TrainConfig.launder_training)
     launder: bool = True  # add the laundered rows
     faces: str = "auto"  # whole photos: off | auto | all (dfx.photo_data); auto decodes face crops exactly as off
 
@@ -101,6 +102,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     from functools import partial
 
     from dfx.trainer.alterations import launder
+    from dfx.trainer.train import check_config
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,13 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     pseudo_groups = {s.group for s in samples if s.label == 1 and decoder_family(s.group)}
 
     pixels = _Cache(out / "cache", config)
-    train_x = pixels.arrays("train", train_s)
-    scaled_x = pixels.rescaled(train_s) if config.scale_jitter is not None else None
+    check_config(_fold_config(config, out, 1))  # refuses a bad combination before any decoding
+    train_x = pixels.laundered_train(train_s) if config.launder_training == "all" else pixels.arrays("train", train_s)
+    copies = []  # (decoded copies of the training images, their Arrays.variant)
+    if config.scale_jitter is not None:
+        copies.append((pixels.rescaled(train_s), 1))
+    if config.launder_training == "copy":
+        copies.append((pixels.laundered_train(train_s), 2))
     eval_x = pixels.arrays("eval", samples)
     laundered_x = pixels.altered(f"all-{LAUNDERED}-s{config.seed}", samples, partial(launder, seed=config.seed)) if config.launder else None
     path_index = {s.path: i for i, s in enumerate(samples)}
@@ -147,7 +154,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 
         fold_train = [s for s in train_s if not excluded(s)]
         fold_val = [s for s in val_s if not excluded(s)]
-        bundle = _train_fold(config, key, out / "folds" / name, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log)
+        bundle = _train_fold(config, key, out / "folds" / name, fold_train, fold_val, train_x, copies, train_s, eval_x, path_index, log)
         threshold = bundle.threshold
         model = _load_model(bundle)
         rows = {}
@@ -227,7 +234,7 @@ def format_table(report: dict) -> str:
     c = report["config"]
     lines = [
         f"{c['architecture']} at {c['size']} px ({c['fit']}, training canvas {c['train_canvas']}), {c['epochs']} epochs x "
-        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}",
+        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, launder training {c.get('launder_training')}",
         "",
         "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | train min |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -263,18 +270,24 @@ def format_table(report: dict) -> str:
 
 # ---- folds ---------------------------------------------------------------------------------------
 
-def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, scaled_x, train_s, eval_x, path_index, log):
-    from dfx.bundle import Bundle
-    from dfx.trainer.data import Arrays
-    from dfx.trainer.train import TrainConfig, fit_arrays
+def _fold_config(config, folder: Path, epochs: int | None = None):
+    from dfx.trainer.train import TrainConfig
 
-    train_config = TrainConfig(
+    return TrainConfig(
         data=tuple(config.data), out=str(folder), size=config.size, fit=config.fit, val_fraction=config.val_fraction,
-        seed=config.seed, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        seed=config.seed, epochs=epochs or config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_epochs=1.0, patience=config.epochs, augment=config.augment, architecture=config.architecture,
         train_canvas=config.train_canvas, balance=True, epoch_size=config.epoch_size, overwrite=True, progress=config.progress,
-        pairs=config.pairs, scale_jitter=config.scale_jitter, faces=config.faces,
+        pairs=config.pairs, scale_jitter=config.scale_jitter, launder_training=config.launder_training, faces=config.faces,
     )
+
+
+def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, copies, train_s, eval_x, path_index, log):
+    from dfx.bundle import Bundle
+    from dfx.trainer.data import Arrays
+    from dfx.trainer.train import fit_arrays
+
+    train_config = _fold_config(config, folder)
     if (folder / "manifest.json").exists():
         try:
             bundle = Bundle.open(folder)
@@ -289,13 +302,13 @@ def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, s
     x, photo = train_x.select(ti)
     windows = [fold_train[i] for i in photo]  # a photo's sample once per face
     y = np.array([s.label for s in windows], np.int64)
-    if scaled_x is None:
-        train_arrays = Arrays(x, y, windows, [])
-    else:  # each image twice: as stored and rescaled (TrainConfig.scale_jitter)
-        sx, sphoto = scaled_x.select(ti)
-        scaled = [fold_train[i] for i in sphoto]
-        train_arrays = Arrays(np.concatenate([x, sx]), np.concatenate([y, np.array([s.label for s in scaled], np.int64)]),
-                              windows + scaled, [], np.concatenate([np.zeros(len(windows), np.int64), np.ones(len(scaled), np.int64)]))
+    train_arrays = Arrays(x, y, windows, [])
+    for decoded, variant in copies:  # each image again: rescaled (scale jitter) or laundered
+        cx, cphoto = decoded.select(ti)
+        copied = [fold_train[i] for i in cphoto]
+        first = train_arrays.variant if train_arrays.variant is not None else np.zeros(len(train_arrays.samples), np.int64)
+        train_arrays = Arrays(np.concatenate([train_arrays.x, cx]), np.concatenate([train_arrays.y, np.array([s.label for s in copied], np.int64)]),
+                              train_arrays.samples + copied, [], np.concatenate([first, np.full(len(copied), variant, np.int64)]))
     vx, vphoto = eval_x.select([path_index[s.path] for s in fold_val])
     val_windows = [fold_val[i] for i in vphoto]
     val_arrays = Arrays(vx, np.array([s.label for s in val_windows], np.int64), val_windows, [])
@@ -387,6 +400,15 @@ class _Cache:
         side = c.train_canvas or c.size
         return self._cached(f"train-rescaled-{c.scale_jitter}-s{c.seed}-{c.fit}-{side}", samples,
                             lambda: rescaled_copies(samples, side, c.fit, c.scale_jitter, c.seed, faces=self.faces, progress=c.progress))
+
+    def laundered_train(self, samples) -> _Decoded:
+        """The training images laundered (TrainConfig.launder_training), at the canvas."""
+        from dfx.trainer.data import laundered_copies
+
+        c = self.config
+        side = c.train_canvas or c.size
+        return self._cached(f"train-laundered-s{c.seed}-{c.fit}-{side}", samples,
+                            lambda: laundered_copies(samples, side, c.fit, c.seed, faces=self.faces, progress=c.progress))
 
     def altered(self, key: str, samples, alter) -> _Decoded:
         """`samples` altered at native resolution (alter(path, image=None) -> PIL image or bytes), at the input size."""
@@ -529,6 +551,8 @@ def _config_key(config: ProtocolConfig, faces_used: bool = True) -> str:
     d = _jsonable(config)
     for k in ("groups", "out", "progress", "baseline", "launder", "faces"):
         d.pop(k)
+    if d.get("launder_training") is None:  # runs from before the option reuse their folds
+        d.pop("launder_training", None)
     if faces_used:
         d["faces"] = config.faces
     d["data"] = [str(Path(p).resolve()) for p in d["data"]]

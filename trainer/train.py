@@ -44,6 +44,7 @@ from dfx.trainer.models import DEFAULT_ARCHITECTURE
 MODEL_FILE = "model.keras"
 HISTORY_JSON = "history.json"
 HISTORY_PNG = "history.png"
+LAUNDER_TRAINING = (None, "copy", "all")  # TrainConfig.launder_training
 
 # A live network's logits differ between images; a dead one returns its bias for every image
 # (spread 0, or float noise around it) and a nearly dead one (most ReLUs dead) a spread far
@@ -91,6 +92,10 @@ class TrainConfig:
     # [scale_jitter, 1) (per image, seeded; applied at native resolution before the pixel path,
     # like a re-shared upload), and the balanced draws pick either copy. None: off.
     scale_jitter: float | None = None
+    # Laundering in training (trainer.alterations.launder: long side to 256-512 px, JPEG q70-90,
+    # both classes): "copy" adds a laundered copy of every training image, "all" trains on the
+    # laundered images only, so no source's size, format or compression is left to learn. None: off.
+    launder_training: str | None = None
     # Whole photos (dfx.photo_data): off scores every image whole; auto finds faces in images over
     # 1024 px (face-crop folders decode exactly as with off); all searches every image. Each face
     # takes its photo's label; the mode is recorded so export's calibration decodes alike.
@@ -164,8 +169,16 @@ def train(config: TrainConfig) -> Bundle:
     canvas = (config.train_canvas, config.train_canvas) if config.train_canvas else size
     # Split by photo above, decoded face by face here: a photo's faces always share a split.
     faces = face_policy(config.faces, size=config.size)
-    train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, faces=faces, workers=config.workers,
-                                        progress=config.progress, desc="decode train")
+    if config.launder_training == "all":
+        found = data_mod.laundered_copies(train_samples, canvas[0], config.fit, config.seed, faces=faces,
+                                          workers=config.workers, progress=config.progress)
+        train_arrays = data_mod.Arrays(found.x, found.labels, found.kept, found.errors, no_face=found.no_face, searched=found.searched)
+    else:
+        train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, faces=faces, workers=config.workers,
+                                            progress=config.progress, desc="decode train")
+    if config.launder_training == "copy":
+        train_arrays = data_mod.with_laundered(train_arrays, canvas, config.fit, config.seed, faces=faces,
+                                               workers=config.workers, progress=config.progress)
     if config.scale_jitter is not None:
         train_arrays = data_mod.with_rescaled(train_arrays, canvas, config.fit, config.scale_jitter, config.seed,
                                               faces=faces, workers=config.workers, progress=config.progress)
@@ -193,6 +206,11 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError("--pairs draws pairs into balanced epochs; it cannot be combined with --no-balance")
     if config.scale_jitter is not None and not 0 < config.scale_jitter < 1:
         raise DfxError(f"--scale-jitter must be between 0 and 1 (e.g. 0.5), not {config.scale_jitter}")
+    if config.launder_training not in LAUNDER_TRAINING:
+        raise DfxError(f"--launder-training must be copy or all, not {config.launder_training!r}")
+    if config.launder_training == "all" and config.scale_jitter is not None:
+        raise DfxError("--launder-training all trains on laundered images only; --scale-jitter would add copies of the originals",
+                       hint="use --launder-training copy with --scale-jitter, or drop one")
     if config.architecture == "npr_cnn" and config.size % 2:
         raise DfxError(f"npr_cnn needs an even --size, not {config.size}")
 
@@ -334,6 +352,7 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "paired_fakes": sum(1 for s in train_arrays.samples if s.source),  # training pseudo-fakes with a known photo
         "pairs_in_same_batch": pairs_together,  # share of drawn pseudo-fakes whose photo shared the batch
         "scale_jitter": config.scale_jitter,
+        "launder_training": config.launder_training,
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
         "best_epoch": best_epoch,
         "interrupted": interrupted,  # stopped with Ctrl-C before early stopping or the last epoch

@@ -243,3 +243,20 @@ def test_train_with_laundered_copies_records_them(paired_tree, tmp_path):
         check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="all", scale_jitter=0.5))
     with pytest.raises(DfxError, match="copy or all"):
         check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="some"))
+    with pytest.raises(DfxError, match="--pseudo-share"):
+        check_config(TrainConfig(data="x", out=str(tmp_path), pseudo_share="half"))
+
+
+def test_pseudo_fakes_can_share_one_generators_part_of_the_fake_half(paired_tree):
+    from dfx.trainer.data import balanced_indices, group_shares
+
+    photos, pseudo = paired_tree
+    samples = datasets.discover([photos, pseudo])
+    each = group_shares(samples)
+    assert each["fake/gan"] == pytest.approx(0.5 / 3) and each["fake/ae-tconv-x4"] == pytest.approx(0.5 / 3)
+    one = group_shares(samples, "one-generator")
+    assert one["fake/gan"] == pytest.approx(0.25)  # the generator and the decoders together: one share each
+    assert one["fake/ae-tconv-x4"] == one["fake/ae-nearest-x8"] == pytest.approx(0.125)
+    assert one["real/a"] == one["real/b"] == pytest.approx(0.25) and sum(one.values()) == pytest.approx(1.0)
+    drawn = balanced_indices(samples, 4, 512, seed=0, pseudo_share="one-generator")
+    assert np.mean([samples[i].group == "gan" for i in drawn]) == pytest.approx(0.25, abs=0.03)

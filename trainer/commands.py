@@ -110,6 +110,9 @@ def register(sub) -> None:
     train.add_argument("--pairs", action="store_true",
                        help="put each drawn pseudo-fake's real photo (pairs.jsonl of `dfx data reconstruct`) in the same batch, "
                        "in place of another real image: the loss then compares the two sides of each pair")
+    train.add_argument("--pseudo-share", choices=("per-decoder", "one-generator"), default=d["pseudo_share"].default,
+                       help="balanced draws: each pseudo-fake decoder takes a generator's share of the fake half (per-decoder, "
+                       "default), or all decoders together take one generator's share (one-generator)")
     train.add_argument("--scale-jitter", type=float, metavar="LOW",
                        help="also train on a copy of every image rescaled by a seeded factor in [LOW, 1) at native resolution "
                        "(e.g. 0.5: a re-shared, smaller upload); default off")
@@ -159,6 +162,8 @@ def register(sub) -> None:
     protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
     protocol.add_argument("--pairs", action="store_true", help="draw pseudo-fakes beside their real photo in each batch (see dfx train --pairs)")
     protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
+    protocol.add_argument("--pseudo-share", choices=("per-decoder", "one-generator"), default=pd["pseudo_share"].default,
+                          help="how the pseudo-fake decoders share the fake half (see dfx train --pseudo-share)")
     protocol.add_argument("--launder-training", choices=("copy", "all"), help="launder the training images too (see dfx train --launder-training)")
     protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
@@ -231,7 +236,7 @@ def _train(args) -> int:
     config = TrainConfig(
         data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
         architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
-        balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, scale_jitter=args.scale_jitter,
+        balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, pseudo_share=args.pseudo_share, scale_jitter=args.scale_jitter,
         launder_training=args.launder_training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
@@ -266,7 +271,7 @@ def _protocol(args) -> int:
     report = run(ProtocolConfig(
         data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
-        groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs,
+        groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs, pseudo_share=args.pseudo_share,
         scale_jitter=args.scale_jitter, launder_training=args.launder_training, launder=not args.no_launder, faces=args.faces,
     ))
     print(format_table(report))

@@ -65,25 +65,37 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
 
-def group_shares(samples: list[Sample]) -> dict[str, float]:
+PSEUDO_SHARES = ("per-decoder", "one-generator")  # TrainConfig.pseudo_share
+
+
+def group_shares(samples: list[Sample], pseudo_share: str = "per-decoder") -> dict[str, float]:
     """Each group's share of a balanced epoch: half for each class, split evenly between the
     class's groups (generators or photo sources), whatever their sizes. So 500 SD faces do not
-    drown 400 ProGAN ones, and four photo sources count alike. Keys are "real/<group>"."""
+    drown 400 ProGAN ones, and four photo sources count alike. Keys are "real/<group>".
+    `pseudo_share` "one-generator": the pseudo-fake decoders (dfx data reconstruct) together
+    take one generator's share, split evenly between them, instead of one share each (8
+    decoders beside 3 generators would otherwise fill 8/11 of the fake half)."""
+    from dfx.trainer.reconstruct import decoder_family
+
     groups: dict[int, set[str]] = {0: set(), 1: set()}
     for s in samples:
         groups[s.label].add(s.group)
     shares = {}
     for label, names in groups.items():
+        half = 0.5 if len(groups[1 - label]) else 1.0
+        pseudo = {n for n in names if label == 1 and decoder_family(n)} if pseudo_share == "one-generator" else set()
+        units = len(names) - len(pseudo) + (1 if pseudo else 0)
         for name in sorted(names):
-            shares[f"{'fake' if label else 'real'}/{name}"] = 0.5 / len(names) if len(groups[1 - label]) else 1.0 / len(names)
+            share = half / units
+            shares[f"{'fake' if label else 'real'}/{name}"] = share / len(pseudo) if name in pseudo else share
     return shares
 
 
-def balanced_indices(samples: list[Sample], epochs: int, epoch_size: int, seed: int) -> np.ndarray:
+def balanced_indices(samples: list[Sample], epochs: int, epoch_size: int, seed: int, pseudo_share: str = "per-decoder") -> np.ndarray:
     """Sample indices for `epochs` epochs of `epoch_size` images, drawn with the shares of
     `group_shares` (with replacement within a group, so a small group is repeated rather than
     outweighed). int64 (epochs * epoch_size,)."""
-    shares = group_shares(samples)
+    shares = group_shares(samples, pseudo_share)
     keys = [f"{'fake' if s.label else 'real'}/{s.group}" for s in samples]
     counts = {k: keys.count(k) for k in shares}
     p = np.array([shares[k] / counts[k] for k in keys], np.float64)

@@ -77,6 +77,7 @@ class ProtocolConfig:
     progress: bool = True  # progress output on a terminal
     pairs: bool = False  # draw pseudo-fakes beside their real photo (TrainConfig.pairs)
     scale_jitter: float | None = None  # training copies rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter)
+    pseudo_share: str = "per-decoder"  # how pseudo-fake decoders share the fake half (TrainConfig.pseudo_share)
     launder_training: str | None = None  # "copy" | "all": laundered training images (TrainConfig.launder_training)
     launder: bool = True  # add the laundered rows
     faces: str = "auto"  # whole photos: off | auto | all (dfx.photo_data); auto decodes face crops exactly as off
@@ -234,7 +235,7 @@ def format_table(report: dict) -> str:
     c = report["config"]
     lines = [
         f"{c['architecture']} at {c['size']} px ({c['fit']}, training canvas {c['train_canvas']}), {c['epochs']} epochs x "
-        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, launder training {c.get('launder_training')}",
+        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, launder training {c.get('launder_training')}, pseudo-fake share {c.get('pseudo_share', 'per-decoder')}",
         "",
         "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | train min |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -278,7 +279,8 @@ def _fold_config(config, folder: Path, epochs: int | None = None):
         seed=config.seed, epochs=epochs or config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_epochs=1.0, patience=config.epochs, augment=config.augment, architecture=config.architecture,
         train_canvas=config.train_canvas, balance=True, epoch_size=config.epoch_size, overwrite=True, progress=config.progress,
-        pairs=config.pairs, scale_jitter=config.scale_jitter, launder_training=config.launder_training, faces=config.faces,
+        pairs=config.pairs, pseudo_share=config.pseudo_share, scale_jitter=config.scale_jitter, launder_training=config.launder_training,
+        faces=config.faces,
     )
 
 
@@ -551,8 +553,10 @@ def _config_key(config: ProtocolConfig, faces_used: bool = True) -> str:
     d = _jsonable(config)
     for k in ("groups", "out", "progress", "baseline", "launder", "faces"):
         d.pop(k)
-    if d.get("launder_training") is None:  # runs from before the option reuse their folds
+    if d.get("launder_training") is None:  # runs from before these options reuse their folds
         d.pop("launder_training", None)
+    if d.get("pseudo_share") == "per-decoder":
+        d.pop("pseudo_share", None)
     if faces_used:
         d["faces"] = config.faces
     d["data"] = [str(Path(p).resolve()) for p in d["data"]]

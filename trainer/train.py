@@ -88,6 +88,9 @@ class TrainConfig:
     # Pseudo-fakes (dfx data reconstruct) drawn with their real photo in the same batch, so the
     # loss compares the two sides of each pair (needs balance).
     pairs: bool = False
+    # How the pseudo-fake decoders share the fake half: "per-decoder" (one group share each, like
+    # a generator) or "one-generator" (together one generator's share). dfx.trainer.data.group_shares
+    pseudo_share: str = "per-decoder"
     # Scale jitter: every training image is also stored resized by a random factor in
     # [scale_jitter, 1) (per image, seeded; applied at native resolution before the pixel path,
     # like a re-shared upload), and the balanced draws pick either copy. None: off.
@@ -189,6 +192,7 @@ def train(config: TrainConfig) -> Bundle:
 
 def check_config(config: TrainConfig) -> None:
     from dfx.trainer import augment as augment_mod
+    from dfx.trainer.data import PSEUDO_SHARES
     from dfx.trainer.models import ARCHITECTURES
 
     if config.fit not in FIT_POLICIES:
@@ -206,6 +210,8 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError("--pairs draws pairs into balanced epochs; it cannot be combined with --no-balance")
     if config.scale_jitter is not None and not 0 < config.scale_jitter < 1:
         raise DfxError(f"--scale-jitter must be between 0 and 1 (e.g. 0.5), not {config.scale_jitter}")
+    if config.pseudo_share not in PSEUDO_SHARES:
+        raise DfxError(f"--pseudo-share must be one of {', '.join(PSEUDO_SHARES)}, not {config.pseudo_share!r}")
     if config.launder_training not in LAUNDER_TRAINING:
         raise DfxError(f"--launder-training must be copy or all, not {config.launder_training!r}")
     if config.launder_training == "all" and config.scale_jitter is not None:
@@ -262,7 +268,8 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
         print(f"attempt {attempt + 1}: {config.architecture}, seed {seed}, peak learning rate {learning_rate:.3g}, "
               f"{len(train_arrays.y)} train / {len(val_arrays.y)} val images at {config.size} px ({config.fit})", file=sys.stderr)
         if config.balance:
-            indices = data_mod.balanced_indices(train_arrays.samples, config.epochs, steps_per_epoch * config.batch_size, seed)
+            indices = data_mod.balanced_indices(train_arrays.samples, config.epochs, steps_per_epoch * config.batch_size, seed,
+                                                 config.pseudo_share)
             if config.pairs:
                 indices = data_mod.paired_indices(train_arrays.samples, indices, config.batch_size, train_arrays.variant)
                 pairs_together = data_mod.pair_share(train_arrays.samples, indices, config.batch_size, train_arrays.variant)
@@ -345,10 +352,11 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "optimizer": "adam",
         "loss": "binary_crossentropy_from_logits",
         "class_weights": None if config.balance else {name: w for name, w in zip(("real", "fake"), data_mod.class_weights(train_arrays.y).values())},
-        "balance": data_mod.group_shares(train_arrays.samples) if config.balance else None,  # share of each epoch per group
+        "balance": data_mod.group_shares(train_arrays.samples, config.pseudo_share) if config.balance else None,  # share of each epoch per group
         # how batches were drawn: "balanced" (equal shares per group), "balanced+pairs" (pseudo-fakes
         # beside their real photo), or "shuffled" (class weights)
         "sampling": ("balanced+pairs" if config.pairs else "balanced") if config.balance else "shuffled",
+        "pseudo_share": config.pseudo_share,
         "paired_fakes": sum(1 for s in train_arrays.samples if s.source),  # training pseudo-fakes with a known photo
         "pairs_in_same_batch": pairs_together,  # share of drawn pseudo-fakes whose photo shared the batch
         "scale_jitter": config.scale_jitter,

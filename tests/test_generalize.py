@@ -98,7 +98,7 @@ def npr_bundle(two_roots, tmp_path_factory) -> Path:
 
     tf.config.experimental.enable_op_determinism()
     out = tmp_path_factory.mktemp("npr") / "bundle"
-    config = TrainConfig(data=tuple(str(r) for r in two_roots), out=str(out), size=32, train_canvas=48, epochs=6,
+    config = TrainConfig(data=tuple(str(r) for r in two_roots), out=str(out), size=32, fit="crop", train_canvas=48, epochs=6,
                          batch_size=32, epoch_size=640, warmup_epochs=1, patience=6, progress=False)
     return train(config).root
 

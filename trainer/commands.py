@@ -98,7 +98,7 @@ def register(sub) -> None:
                        help="npr_cnn: neighbouring-pixel residual + small residual CNN (default); seed_cnn: the seed project's CNN, exactly")
     train.add_argument("--size", type=int, default=d["size"].default, help="input side in pixels (default %(default)s)")
     train.add_argument("--fit", choices=("crop", "resize"), default=d["fit"].default,
-                       help="crop: centre crop at native resolution, keeps up-sampling traces (default); resize: the seed's resize, blurs them")
+                       help="resize (default): the whole image resized to the window; held-out generators are caught far more often (docs/pseudo-fakes.md). crop: native-resolution centre crop, keeps up-sampling traces of the generators it was trained on")
     train.add_argument("--train-canvas", type=int, metavar="N",
                        help="store training images at N px (native-resolution crop) and train on random --size windows of them "
                        "(default: 4/3 of --size; equal to --size turns the windows off)")

@@ -63,7 +63,7 @@ class ProtocolConfig:
     out: str  # folder for folds/, cache/, protocol.json and protocol.md
     architecture: str = DEFAULT_ARCHITECTURE  # what is trained in every fold
     size: int = 96  # model input side
-    fit: str = "crop"  # the bundle's pixel policy (native-resolution centre crop)
+    fit: str = "resize"  # the bundle's pixel policy (TrainConfig.fit)
     train_canvas: int | None = 128  # training images stored at this side; random size windows per step
     epochs: int = 12  # per fold: ~6 min each for npr_cnn on 2 vCPUs at 96 px
     epoch_size: int = 2048  # balanced draws per epoch

@@ -60,7 +60,10 @@ class TrainConfig:
     data: str | tuple[str, ...]  # one labelled folder or labels file, or several pooled (see dfx.datasets.discover)
     out: str  # the bundle folder to write
     size: int = 96  # input height = width; small enough for 2-core training, above every source's minimum side
-    fit: str = "crop"  # centre crop at native resolution: no resampling, so up-sampling traces survive
+    # resize (the default): the whole face resized to the window, which held out
+    # generators far better than a native-resolution crop (docs/pseudo-fakes.md); crop keeps
+    # native-resolution traces, for data whose generators and cameras the training set covers.
+    fit: str = "resize"
     real: tuple[str, ...] | None = None  # folder names that hold real images (seed layout)
     fake: tuple[str, ...] | None = None  # folder names that hold fake images (seed layout)
     val_fraction: float = 0.2  # held out, stratified by label and generator

@@ -89,8 +89,8 @@ def register(sub) -> None:
         "the best weights restored, a Platt-calibrated probability). DATA is real/<source>/ + fake/<generator>/, flat "
         "real/ + fake/, the seed's per-source folders with --real/--fake, or a CSV/TSV labels file; give several DATA "
         "to pool them. Each epoch draws every generator and every photo source in an equal share of its class "
-        "(--no-balance: plain epochs with class weights). The default recipe: npr_cnn at 96 px on native-resolution "
-        "windows, generalize augmentation; `dfx protocol` measures how it holds on sources it never saw.",
+        "(--no-balance: plain epochs with class weights). The default recipe: npr_cnn at 96 px, the whole image "
+        "resized (--fit resize), generalize augmentation; `dfx protocol` measures how it holds on sources it never saw.",
     )
     train.add_argument("data", metavar="DATA", nargs="+", help="labelled image folder(s) or labels file(s) (path,label[,group])")
     train.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (model.keras, manifest.json, history)")

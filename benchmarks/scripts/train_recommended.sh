@@ -3,7 +3,7 @@
 #   bash benchmarks/scripts/train_recommended.sh OUT
 # 1. dfx data reconstruct: aligned pseudo-fakes of every real photo of the shared folders
 #    (one autoencoder decoder per photo, 8 decoders), into OUT.pseudo-fakes/ (resumable);
-# 2. dfx train: the default recipe (npr_cnn, 96 px native windows, generalize augmentation,
+# 2. dfx train: the default recipe (npr_cnn, 96 px, whole image resized, generalize augmentation,
 #    balanced by source) on all shared folders + the pseudo-fakes, pairs drawn into one batch;
 # 3. dfx export OUT --int8: ONNX, calibrated INT8 Q/DQ, parity report.
 # Overrides (environment): DFX_DATA (default ../shared/data), DFX (the dfx command), EPOCHS (30),

@@ -195,13 +195,11 @@ class FaceFinder:
         height, width = rgb.shape[:2]
         image = Image.fromarray(rgb)
         found: list[np.ndarray] = []
-        level = image
         for factor in self.levels(height, width, scale):
             lw, lh = max(1, round(width * factor)), max(1, round(height * factor))
-            # Each level from the one before (finest first): resizing the 1.4 MP first level to the
-            # next costs a tenth of resizing the decode again.
-            if level.size != (lw, lh):
-                level = level.resize((lw, lh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            # Every level from the decode itself: resizing each from the level before was ~15 ms
+            # faster per 12 MP photo but lost a 625 px face on the whole-photo benchmark's set.
+            level = image if (lw, lh) == (width, height) else image.resize((lw, lh), Image.Resampling.BILINEAR, reducing_gap=2.0)
             boxes = self._detect(np.asarray(level))
             if len(boxes):
                 boxes[:, :4] *= scale * width / lw  # level px -> full-res px (x and y scale alike)

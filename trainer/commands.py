@@ -100,7 +100,7 @@ def register(sub) -> None:
     train.add_argument("--fit", choices=("crop", "resize"), default=d["fit"].default,
                        help="resize (default): the whole image resized to the window; held-out generators are caught far more often (docs/pseudo-fakes.md). crop: native-resolution centre crop, keeps up-sampling traces of the generators it was trained on")
     train.add_argument("--train-canvas", type=int, metavar="N",
-                       help="store training images at N px (native-resolution crop) and train on random --size windows of them "
+                       help="store training images at N px (by the --fit policy) and train on random --size windows of them "
                        "(default: 4/3 of --size; equal to --size turns the windows off)")
     _add_mapping(train)
     _add_faces(train)

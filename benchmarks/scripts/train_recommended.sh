@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The recommended detector in one command, from the repository root with ../shared/data beside it:
 #   bash benchmarks/scripts/train_recommended.sh OUT
-# 1. dfx data reconstruct: aligned pseudo-fakes of every real photo of the shared folders
-#    (one autoencoder decoder per photo, 8 decoders), into OUT.pseudo-fakes/ (resumable);
-# 2. dfx train: the default recipe (npr_cnn, 96 px, whole image resized, generalize augmentation,
-#    balanced by source) on all shared folders + the pseudo-fakes, pairs drawn into one batch;
-# 3. dfx export OUT --int8: ONNX, calibrated INT8 Q/DQ, parity report.
+# 1. dfx train: the default recipe (npr_cnn, 96 px, whole image resized, generalize augmentation,
+#    balanced by source) on all shared folders;
+# 2. dfx export OUT --int8: ONNX, calibrated INT8 Q/DQ, parity report.
+# With PSEUDO_FAKES=1, first dfx data reconstruct makes aligned pseudo-fakes of every real photo
+# (one autoencoder decoder per photo, 8 decoders) into OUT.pseudo-fakes/ (resumable), and training
+# adds them with pairs drawn into one batch. Off by default: in protocol v2 they lowered the
+# held-out real generators' AUC with every policy tried (crop 0.436 -> 0.325, resize 0.655 ->
+# 0.599, resize + laundered training 0.615 -> 0.556; docs/pseudo-fakes.md).
 # Overrides (environment): DFX_DATA (default ../shared/data), DFX (the dfx command), EPOCHS (30),
-# EPOCH_SIZE (4096 balanced draws per epoch: keeps the run near an hour on 2 vCPUs), RECON_STEPS
-# (800 steps per autoencoder), PSEUDO (the pseudo-fake folder), PSEUDO_FAKES=0 (skip step 1 and
-# train on the shared folders alone: protocol v2 at 6 and 16 epochs found the pseudo-fakes lowered
-# the held-out real generators' AUC, docs/pseudo-fakes.md).
+# EPOCH_SIZE (4096 balanced draws per epoch), RECON_STEPS (800 steps per autoencoder), PSEUDO
+# (the pseudo-fake folder), PSEUDO_FAKES (0 by default; 1 reconstructs and trains on them).
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/scripts/train_recommended.sh OUT_BUNDLE}
 DATA=${DFX_DATA:-../shared/data}
@@ -30,7 +31,7 @@ fi
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" >&2; }
 train_data=("${roots[@]}")
-if [ "${PSEUDO_FAKES:-1}" != 0 ]; then
+if [ "${PSEUDO_FAKES:-0}" != 0 ]; then
     stamp "reconstruct ${roots[*]} -> $PSEUDO"
     $DFX data reconstruct "${roots[@]}" --out "$PSEUDO" --steps "$RECON_STEPS"
     train_data+=("$PSEUDO")

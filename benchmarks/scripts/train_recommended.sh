@@ -8,7 +8,7 @@
 # (one autoencoder decoder per photo, 8 decoders) into OUT.pseudo-fakes/ (resumable), and training
 # adds them with pairs drawn into one batch. Off by default: in protocol v2 they lowered the
 # held-out real generators' AUC with every policy tried (crop 0.436 -> 0.325, resize 0.655 ->
-# 0.599, resize + laundered training 0.615 -> 0.556; docs/pseudo-fakes.md).
+# 0.625, resize + laundered training 0.615 -> 0.556; docs/pseudo-fakes.md).
 # Overrides (environment): DFX_DATA (default ../shared/data), DFX (the dfx command), EPOCHS (30),
 # EPOCH_SIZE (4096 balanced draws per epoch), RECON_STEPS (800 steps per autoencoder), PSEUDO
 # (the pseudo-fake folder), PSEUDO_FAKES (0 by default; 1 reconstructs and trains on them).

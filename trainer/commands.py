@@ -80,7 +80,11 @@ def register(sub) -> None:
     data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
 
     from dfx.trainer.augment import AUGMENT_MODES
+    from dfx.trainer.data import PSEUDO_SHARES
     from dfx.trainer.models import ARCHITECTURES
+    from dfx.trainer.train import LAUNDER_TRAINING
+
+    launderings = [m for m in LAUNDER_TRAINING if m]
 
     train = sub.add_parser(
         "train",
@@ -110,13 +114,13 @@ def register(sub) -> None:
     train.add_argument("--pairs", action="store_true",
                        help="put each drawn pseudo-fake's real photo (pairs.jsonl of `dfx data reconstruct`) in the same batch, "
                        "in place of another real image: the loss then compares the two sides of each pair")
-    train.add_argument("--pseudo-share", choices=("per-decoder", "one-generator"), default=d["pseudo_share"].default,
+    train.add_argument("--pseudo-share", choices=PSEUDO_SHARES, default=d["pseudo_share"].default,
                        help="balanced draws: each pseudo-fake decoder takes a generator's share of the fake half (per-decoder, "
                        "default), or all decoders together take one generator's share (one-generator)")
     train.add_argument("--scale-jitter", type=float, metavar="LOW",
                        help="also train on a copy of every image rescaled by a seeded factor in [LOW, 1) at native resolution "
                        "(e.g. 0.5: a re-shared, smaller upload); default off")
-    train.add_argument("--launder-training", choices=("copy", "all"),
+    train.add_argument("--launder-training", choices=launderings,
                        help="launder training images of both classes as a social-media upload (long side to 256-512 px, "
                        "JPEG q70-90): copy adds a laundered copy of every image, all trains on laundered images only; default off")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")
@@ -162,9 +166,9 @@ def register(sub) -> None:
     protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
     protocol.add_argument("--pairs", action="store_true", help="draw pseudo-fakes beside their real photo in each batch (see dfx train --pairs)")
     protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
-    protocol.add_argument("--pseudo-share", choices=("per-decoder", "one-generator"), default=pd["pseudo_share"].default,
+    protocol.add_argument("--pseudo-share", choices=PSEUDO_SHARES, default=pd["pseudo_share"].default,
                           help="how the pseudo-fake decoders share the fake half (see dfx train --pseudo-share)")
-    protocol.add_argument("--launder-training", choices=("copy", "all"), help="launder the training images too (see dfx train --launder-training)")
+    protocol.add_argument("--launder-training", choices=launderings, help="launder the training images too (see dfx train --launder-training)")
     protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
     _add_faces(protocol)

@@ -27,14 +27,18 @@ class Arrays:
     no_face: list[str] = field(default_factory=list)  # photos searched where no face was found (skipped)
     searched: int = 0  # photos the face finder looked at
 
+    @classmethod
+    def of(cls, found) -> "Arrays":
+        """The Arrays of a dfx.photo_data.FaceSet (what load_faces returns)."""
+        return cls(found.x, found.labels, found.kept, found.errors, no_face=found.no_face, searched=found.searched)
+
 
 def load_arrays(samples: list[Sample], size: tuple[int, int], fit: str, *, faces: FacePolicy | None = None,
                 workers: int | None = None, progress: bool = True, desc: str = "decode") -> Arrays:
     """Decode every sample with load_image (threaded), whole or face by face (`faces`; None: off).
     Unreadable images and photos without a face are skipped and reported, never fatal: one broken
     file must not cost a training run."""
-    found = load_faces(samples, size, fit, faces, workers=workers, desc=desc, progress=progress)
-    return Arrays(found.x, found.labels, found.kept, found.errors, no_face=found.no_face, searched=found.searched)
+    return Arrays.of(load_faces(samples, size, fit, faces, workers=workers, desc=desc, progress=progress))
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -168,23 +172,22 @@ def with_rescaled(arrays: Arrays, canvas: tuple[int, int], fit: str, low: float,
     rescaled by its photo's factor, so the pair stays aligned. Whole photos: each face's crop is
     rescaled (its photo's factor)."""
     photos = list(dict.fromkeys(arrays.samples))  # a photo once, however many faces it has
-    return with_copies(arrays, rescaled_copies(photos, canvas[0], fit, low, seed, faces=faces, workers=workers, progress=progress), 1)
+    return with_copies(arrays, Arrays.of(rescaled_copies(photos, canvas[0], fit, low, seed, faces=faces, workers=workers, progress=progress)), 1)
 
 
 def with_laundered(arrays: Arrays, canvas: tuple[int, int], fit: str, seed: int, *,
                    faces: FacePolicy | None = None, workers: int | None = None, progress: bool = True) -> Arrays:
     """`arrays` plus a laundered copy of every image (variant 2; TrainConfig.launder_training "copy")."""
     photos = list(dict.fromkeys(arrays.samples))
-    return with_copies(arrays, laundered_copies(photos, canvas[0], fit, seed, faces=faces, workers=workers, progress=progress), 2)
+    return with_copies(arrays, Arrays.of(laundered_copies(photos, canvas[0], fit, seed, faces=faces, workers=workers, progress=progress)), 2)
 
 
-def with_copies(arrays: Arrays, found, variant: int) -> Arrays:
-    """`arrays` followed by the altered copies `found` (a dfx.photo_data.FaceSet), marked `variant`."""
-    kept = found.kept
+def with_copies(arrays: Arrays, copies: Arrays, variant: int) -> Arrays:
+    """`arrays` followed by altered `copies` of its images, marked `variant` (Arrays.variant)."""
     first = arrays.variant if arrays.variant is not None else np.zeros(len(arrays.samples), np.int64)
-    return Arrays(np.concatenate([arrays.x, found.x]), np.concatenate([arrays.y, found.labels]),
-                  list(arrays.samples) + kept, arrays.errors + found.errors,
-                  np.concatenate([first, np.full(len(kept), variant, np.int64)]), arrays.no_face, arrays.searched)
+    return Arrays(np.concatenate([arrays.x, copies.x]), np.concatenate([arrays.y, copies.y]),
+                  list(arrays.samples) + list(copies.samples), arrays.errors + copies.errors,
+                  np.concatenate([first, np.full(len(copies.samples), variant, np.int64)]), arrays.no_face, arrays.searched)
 
 
 def laundered_copies(samples: list[Sample], side: int, fit: str, seed: int, *, faces: FacePolicy | None = None,

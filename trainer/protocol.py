@@ -123,7 +123,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     pseudo_groups = {s.group for s in samples if s.label == 1 and decoder_family(s.group)}
 
     pixels = _Cache(out / "cache", config)
-    check_config(_fold_config(config, out, 1))  # refuses a bad combination before any decoding
+    check_config(_fold_config(config, out))  # refuses a bad combination before any decoding
     train_x = pixels.laundered_train(train_s) if config.launder_training == "all" else pixels.arrays("train", train_s)
     copies = []  # (decoded copies of the training images, their Arrays.variant)
     if config.scale_jitter is not None:
@@ -271,12 +271,12 @@ def format_table(report: dict) -> str:
 
 # ---- folds ---------------------------------------------------------------------------------------
 
-def _fold_config(config, folder: Path, epochs: int | None = None):
+def _fold_config(config, folder: Path):
     from dfx.trainer.train import TrainConfig
 
     return TrainConfig(
         data=tuple(config.data), out=str(folder), size=config.size, fit=config.fit, val_fraction=config.val_fraction,
-        seed=config.seed, epochs=epochs or config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        seed=config.seed, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_epochs=1.0, patience=config.epochs, augment=config.augment, architecture=config.architecture,
         train_canvas=config.train_canvas, balance=True, epoch_size=config.epoch_size, overwrite=True, progress=config.progress,
         pairs=config.pairs, pseudo_share=config.pseudo_share, scale_jitter=config.scale_jitter, launder_training=config.launder_training,
@@ -286,7 +286,7 @@ def _fold_config(config, folder: Path, epochs: int | None = None):
 
 def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, copies, train_s, eval_x, path_index, log):
     from dfx.bundle import Bundle
-    from dfx.trainer.data import Arrays
+    from dfx.trainer.data import Arrays, with_copies
     from dfx.trainer.train import fit_arrays
 
     train_config = _fold_config(config, folder)
@@ -308,9 +308,7 @@ def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, c
     for decoded, variant in copies:  # each image again: rescaled (scale jitter) or laundered
         cx, cphoto = decoded.select(ti)
         copied = [fold_train[i] for i in cphoto]
-        first = train_arrays.variant if train_arrays.variant is not None else np.zeros(len(train_arrays.samples), np.int64)
-        train_arrays = Arrays(np.concatenate([train_arrays.x, cx]), np.concatenate([train_arrays.y, np.array([s.label for s in copied], np.int64)]),
-                              train_arrays.samples + copied, [], np.concatenate([first, np.full(len(copied), variant, np.int64)]))
+        train_arrays = with_copies(train_arrays, Arrays(cx, np.array([s.label for s in copied], np.int64), copied, []), variant)
     vx, vphoto = eval_x.select([path_index[s.path] for s in fold_val])
     val_windows = [fold_val[i] for i in vphoto]
     val_arrays = Arrays(vx, np.array([s.label for s in val_windows], np.int64), val_windows, [])

@@ -176,9 +176,8 @@ def train(config: TrainConfig) -> Bundle:
     # Split by photo above, decoded face by face here: a photo's faces always share a split.
     faces = face_policy(config.faces, size=config.size)
     if config.launder_training == "all":
-        found = data_mod.laundered_copies(train_samples, canvas[0], config.fit, config.seed, faces=faces,
-                                          workers=config.workers, progress=config.progress)
-        train_arrays = data_mod.Arrays(found.x, found.labels, found.kept, found.errors, no_face=found.no_face, searched=found.searched)
+        train_arrays = data_mod.Arrays.of(data_mod.laundered_copies(train_samples, canvas[0], config.fit, config.seed, faces=faces,
+                                                                    workers=config.workers, progress=config.progress))
     else:
         train_arrays = data_mod.load_arrays(train_samples, canvas, config.fit, faces=faces, workers=config.workers,
                                             progress=config.progress, desc="decode train")
@@ -216,7 +215,7 @@ def check_config(config: TrainConfig) -> None:
     if config.pseudo_share not in PSEUDO_SHARES:
         raise DfxError(f"--pseudo-share must be one of {', '.join(PSEUDO_SHARES)}, not {config.pseudo_share!r}")
     if config.launder_training not in LAUNDER_TRAINING:
-        raise DfxError(f"--launder-training must be copy or all, not {config.launder_training!r}")
+        raise DfxError(f"--launder-training must be {' or '.join(filter(None, LAUNDER_TRAINING))}, not {config.launder_training!r}")
     if config.launder_training == "all" and config.scale_jitter is not None:
         raise DfxError("--launder-training all trains on laundered images only; --scale-jitter would add copies of the originals",
                        hint="use --launder-training copy with --scale-jitter, or drop one")

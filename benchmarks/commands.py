@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from dfx.runtime.scan.flags import add_faces_flags
 
     add_faces_flags(p.add_argument_group("whole photos in the --images rows (as dfx scan)"))
+    p.add_argument("--against", metavar="BUNDLE", help="also time a second bundle on the same backends, interleaved in the same slices, "
+                   "and give each row its ratio to it (e.g. against the 256 px seed CNN: benchmarks/scripts/seed_bundle.py)")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
     p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~8 s of microbenchmarks, run before and after the rows)")
     p.add_argument("--json", metavar="FILE", help="write rows, machine, software and limits to FILE as JSON")
@@ -77,6 +79,7 @@ def bench_command(args: argparse.Namespace) -> int:
         faces=args.faces,
         no_face=args.no_face,
         min_face=args.min_face,
+        against=args.against,
     )
     result = harness.run(args.bundle, config, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(report.text(result))

@@ -16,6 +16,11 @@ End to end (`images=DIR`): the same runners behind dfx.runtime.scan.pipeline.ite
 budget; with the `c2pa` extra also an `e2e+c2pa` row per backend, the same pipeline reading
 each file's C2PA manifest as `dfx scan` does by default, in slices alternating with the plain
 e2e ones (`vs_e2e_off`: its rate over the plain e2e rate). The peak memory of `dfx scan` on ONNX Runtime is measured in a fresh subprocess.
+Against a second bundle (`against=DIR`, `dfx bench --against`): the same backends run that
+bundle too, in the same interleaved slices (each at its own input size); its rows carry
+`against: true`, and each of the bundle's rows gets `ratio_vs_against`, its rate over the other
+bundle's at the same backend and batch size. So "at least as fast as the 256 px seed CNN" is
+one run on one machine.
 """
 
 from __future__ import annotations
@@ -93,6 +98,11 @@ class BenchConfig:
     faces: str = "auto"
     no_face: str = "no_face"
     min_face: int | None = None
+    # A second bundle timed beside this one (same backends, interleaved): rows `against: true`.
+    against: str | None = None
+
+
+AGAINST = "against:"  # runner-key prefix of the second bundle's runners
 
 
 # ---- backends ------------------------------------------------------------------------------------
@@ -171,15 +181,17 @@ def _input_batch(images: list[np.ndarray] | None, size: tuple[int, int], batch: 
 
 
 def measure_inference(
-    runners: dict[str, Runner], batch: np.ndarray, config: BenchConfig, progress: Callable[[], None] = lambda: None
+    runners: dict[str, Runner], batch: np.ndarray | dict[str, np.ndarray], config: BenchConfig, progress: Callable[[], None] = lambda: None
 ) -> dict[str, dict[str, Any]]:
-    """Interleaved timing of several active runners on one batch; {name: stats}."""
+    """Interleaved timing of several active runners on one batch (or a batch per runner, for
+    bundles of different input sizes); {name: stats}."""
+    batches = batch if isinstance(batch, dict) else {name: batch for name in runners}
     latencies: dict[str, list[float]] = {name: [] for name in runners}
     errors: dict[str, str] = {}
     for name, runner in runners.items():
         try:
             for _ in range(max(config.warmup, 1)):
-                runner.infer(batch)
+                runner.infer(batches[name])
         except Exception as exc:  # one failing backend becomes an error row, the others go on
             errors[name] = f"{type(exc).__name__}: {exc}"
     live = [name for name in runners if name not in errors]
@@ -190,7 +202,7 @@ def measure_inference(
         for name in live[shift:] + live[:shift]:
             if name in errors:
                 continue
-            runner, times = runners[name], latencies[name]
+            runner, times, batch_in = runners[name], latencies[name], batches[name]
             if config.iters is not None:
                 share = config.iters // rounds + (1 if round_index < config.iters % rounds else 0)
                 budget_ok = lambda done, _began: done < share  # noqa: E731
@@ -201,7 +213,7 @@ def measure_inference(
             try:
                 while budget_ok(done, began):
                     start = time.perf_counter()
-                    runner.infer(batch)
+                    runner.infer(batch_in)
                     times.append(time.perf_counter() - start)
                     done += 1
             except Exception as exc:
@@ -215,7 +227,7 @@ def measure_inference(
         times = latencies[name]
         total = sum(times)
         stats[name] = {
-            "images_per_s": round(len(times) * len(batch) / total, 2) if total > 0 else 0.0,
+            "images_per_s": round(len(times) * len(batches[name]) / total, 2) if total > 0 else 0.0,
             **_percentiles(times),
             "batches": len(times),
             "seconds": round(total, 6),
@@ -409,6 +421,12 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                          hint="install an extra (pip install 'dfx[cpu]' or 'dfx[openvino]'), or `dfx export` the bundle")
     for name, why in skipped.items():
         log(f"dfx bench: skipping {name}: {why}")
+    other = Bundle.open(config.against) if config.against else None
+    other_names: list[str] = []
+    if other is not None:
+        other_names, other_skipped = plan_backends(other, tuple(n for n in names if n != "keras"))
+        for name, why in other_skipped.items():
+            log(f"dfx bench: --against bundle: skipping {name}: {why}")
 
     files: list[str] = []
     sample: list[np.ndarray] | None = None
@@ -436,15 +454,29 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
             runners[name] = runner
         except Exception as exc:
             rows.append(_error_row(name, "inference", f"cannot start: {type(exc).__name__}: {exc}"))
+    for name in other_names:
+        try:
+            runner, model_files[AGAINST + name] = make_runner(other, name, config.threads)  # type: ignore[arg-type]
+            runner.activate()
+            runners[AGAINST + name] = runner
+        except Exception as exc:
+            rows.append({**_error_row(name, "inference", f"cannot start: {type(exc).__name__}: {exc}"), "against": True})
     try:
         batch_sizes = sorted(set(config.batch_sizes))
         total = len(batch_sizes) * max(config.rounds, 1) * len(runners)
         with tqdm(total=total, desc="dfx bench", unit="slice", disable=None, file=sys.stderr) as bar:
             for batch_size in batch_sizes:
                 batch = _input_batch(sample, bundle.input_size, batch_size, config.seed)
-                stats = measure_inference(runners, batch, config, progress=lambda: bar.update(1))
+                batches = {name: batch for name in runners if not name.startswith(AGAINST)}
+                if other is not None:  # random pixels at its size: speed does not depend on them
+                    other_batch = _input_batch(None, other.input_size, batch_size, config.seed)
+                    batches.update({name: other_batch for name in runners if name.startswith(AGAINST)})
+                stats = measure_inference(runners, batches, config, progress=lambda: bar.update(1))
                 for name, stat in stats.items():
-                    rows.append(_row(name, runners[name], model_files[name], batch_size, "inference", stat))
+                    if name.startswith(AGAINST):
+                        rows.append({**_row(name[len(AGAINST):], runners[name], model_files[name], batch_size, "inference", stat), "against": True})
+                    else:
+                        rows.append(_row(name, runners[name], model_files[name], batch_size, "inference", stat))
         _add_ratios(rows)
         extra: dict[str, Any] = {}
         trt_names = [n for n in runners if n.startswith("trt-")]
@@ -456,7 +488,8 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 if profile:
                     row.update(profile)
         if files:
-            e2e_runners = {name: runner for name, runner in runners.items() if name != "keras"}  # nobody scans through Keras
+            # Nobody scans through Keras; the --against bundle is timed on inference only.
+            e2e_runners = {name: runner for name, runner in runners.items() if name != "keras" and not name.startswith(AGAINST)}
             with tqdm(total=max(config.rounds, 1) * len(e2e_runners), desc="dfx bench e2e", unit="slice", disable=None, file=sys.stderr) as bar:
                 e2e_batch = _input_batch(sample, bundle.input_size, config.e2e_batch_size, config.seed)
                 stats = measure_end_to_end(e2e_runners, files, e2e_batch, bundle, config, progress=lambda: bar.update(1))
@@ -482,6 +515,9 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
         "skipped": skipped,
         **extra,
     }
+    if other is not None:
+        result["against"] = {"bundle": os.fspath(config.against), "input_size": list(other.input_size), "architecture": other.manifest.get("architecture")}
+        result["architecture"] = bundle.manifest.get("architecture")
     if config.roofline:
         from dfx.benchmarks import roofline
 
@@ -513,10 +549,15 @@ def _error_row(name: str, mode: str, error: str, batch: int | None = None) -> di
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
-    keras = {r["batch"]: r["images_per_s"] for r in rows if r["backend_name"] == "keras" and r["mode"] == "inference" and r.get("images_per_s")}
-    for row in rows:
-        if row["mode"] == "inference" and row.get("images_per_s") and row["batch"] in keras:
+    """`ratio_vs_keras` per inference row; with --against, the bundle's rows' `ratio_vs_against`."""
+    timed = [r for r in rows if r["mode"] == "inference" and r.get("images_per_s")]
+    keras = {r["batch"]: r["images_per_s"] for r in timed if r["backend_name"] == "keras" and not r.get("against")}
+    other = {(r["backend_name"], r["batch"]): r["images_per_s"] for r in timed if r.get("against")}
+    for row in timed:
+        if row["batch"] in keras and not row.get("against"):
             row["ratio_vs_keras"] = round(row["images_per_s"] / keras[row["batch"]], 3)
+        if (row["backend_name"], row["batch"]) in other and not row.get("against"):
+            row["ratio_vs_against"] = round(row["images_per_s"] / other[(row["backend_name"], row["batch"])], 3)
 
 
 def _trt_profile(runner: Runner, bundle: Bundle, config: BenchConfig) -> dict[int, dict[str, Any]]:
@@ -571,8 +612,8 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], rates: Any) -> dict
         "minimum_bytes": "per image: weights once per batch (as stored) + input tensor + output tensor; activations assumed cached",
     }
     for row in rows:
-        if row["mode"] != "inference" or not row.get("images_per_s") or row["backend"] in ("trt", "ort-cuda"):
-            continue  # the microbenchmarks measure the CPU; GPU rows have no roof from them
+        if row["mode"] != "inference" or not row.get("images_per_s") or row["backend"] in ("trt", "ort-cuda") or row.get("against"):
+            continue  # the microbenchmarks measure the CPU; GPU rows have no roof from them; the graph is this bundle's
         cost = costs.get(row["precision"]) or costs.get("fp32")  # bf16 runs the fp32 graph
         if cost is None or isinstance(cost, Exception):
             continue

@@ -11,6 +11,7 @@ from dfx.bundle import json_default
 
 COLUMNS = (  # (header, row key, format)
     ("mode", "mode", "{}"),
+    ("bundle", "bundle_label", "{}"),
     ("backend", "backend_name", "{}"),
     ("batch", "batch", "{}"),
     ("images/s", "images_per_s", "{:.1f}"),
@@ -18,6 +19,7 @@ COLUMNS = (  # (header, row key, format)
     ("p95 ms", "p95_ms", "{:.1f}"),
     ("p99 ms", "p99_ms", "{:.1f}"),
     ("x keras", "ratio_vs_keras", "{:.2f}"),
+    ("x against", "ratio_vs_against", "{:.2f}"),
     ("roof %", "roof_fraction", "{:.0%}"),
     ("e2e/pure", "vs_inference", "{:.0%}"),
     ("c2pa on/off", "vs_e2e_off", "{:.0%}"),
@@ -55,8 +57,16 @@ def text(result: dict[str, Any]) -> str:
     """Everything a reader needs, for the terminal: machine, table, limits, TRT split, memory."""
     from dfx.benchmarks import machine
 
-    parts = [machine.describe(result["machine"]), "", table(result["rows"])]
-    files = {r["backend_name"]: r["file"] for r in result["rows"] if r.get("file")}
+    rows = result["rows"]
+    against = result.get("against")
+    if against:  # label both bundles' rows, and say what "x against" divides by
+        rows = [{**r, "bundle_label": "against" if r.get("against") else "this"} for r in rows]
+    parts = [machine.describe(result["machine"]), "", table(rows)]
+    if against:
+        size = "x".join(str(s) for s in against["input_size"])
+        parts.append(f"against: {against['bundle']} ({against.get('architecture') or '?'}, {size} px), timed in the same slices; "
+                     "x against = this bundle's images/s over its images/s at the same backend and batch")
+    files = {r["backend_name"]: r["file"] for r in result["rows"] if r.get("file") and not r.get("against")}
     if files:
         parts.append("files: " + "; ".join(f"{name} {file}" for name, file in files.items()))
     if result.get("skipped"):
@@ -124,7 +134,8 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if r.get("images_per_s")]
+    # The --against bundle's bars are their own series.
+    rows = [{**r, "backend_name": r["backend_name"] + (" (against)" if r.get("against") else "")} for r in result["rows"] if r.get("images_per_s")]
     groups = sorted({(r["mode"] != "inference", r["batch"]) for r in rows})
     names = list(dict.fromkeys(r["backend_name"] for r in rows))
     width = 0.8 / max(len(names), 1)

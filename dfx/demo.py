@@ -22,7 +22,7 @@ def register(sub) -> None:
         "demo",
         help="run synth -> train -> export -> scan -> bench on synthetic data (a few minutes, no downloads)",
         description="Run the whole dfx job on an embedded synthetic real-vs-GAN set: generate it, train the "
-        "default detector (npr_cnn) at a small size, export ONNX/FP16/INT8 with parity checks, scan the images, and benchmark. "
+        "default detector (seed_cnn) at a small size, export ONNX/FP16/INT8 with parity checks, scan the images, and benchmark. "
         "The resulting model has seen only synthetic data; see README for training on real faces.",
     )
     parser.add_argument("--out", default="dfx-demo", help="folder for everything the demo writes (default: ./dfx-demo)")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _step("1/5 synthesize a real-vs-GAN set", ["data", "synth", str(data), "--n", str(args.n), "--size", str(args.size), "--seed", str(args.seed)])
     _step(
-        "2/5 train the default detector (npr_cnn)",
+        "2/5 train the default detector (seed_cnn)",
         # A small set at batch 128 makes 3 steps an epoch; batch 32 gives the short run enough steps.
         ["train", str(data), "--out", str(bundle), "--size", str(args.size), "--train-canvas", str(args.size), "--epochs", str(args.epochs),
          "--batch-size", "32", "--warmup-epochs", "1", "--patience", str(args.epochs), "--seed", str(args.seed)],

@@ -133,3 +133,31 @@ def test_bench_imports_and_help_without_optional_frameworks():
     )
     assert done.returncode == 0, done.stderr
     assert "--batch-sizes" in done.stdout and "--images" in done.stdout
+
+
+def test_against_a_second_bundle_times_both_in_one_run(exported_bundle, tmp_path, capsys):
+    """--against: a second bundle (here a copy) runs on the same backends in the same slices, and
+    each of the bundle's rows gets its ratio to the other's row of the same backend and batch."""
+    import shutil
+
+    from dfx.cli import main
+
+    other = shutil.copytree(exported_bundle, tmp_path / "other")
+    config = harness.BenchConfig(backends=("keras", "ort-int8"), batch_sizes=(1, 4), iters=2, warmup=1, rounds=2,
+                                 roofline=False, scan_memory=False, against=str(other))
+    result = harness.run(exported_bundle, config)
+    mine = {(r["backend_name"], r["batch"]): r for r in result["rows"] if not r.get("against")}
+    theirs = {(r["backend_name"], r["batch"]): r for r in result["rows"] if r.get("against")}
+    assert set(theirs) == {("ort-int8", 1), ("ort-int8", 4)}  # Keras is the reference, not compared
+    for key, row in theirs.items():
+        assert row["batches"] == 2 and row["file"] == "model.int8.cpu.onnx" and row["ratio_vs_keras"] is None
+        assert mine[key]["ratio_vs_against"] == pytest.approx(mine[key]["images_per_s"] / row["images_per_s"], rel=0.01)
+    assert "ratio_vs_against" not in mine[("keras", 1)]
+    assert result["against"]["input_size"] == list(result["input_size"])
+
+    code = main(["bench", str(exported_bundle), "--backends", "ort-int8", "--batch-sizes", "2", "--iters", "2", "--rounds", "1",
+                 "--no-roofline", "--against", str(other), "--plot", str(tmp_path / "b.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and "x against" in out and "| against" in out and f"against: {other}" in out
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    assert main(["bench", str(exported_bundle), "--against", str(tmp_path / "missing")]) == 2  # a clear error, not a traceback

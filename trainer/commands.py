@@ -93,13 +93,13 @@ def register(sub) -> None:
         "the best weights restored, a Platt-calibrated probability). DATA is real/<source>/ + fake/<generator>/, flat "
         "real/ + fake/, the seed's per-source folders with --real/--fake, or a CSV/TSV labels file; give several DATA "
         "to pool them. Each epoch draws every generator and every photo source in an equal share of its class "
-        "(--no-balance: plain epochs with class weights). The default recipe: npr_cnn at 96 px, the whole image "
+        "(--no-balance: plain epochs with class weights). The default recipe: seed_cnn at 96 px, the whole image "
         "resized (--fit resize), generalize augmentation; `dfx protocol` measures how it holds on sources it never saw.",
     )
     train.add_argument("data", metavar="DATA", nargs="+", help="labelled image folder(s) or labels file(s) (path,label[,group])")
     train.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (model.keras, manifest.json, history)")
     train.add_argument("--architecture", choices=ARCHITECTURES, default=d["architecture"].default,
-                       help="npr_cnn: neighbouring-pixel residual + small residual CNN (default); seed_cnn: the seed project's CNN, exactly")
+                       help="seed_cnn (default): the seed project's CNN, exactly; it generalized best on the protocol at 96 px resize. npr_cnn: neighbouring-pixel residual + small residual CNN")
     train.add_argument("--size", type=int, default=d["size"].default, help="input side in pixels (default %(default)s)")
     train.add_argument("--fit", choices=("crop", "resize"), default=d["fit"].default,
                        help="resize (default): the whole image resized to the window; held-out generators are caught far more often (docs/pseudo-fakes.md). crop: native-resolution centre crop, keeps up-sampling traces of the generators it was trained on")

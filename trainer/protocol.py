@@ -65,7 +65,7 @@ class ProtocolConfig:
     size: int = 96  # model input side
     fit: str = "resize"  # the bundle's pixel policy (TrainConfig.fit)
     train_canvas: int | None = 128  # training images stored at this side; random size windows per step
-    epochs: int = 12  # per fold: ~6 min each for npr_cnn on 2 vCPUs at 96 px
+    epochs: int = 12  # per fold: ~3 min each for seed_cnn on 2 vCPUs at 96 px resize
     epoch_size: int = 2048  # balanced draws per epoch
     batch_size: int = 64  # smaller than dfx train's 128: more steps in a short run
     learning_rate: float = 1e-3  # peak, after warm-up

@@ -68,6 +68,25 @@ class ImageError(DfxError):
         self.reason = reason
 
 
+def header_size(source: Any) -> tuple[int, int]:
+    """(height, width) of an encoded image (from its header only), an array or a PIL image; (0, 0)
+    when the header cannot be read (decoding then says why). Face finding uses it to tell a face
+    crop from a whole photo before anything is decoded."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(source), formats=IMAGE_FORMATS) as image:
+                return image.height, image.width
+        except Exception:
+            return 0, 0
+    shape = getattr(source, "shape", None)
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
+    width, height = getattr(source, "size", (0, 0))
+    return height, width
+
+
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size

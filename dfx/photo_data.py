@@ -188,28 +188,13 @@ def _path(sample: Any) -> str:
     return getattr(sample, "path", sample)
 
 
-def _header_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from an encoded image's header; (0, 0) when it cannot be read."""
-    import io
-
-    from PIL import Image
-
-    from dfx.images import IMAGE_FORMATS
-
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            return image.height, image.width
-    except Exception:
-        return 0, 0
-
-
 def windows_of_photo(path: str, size: tuple[int, int], fit: str, policy: FacePolicy,
                      alter: Callable[..., Any] | None = None) -> tuple[np.ndarray, list | None, bool]:
     """(uint8 (K, H, W, 3), FaceBoxes or None when scored whole, whether the finder looked) of one
     file. Raises dfx.images.ImageError (named by `path`) for an input that cannot be decoded, and
     DfxError when a photo needs a finder that cannot be made. `alter(path, image=None)`: see the
     module docstring."""
-    from dfx.images import ImageError, load_image, read_bytes
+    from dfx.images import ImageError, header_size, load_image, read_bytes
 
     if policy.mode == "off":  # exactly load_many's worker
         return load_image(alter(path) if alter is not None else path, size, fit)[None], None, False
@@ -217,7 +202,7 @@ def windows_of_photo(path: str, size: tuple[int, int], fit: str, policy: FacePol
 
     data = read_bytes(path)
     try:
-        if policy.mode == "auto" and is_face_crop(*_header_size(data)):  # a crop: no finder, load_many's pixels
+        if policy.mode == "auto" and is_face_crop(*header_size(data)):  # a crop: no finder, load_many's pixels
             return load_image(alter(path) if alter is not None else data, size, fit)[None], None, False
         assert policy.finder is not None
         found = faces_for_image(data, policy.finder.get(), policy.mode, no_face="no_face")

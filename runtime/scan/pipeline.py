@@ -107,33 +107,13 @@ def windows_of(source: Any, size: tuple[int, int], fit: str, faces: FaceOptions 
     if faces is None or faces.mode == "off" or (faces.finder is None and faces.mode == "auto"):
         return Windows(load_image(source, size, fit)[None])
     from dfx.faces import face_windows, is_face_crop
-    from dfx.images import read_bytes
+    from dfx.images import header_size, read_bytes
 
     data = read_bytes(source) if isinstance(source, (str, os.PathLike)) else source
-    if faces.mode == "auto" and is_face_crop(*_height_width(data)):  # a face crop: the crop files' own path, no finder
+    if faces.mode == "auto" and is_face_crop(*header_size(data)):  # a face crop: the crop files' own path, no finder
         return Windows(load_image(data, size, fit)[None])
     found = face_windows(data, faces.finder, faces.mode, size, fit, no_face=faces.no_face)
     return Windows(found.windows, None if found.faces.whole else list(found.faces.boxes))
-
-
-def _height_width(source: Any) -> tuple[int, int]:
-    """(height, width) of an encoded image (its header only) or of an array / PIL image; (0, 0)
-    when the header cannot be read (load_image then says why)."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(source)) as image:
-                return image.height, image.width
-        except Exception:
-            return 0, 0
-    shape = getattr(source, "shape", None)
-    if shape is not None:
-        return int(shape[0]), int(shape[1])
-    width, height = getattr(source, "size", (0, 0))
-    return height, width
 
 
 def decode(source: Any, size: tuple[int, int], fit: str, hook: RowHook | None = None,

@@ -260,3 +260,17 @@ def test_pseudo_fakes_can_share_one_generators_part_of_the_fake_half(paired_tree
     assert one["real/a"] == one["real/b"] == pytest.approx(0.25) and sum(one.values()) == pytest.approx(1.0)
     drawn = balanced_indices(samples, 4, 512, seed=0, pseudo_share="one-generator")
     assert np.mean([samples[i].group == "gan" for i in drawn]) == pytest.approx(0.25, abs=0.03)
+
+
+def test_pairs_of_whole_photos_match_face_by_face():
+    """A whole photo is one sample per face: the k-th face of a pseudo-fake pairs with the k-th
+    face of its photo (not every face with the photo's last), and per variant."""
+    from dfx.datasets import Sample
+    from dfx.trainer.data import _partners
+
+    photo = [Sample("/p.jpg", 0, "a")] * 2  # two faces
+    fake = [Sample("/f.jpg", 1, "ae-tconv-x4", source="/p.jpg")] * 3  # the finder found three
+    lone = Sample("/g.jpg", 1, "stylegan2")
+    samples = photo + fake + [lone] + photo + fake  # variant 0, then a rescaled copy (variant 1)
+    variant = np.array([0] * 6 + [1] * 5)
+    assert _partners(samples, variant).tolist() == [-1, -1, 0, 1, 1, -1, -1, -1, 6, 7, 7]

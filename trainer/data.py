@@ -108,10 +108,23 @@ def balanced_indices(samples: list[Sample], epochs: int, epoch_size: int, seed: 
 
 
 def _partners(samples: list[Sample], variant: np.ndarray | None) -> np.ndarray:
-    """For each sample, the index of its pair's real photo in the same variant (-1: none)."""
+    """For each sample, the index of its pair's real photo in the same variant (-1: none).
+    A whole photo is one sample per face found, in the finder's order: the k-th face of a
+    pseudo-fake pairs with the k-th face of its photo (the reconstruction keeps the framing),
+    or with the photo's last face when the photo has fewer."""
     v = np.zeros(len(samples), np.int64) if variant is None else np.asarray(variant, np.int64)
-    index_of = {(s.path, int(k)): i for i, (s, k) in enumerate(zip(samples, v))}
-    return np.array([index_of.get((s.source, int(k)), -1) if s.source else -1 for s, k in zip(samples, v)], np.int64)
+    windows: dict[tuple[str, int], list[int]] = {}
+    ordinal = np.zeros(len(samples), np.int64)  # which face of its photo each sample is
+    for i, (s, k) in enumerate(zip(samples, v)):
+        same = windows.setdefault((s.path, int(k)), [])
+        ordinal[i] = len(same)
+        same.append(i)
+    out = np.full(len(samples), -1, np.int64)
+    for i, (s, k) in enumerate(zip(samples, v)):
+        photo = windows.get((s.source, int(k))) if s.source else None
+        if photo:
+            out[i] = photo[min(int(ordinal[i]), len(photo) - 1)]
+    return out
 
 
 def paired_indices(samples: list[Sample], indices: np.ndarray, batch_size: int, variant: np.ndarray | None = None) -> np.ndarray:

@@ -76,6 +76,29 @@ def test_npr_front_end_is_the_image_minus_its_nearest_neighbour_upsampled_copy()
         npr_cnn(15)
 
 
+@pytest.mark.parametrize("architecture, field", [("patch_cnn", 38), ("patch_cnn_rf18", 18)])
+def test_patch_cnn_logits_see_only_their_patch_and_the_output_is_their_mean(architecture, field):
+    """Each position's logit depends on a field of `field` px only (a pixel changed outside it
+    leaves the logit unchanged, one inside changes it), and the model's logit is their mean."""
+    import keras
+
+    from dfx.trainer.models import build
+
+    model = build(architecture, 96, seed=0)
+    patches = keras.Model(model.input, model.get_layer("patch_logit").output)
+    x = np.random.default_rng(0).integers(0, 256, (1, 96, 96, 3)).astype(np.float32)
+    base = patches.predict_on_batch(x)[0, ..., 0]
+    np.testing.assert_allclose(model.predict_on_batch(x)[0, 0], base.mean(), rtol=1e-5, atol=1e-6)
+    stride = 96 // base.shape[0]
+    changed = x.copy()
+    changed[0, 50, 50] = 255 - changed[0, 50, 50]  # one pixel inside the image
+    diff = np.abs(patches.predict_on_batch(changed)[0, ..., 0] - base) > 1e-6
+    rows, cols = np.nonzero(diff.any(axis=1))[0], np.nonzero(diff.any(axis=0))[0]
+    # The positions whose field holds the pixel span about field / stride positions, no more.
+    assert field - stride <= len(rows) * stride <= field + stride and len(cols) == len(rows)
+    assert not diff[0, 0] and not diff[-1, -1]
+
+
 def test_generalize_augmentation_takes_random_windows_of_the_canvas():
     from dfx.trainer.augment import make_augment
 

@@ -99,7 +99,8 @@ def register(sub) -> None:
     train.add_argument("data", metavar="DATA", nargs="+", help="labelled image folder(s) or labels file(s) (path,label[,group])")
     train.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (model.keras, manifest.json, history)")
     train.add_argument("--architecture", choices=ARCHITECTURES, default=d["architecture"].default,
-                       help="seed_cnn (default): the seed project's CNN, exactly; it generalized best on the protocol at 96 px resize. npr_cnn: neighbouring-pixel residual + small residual CNN")
+                       help="seed_cnn (default): the seed project's CNN, exactly; it generalized best on the protocol at 96 px resize. npr_cnn: neighbouring-pixel residual + small residual CNN; "
+                       "patch_cnn / patch_cnn_rf18: the seed CNN cut short, one logit per 38 / 18 px patch, averaged (docs/pseudo-fakes.md)")
     train.add_argument("--size", type=int, default=d["size"].default, help="input side in pixels (default %(default)s)")
     train.add_argument("--fit", choices=("crop", "resize"), default=d["fit"].default,
                        help="resize (default): the whole image resized to the window; held-out generators are caught far more often (docs/pseudo-fakes.md). crop: native-resolution centre crop, keeps up-sampling traces of the generators it was trained on")

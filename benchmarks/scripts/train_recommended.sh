@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The recommended detector in one command, from the repository root with ../shared/data beside it:
 #   bash benchmarks/scripts/train_recommended.sh OUT
-# 1. dfx train: the default recipe (npr_cnn, 96 px, whole image resized, generalize augmentation,
+# 1. dfx train: the default recipe (seed_cnn, 96 px, whole image resized, generalize augmentation,
 #    balanced by source) on all shared folders;
 # 2. dfx export OUT --int8: ONNX, calibrated INT8 Q/DQ, parity report.
 # With PSEUDO_FAKES=1, first dfx data reconstruct makes aligned pseudo-fakes of every real photo
 # (one autoencoder decoder per photo, 8 decoders) into OUT.pseudo-fakes/ (resumable), and training
 # adds them with pairs drawn into one batch. Off by default: in protocol v2 they lowered the
-# held-out real generators' AUC with every policy tried (crop 0.436 -> 0.325, resize 0.655 ->
-# 0.625, resize + laundered training 0.615 -> 0.556; docs/pseudo-fakes.md).
+# held-out real generators' AUC with every policy tried (npr_cnn: crop 0.436 -> 0.325, resize
+# 0.655 -> 0.625, resize + laundered training 0.615 -> 0.556; seed_cnn, resize: 0.678 -> 0.525;
+# docs/pseudo-fakes.md).
 # Overrides (environment): DFX_DATA (default ../shared/data), DFX (the dfx command), EPOCHS (30),
 # EPOCH_SIZE (4096 balanced draws per epoch), RECON_STEPS (800 steps per autoencoder), PSEUDO
 # (the pseudo-fake folder), PSEUDO_FAKES (0 by default; 1 reconstructs and trains on them).

@@ -102,7 +102,7 @@ class BenchConfig:
     against: str | None = None
 
 
-AGAINST = "against:"  # runner-key prefix of the second bundle's runners
+AGAINST = "against:"  # key prefix of the second bundle's runners while they are timed with the bundle's
 
 
 # ---- backends ------------------------------------------------------------------------------------
@@ -454,29 +454,31 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
             runners[name] = runner
         except Exception as exc:
             rows.append(_error_row(name, "inference", f"cannot start: {type(exc).__name__}: {exc}"))
+    others: dict[str, Runner] = {}  # the --against bundle's runners, by backend name
+    other_files: dict[str, str] = {}
     for name in other_names:
         try:
-            runner, model_files[AGAINST + name] = make_runner(other, name, config.threads)  # type: ignore[arg-type]
+            runner, other_files[name] = make_runner(other, name, config.threads)  # type: ignore[arg-type]
             runner.activate()
-            runners[AGAINST + name] = runner
+            others[name] = runner
         except Exception as exc:
             rows.append({**_error_row(name, "inference", f"cannot start: {type(exc).__name__}: {exc}"), "against": True})
     try:
         batch_sizes = sorted(set(config.batch_sizes))
-        total = len(batch_sizes) * max(config.rounds, 1) * len(runners)
+        total = len(batch_sizes) * max(config.rounds, 1) * (len(runners) + len(others))
         with tqdm(total=total, desc="dfx bench", unit="slice", disable=None, file=sys.stderr) as bar:
             for batch_size in batch_sizes:
                 batch = _input_batch(sample, bundle.input_size, batch_size, config.seed)
-                batches = {name: batch for name in runners if not name.startswith(AGAINST)}
+                timed, batches = dict(runners), {name: batch for name in runners}
                 if other is not None:  # random pixels at its size: speed does not depend on them
                     other_batch = _input_batch(None, other.input_size, batch_size, config.seed)
-                    batches.update({name: other_batch for name in runners if name.startswith(AGAINST)})
-                stats = measure_inference(runners, batches, config, progress=lambda: bar.update(1))
-                for name, stat in stats.items():
-                    if name.startswith(AGAINST):
-                        rows.append({**_row(name[len(AGAINST):], runners[name], model_files[name], batch_size, "inference", stat), "against": True})
-                    else:
-                        rows.append(_row(name, runners[name], model_files[name], batch_size, "inference", stat))
+                    timed.update({AGAINST + name: runner for name, runner in others.items()})
+                    batches.update({AGAINST + name: other_batch for name in others})
+                stats = measure_inference(timed, batches, config, progress=lambda: bar.update(1))
+                for name in runners:
+                    rows.append(_row(name, runners[name], model_files[name], batch_size, "inference", stats[name]))
+                for name in others:
+                    rows.append({**_row(name, others[name], other_files[name], batch_size, "inference", stats[AGAINST + name]), "against": True})
         _add_ratios(rows)
         extra: dict[str, Any] = {}
         trt_names = [n for n in runners if n.startswith("trt-")]
@@ -488,8 +490,7 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 if profile:
                     row.update(profile)
         if files:
-            # Nobody scans through Keras; the --against bundle is timed on inference only.
-            e2e_runners = {name: runner for name, runner in runners.items() if name != "keras" and not name.startswith(AGAINST)}
+            e2e_runners = {name: runner for name, runner in runners.items() if name != "keras"}  # nobody scans through Keras
             with tqdm(total=max(config.rounds, 1) * len(e2e_runners), desc="dfx bench e2e", unit="slice", disable=None, file=sys.stderr) as bar:
                 e2e_batch = _input_batch(sample, bundle.input_size, config.e2e_batch_size, config.seed)
                 stats = measure_end_to_end(e2e_runners, files, e2e_batch, bundle, config, progress=lambda: bar.update(1))
@@ -503,7 +504,7 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
                 if stages:
                     extra["whole_photo_stages_ms"] = stages
     finally:
-        for runner in runners.values():
+        for runner in [*runners.values(), *others.values()]:
             runner.deactivate()
 
     result: dict[str, Any] = {
@@ -517,7 +518,6 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
     }
     if other is not None:
         result["against"] = {"bundle": os.fspath(config.against), "input_size": list(other.input_size), "architecture": other.manifest.get("architecture")}
-        result["architecture"] = bundle.manifest.get("architecture")
     if config.roofline:
         from dfx.benchmarks import roofline
 

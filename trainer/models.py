@@ -7,13 +7,16 @@ feed raw pixels) and returns one logit per image: shape (N, 1), positive = fake.
 - ``npr_cnn``: a neighbouring-pixel-residual front end (Tan et al., CVPR 2024) feeding a small
   residual CNN. Built from standard layers only (a fixed depthwise conv, nearest up-sampling,
   a subtraction), so it exports to ONNX, calibrates to INT8 and runs in every runner.
+- ``patch_cnn`` / ``patch_cnn_rf18``: the seed CNN cut short, one logit per 38 / 18 px patch,
+  averaged over the image.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from dfx.errors import require
 
-ARCHITECTURES = ("seed_cnn", "npr_cnn", "patch_cnn", "patch_cnn_rf18")
 DEFAULT_ARCHITECTURE = "seed_cnn"  # at 96 px resize it beat npr_cnn on three protocol seeds (docs/pseudo-fakes.md)
 INPUT_NAME = "images"
 # Batch-norm running statistics follow the last ~10 steps (Keras' default 0.99 follows ~100):
@@ -125,13 +128,12 @@ def patch_cnn(size: int | tuple[int, int] = 96, pooled_blocks: int = 3, dropout:
     return keras.Model(inputs, logits, name="patch_cnn")
 
 
+# The architectures `--architecture` accepts: name -> builder(size, seed=...).
+BUILDERS = {"seed_cnn": seed_cnn, "npr_cnn": npr_cnn, "patch_cnn": patch_cnn, "patch_cnn_rf18": partial(patch_cnn, pooled_blocks=2)}
+ARCHITECTURES = tuple(BUILDERS)
+
+
 def build(architecture: str, size: int | tuple[int, int], seed: int | None = None):
-    if architecture == "seed_cnn":
-        return seed_cnn(size, seed=seed)
-    if architecture == "patch_cnn":
-        return patch_cnn(size, seed=seed)
-    if architecture == "patch_cnn_rf18":
-        return patch_cnn(size, pooled_blocks=2, seed=seed)
-    if architecture == "npr_cnn":
-        return npr_cnn(size, seed=seed)
-    raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    if architecture not in BUILDERS:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    return BUILDERS[architecture](size, seed=seed)

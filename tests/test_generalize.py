@@ -217,6 +217,30 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
     assert any("reusing" in line for line in logs)
 
 
+def test_protocol_cache_shared_by_hard_links_is_replaced_not_rewritten(tmp_path):
+    """Runs share decoded caches by hard links (cp -al); a run that re-decodes must leave the other's copy as it was."""
+    import os
+    from types import SimpleNamespace
+
+    from dfx.trainer.protocol import ProtocolConfig, _Cache
+
+    def decoded(value, n):
+        return SimpleNamespace(x=np.full((n, 2, 2, 3), value, np.uint8), photo=np.arange(n), no_face=[], searched=0, errors=[])
+
+    config = ProtocolConfig(data=(), out=str(tmp_path), faces="off")
+    first = _Cache(tmp_path / "a", config)
+    first._cached("eval", [SimpleNamespace(path="x.png")], lambda: decoded(1, 1))
+    (tmp_path / "b").mkdir()
+    for f in (tmp_path / "a").iterdir():
+        os.link(f, tmp_path / "b" / f.name)
+    other = _Cache(tmp_path / "b", config)
+    again = other._cached("eval", [SimpleNamespace(path="y.png"), SimpleNamespace(path="z.png")], lambda: decoded(2, 2))
+    assert again.x.shape[0] == 2 and (again.x == 2).all()
+    kept = first._cached("eval", [SimpleNamespace(path="x.png")], lambda: pytest.fail("the first run's cache was rewritten"))
+    assert kept.x.shape[0] == 1 and (kept.x == 1).all()
+    assert not list((tmp_path / "b").glob(".*.tmp"))
+
+
 def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 

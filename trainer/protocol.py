@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -435,10 +436,20 @@ class _Cache:
         if found.errors:
             raise DfxError(f"{len(found.errors)} image(s) could not be decoded, e.g. {found.errors[0][0]}: {found.errors[0][1]}",
                            hint="remove them from the data")
-        np.save(path, found.x)
-        faces_file.write_text(json.dumps({"photo": found.photo.tolist(), "no_face": found.no_face, "searched": found.searched}))
-        paths_file.write_text(json.dumps(paths))
+        _replace(path, lambda f: np.save(f, found.x))
+        _replace(faces_file, lambda f: f.write(json.dumps({"photo": found.photo.tolist(), "no_face": found.no_face, "searched": found.searched}).encode()))
+        _replace(paths_file, lambda f: f.write(json.dumps(paths).encode()))
         return _Decoded(found.x, found.photo, found.no_face, found.searched)
+
+
+def _replace(path: Path, write: Callable) -> None:
+    """Write a new file beside `path` and rename it over `path`. A cache shared with another run
+    by hard links (cp -al) is then replaced in this run only, never rewritten under the other,
+    and a killed run leaves no half-written cache."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+    os.replace(tmp, path)
 
 
 def perturb(name: str, path: str, image=None):

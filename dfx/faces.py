@@ -25,7 +25,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -435,14 +435,16 @@ class FaceWindows:
 
 
 def face_windows(source: Any, finder: FaceFinder | None, mode: str, size: int | tuple[int, int], fit: str, *,
-                 no_face: str = "no_face", margin: float = CROP_MARGIN) -> FaceWindows:
-    """faces_for_image + the bundle's fit policy on each crop: the decode-worker half of a scan.
-    Raises dfx.images.ImageError (an error row) like load_image."""
+                 no_face: str = "no_face", margin: float = CROP_MARGIN,
+                 alter: Callable[[np.ndarray], Any] | None = None) -> FaceWindows:
+    """faces_for_image + the bundle's fit policy on each crop: the decode-worker half of a scan,
+    and of training's loader (dfx.photo_data), whose `alter` changes each crop (or the whole image
+    of a close-up) before the fit policy. Raises dfx.images.ImageError (an error row) like load_image."""
     from dfx.images import load_image
 
     found = faces_for_image(source, finder, mode, no_face=no_face, margin=margin)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     windows = np.empty((len(found.crops), h, w, 3), np.uint8)
     for i, crop in enumerate(found.crops):
-        windows[i] = load_image(crop, (h, w), fit)
+        windows[i] = load_image(crop if alter is None else alter(crop), (h, w), fit)
     return FaceWindows(found, windows)

@@ -13,8 +13,9 @@ folder of face crops, the pixels are exactly dfx.images.load_many's and the face
 made (`LazyFinder`): every face-crop folder trains as it did before.
 
 Alterations (the protocol's laundering and perturbations, the trainer's scale jitter) apply to
-the window's source: the file when the image is scored whole, else each face's crop, with the
-faces found on the photo as stored. So an altered set has the same windows as the plain one and
+the window's source: the file when the image is scored whole without a search, else each face's
+crop (a close-up's whole decode, the same pixels as the file), with the faces found on the photo
+as stored. The search and the crops are the scan's own (dfx.faces.face_windows). So an altered set has the same windows as the plain one and
 measures the detector, not the finder, under the alteration.
 
 Light at import (numpy only): the scan's row factory imports `most_fake` from here.
@@ -198,20 +199,16 @@ def windows_of_photo(path: str, size: tuple[int, int], fit: str, policy: FacePol
 
     if policy.mode == "off":  # exactly load_many's worker
         return load_image(alter(path) if alter is not None else path, size, fit)[None], None, False
-    from dfx.faces import faces_for_image, is_face_crop
+    from dfx.faces import face_windows, is_face_crop
 
     data = read_bytes(path)
     try:
         if policy.mode == "auto" and is_face_crop(*header_size(data)):  # a crop: no finder, load_many's pixels
             return load_image(alter(path) if alter is not None else data, size, fit)[None], None, False
         assert policy.finder is not None
-        found = faces_for_image(data, policy.finder.get(), policy.mode, no_face="no_face")
-        if found.whole:  # auto: a close-up of one face
-            return load_image(alter(path) if alter is not None else found.crops[0], size, fit)[None], None, True
-        windows = np.empty((len(found.crops), size[0], size[1], 3), np.uint8)
-        for i, crop in enumerate(found.crops):
-            windows[i] = load_image(alter(path, image=crop) if alter is not None else crop, size, fit)
-        return windows, list(found.boxes), True
+        crop_alter = None if alter is None else (lambda crop: alter(path, image=crop))
+        found = face_windows(data, policy.finder.get(), policy.mode, size, fit, no_face="no_face", alter=crop_alter)
+        return found.windows, None if found.faces.whole else list(found.faces.boxes), True  # whole: a close-up of one face
     except ImageError as exc:
         raise ImageError(path, exc.reason) from exc  # named by the file, not "<N bytes>"
 

@@ -4,6 +4,7 @@ protocol with its shortcut baseline, one-class evaluation and calibrated probabi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from dfx import datasets, metrics
+from dfx.errors import DfxError
 
 tf = pytest.importorskip("tensorflow", reason="training needs tensorflow (pip install 'dfx[train]')")
 
@@ -214,7 +216,15 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
     assert "held out: scan" in table and "shortcut baseline" in table
     logs: list[str] = []
     run(config, log=logs.append)  # finished folds are reused, not retrained
-    assert any("reusing" in line for line in logs)
+    assert sum("reusing" in line for line in logs) == 2, logs
+    strict = dataclasses.replace(config, target_fpr=0.05, baseline=False, launder=False)
+    logs.clear()
+    rows = run(strict, log=logs.append)["rows"]
+    assert sum("reusing" in line for line in logs) == 2, logs  # the threshold is chosen on the fold, not trained
+    assert 1 - rows[IN_DISTRIBUTION]["specificity"] <= 0.05 + 1e-9  # scored on the very split its threshold was chosen on
+    assert "5.0% false positives" in (tmp_path / "p" / "protocol.md").read_text()
+    with pytest.raises(DfxError, match="--target-fpr"):
+        run(dataclasses.replace(config, target_fpr=1.5), log=lambda _: None)
 
 
 def test_protocol_cache_shared_by_hard_links_is_replaced_not_rewritten(tmp_path):

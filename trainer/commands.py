@@ -172,6 +172,9 @@ def register(sub) -> None:
     protocol.add_argument("--launder-training", choices=launderings, help="launder the training images too (see dfx train --launder-training)")
     protocol.add_argument("--no-launder", action="store_true", help="skip the laundered rows (resize to 256-512 px + JPEG q70-90, both classes)")
     protocol.add_argument("--seed", type=int, default=pd["seed"].default, help="split and training seed (default %(default)s)")
+    protocol.add_argument("--target-fpr", type=float, metavar="RATE",
+                          help="give each row's rates (flagged, caught) at a threshold with this false-positive rate on the fold's "
+                               "validation split, e.g. 0.05, instead of its balanced-accuracy threshold; finished folds are reused")
     _add_faces(protocol)
     protocol.set_defaults(handler=_protocol)
 
@@ -278,6 +281,7 @@ def _protocol(args) -> int:
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
         groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs, pseudo_share=args.pseudo_share,
         scale_jitter=args.scale_jitter, launder_training=args.launder_training, launder=not args.no_launder, faces=args.faces,
+        target_fpr=args.target_fpr,
     ))
     print(format_table(report))
     return 0

@@ -82,6 +82,9 @@ class ProtocolConfig:
     launder_training: str | None = None  # "copy" | "all": laundered training images (TrainConfig.launder_training)
     launder: bool = True  # add the laundered rows
     faces: str = "auto"  # whole photos: off | auto | all (dfx.photo_data); auto decodes face crops exactly as off
+    # Rates at a threshold with this false-positive rate on each fold's validation split (None:
+    # the fold's balanced-accuracy threshold, as `dfx train`). Chosen here, so folds are reused.
+    target_fpr: float | None = None
 
 
 def holdable_units(samples) -> dict[str, tuple[int, frozenset[str]]]:
@@ -123,6 +126,8 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 
     pseudo_groups = {s.group for s in samples if s.label == 1 and decoder_family(s.group)}
 
+    if config.target_fpr is not None and not 0 < config.target_fpr < 1:
+        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.05)")
     pixels = _Cache(out / "cache", config)
     check_config(_fold_config(config, out))  # refuses a bad combination before any decoding
     train_x = pixels.laundered_train(train_s) if config.launder_training == "all" else pixels.arrays("train", train_s)
@@ -143,8 +148,8 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 
     report_path = out / "protocol.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    if report.get("config_key") != key:
-        report = {"rows": {}}
+    if report.get("config_key") != key or report.get("config", {}).get("target_fpr") != config.target_fpr:
+        report = {"rows": {}}  # rows of other folds, or at another threshold
     report.update(protocol=PROTOCOL_VERSION, config=_jsonable(config), config_key=key, data=datasets.summary(samples),
                   units={n: {"label": datasets.LABELS[lab], "groups": sorted(g)} for n, (lab, g) in units.items()})
     for name in chosen:
@@ -157,8 +162,8 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         fold_train = [s for s in train_s if not excluded(s)]
         fold_val = [s for s in val_s if not excluded(s)]
         bundle = _train_fold(config, key, out / "folds" / name, fold_train, fold_val, train_x, copies, train_s, eval_x, path_index, log)
-        threshold = bundle.threshold
         model = _load_model(bundle)
+        threshold = bundle.threshold if config.target_fpr is None else _threshold_at_fpr(model, eval_x, path_index, fold_val, config.target_fpr)
         rows = {}
         if held_label is None:
             evaluated = fold_val
@@ -175,12 +180,12 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
             rows[name]["held_out"] = datasets.LABELS[held_label]
             rows[name]["pseudo_fake_family"] = bool(held & pseudo_groups)
         if laundered_x is not None:
-            key = f"{name} / {LAUNDERED}"
-            rows[key] = _score(model, laundered_x, path_index, evaluated, threshold)
-            rows[key]["laundered_of"] = name
+            laundered_name = f"{name} / {LAUNDERED}"
+            rows[laundered_name] = _score(model, laundered_x, path_index, evaluated, threshold)
+            rows[laundered_name]["laundered_of"] = name
             if held_label is not None:
-                rows[key]["held_out"] = rows[name]["held_out"]
-                rows[key]["pseudo_fake_family"] = rows[name]["pseudo_fake_family"]
+                rows[laundered_name]["held_out"] = rows[name]["held_out"]
+                rows[laundered_name]["pseudo_fake_family"] = rows[name]["pseudo_fake_family"]
         if features is not None:
             rows[name]["baseline_auc"] = _baseline(features, features, path_index, fold_train, fold_val, evaluated)
             if laundered_features is not None:
@@ -222,7 +227,7 @@ def summarize(rows: dict) -> dict:
         "real_generator_mean_auc": mean(generators),  # what matters: generators that are not ours
         "real_generator_min_auc": float(np.min(generators)) if generators else None,
         "pseudo_family_mean_auc": mean(families),
-        "photo_source_max_flagged": float(np.max(sources)) if sources else None,  # at the bundle threshold
+        "photo_source_max_flagged": float(np.max(sources)) if sources else None,  # at the rows' threshold
         "in_distribution_auc": base,
         "half_size_drop": float(base - robust[f"{IN_DISTRIBUTION} / half-size"]) if base is not None and f"{IN_DISTRIBUTION} / half-size" in robust else None,
         "worst_robustness_drop": float(base - min(robust.values())) if robust and base is not None else None,
@@ -234,9 +239,12 @@ def summarize(rows: dict) -> dict:
 
 def format_table(report: dict) -> str:
     c = report["config"]
+    at = (f"a threshold with {c['target_fpr']:.1%} false positives on each fold's validation split" if c.get("target_fpr")
+          else "each fold's balanced-accuracy threshold (validation split)")
     lines = [
         f"{c['architecture']} at {c['size']} px ({c['fit']}, training canvas {c['train_canvas']}), {c['epochs']} epochs x "
         f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, launder training {c.get('launder_training')}, pseudo-fake share {c.get('pseudo_share', 'per-decoder')}",
+        f"rates at {at}",
         "",
         "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | train min |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -327,16 +335,28 @@ def _load_model(bundle):
     return keras.saving.load_model(str(bundle.verify("model.keras")), compile=False)
 
 
-def _score(model, decoded: "_Decoded", index, chosen, threshold) -> dict:
-    """The row of `chosen` (photos; `index`: path -> position in `decoded`): each photo scored by
-    its most-fake window (dfx.photo_data.photo_logits); photos without a face are counted."""
+def _photo_scores(model, decoded: "_Decoded", index, chosen) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, logits) of `chosen` (photos; `index`: path -> position in `decoded`), each photo
+    scored by its most-fake window (dfx.photo_data.photo_logits); NaN: no face found."""
     from dfx.photo_data import photo_logits
     from dfx.trainer.data import predict_logits
 
     x, photo = decoded.select([index[s.path] for s in chosen])
-    scores = photo_logits(predict_logits(model, x), photo, len(chosen))
+    return np.array([s.label for s in chosen]), photo_logits(predict_logits(model, x), photo, len(chosen))
+
+
+def _threshold_at_fpr(model, decoded: "_Decoded", index, fold_val, target_fpr: float) -> float:
+    """The logit threshold with `target_fpr` false positives on the fold's validation photos."""
+    y, scores = _photo_scores(model, decoded, index, fold_val)
     scored = ~np.isnan(scores)
-    y = np.array([s.label for s in chosen])[scored]
+    return metrics.threshold_at_fpr(y[scored], scores[scored], target_fpr)
+
+
+def _score(model, decoded: "_Decoded", index, chosen, threshold) -> dict:
+    """The row of `chosen` at `threshold` (see _photo_scores); photos without a face are counted."""
+    labels, scores = _photo_scores(model, decoded, index, chosen)
+    scored = ~np.isnan(scores)
+    y = labels[scored]
     row = metrics.summarize(y, scores[scored], threshold)
     out = {k: row[k] for k in ("images", "auc", "average_precision", "accuracy", "tpr_at_1pct_fpr", "specificity", "recall")}
     out["held_out_fpr"] = 1.0 - row["specificity"]
@@ -437,7 +457,8 @@ class _Cache:
             raise DfxError(f"{len(found.errors)} image(s) could not be decoded, e.g. {found.errors[0][0]}: {found.errors[0][1]}",
                            hint="remove them from the data")
         _replace(path, lambda f: np.save(f, found.x))
-        _replace(faces_file, lambda f: f.write(json.dumps({"photo": found.photo.tolist(), "no_face": found.no_face, "searched": found.searched}).encode()))
+        faces = {"photo": found.photo.tolist(), "no_face": found.no_face, "searched": found.searched}
+        _replace(faces_file, lambda f: f.write(json.dumps(faces).encode()))
         _replace(paths_file, lambda f: f.write(json.dumps(paths).encode()))
         return _Decoded(found.x, found.photo, found.no_face, found.searched)
 
@@ -560,7 +581,7 @@ def _config_key(config: ProtocolConfig, faces_used: bool = True) -> str:
     counts only where the finder looked at a photo (`faces_used`): on face crops auto decodes
     exactly as off, so folds of runs made before whole photos are reused."""
     d = _jsonable(config)
-    for k in ("groups", "out", "progress", "baseline", "launder", "faces"):
+    for k in ("groups", "out", "progress", "baseline", "launder", "faces", "target_fpr"):
         d.pop(k)
     if d.get("launder_training") is None:  # runs from before these options reuse their folds
         d.pop("launder_training", None)

@@ -329,8 +329,9 @@ CROP_MARGIN = 1 / 0.6
 
 def min_face_for_window(size: int | tuple[int, int], margin: float = CROP_MARGIN) -> int:
     """The default smallest face: the one whose crop (`margin` x its width) just covers the model
-    window. A smaller face cannot fill the window at native resolution, so searching for it costs
-    finder time (1/min_face^2) for faces the model would read upscaled."""
+    window. A smaller face cannot fill the window at native resolution: under `crop` the window
+    would hold background, under `resize` the crop would be upscaled, which training never did
+    (its faces are all larger). Searching for it costs finder time (1/min_face^2) either way."""
     side = min(size) if isinstance(size, tuple) else int(size)
     return max(8, int(np.ceil(side / margin)))
 

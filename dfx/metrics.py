@@ -159,6 +159,22 @@ def threshold_at_fpr(labels, scores, target_fpr: float) -> float:
     return _midpoint(s, thresholds, best)
 
 
+def threshold_for_flag_rate(real_scores, rate: float) -> float:
+    """The lowest threshold that flags (score >= threshold) at most `rate` of these real images'
+    scores: one class is enough (a team's own users' photos). Halfway between the first score left
+    unflagged and the next higher one, as _midpoint, so that tiny differences between model forms
+    do not move an image across it."""
+    s = np.sort(np.asarray(real_scores, np.float64))[::-1]
+    if not s.size:
+        raise ValueError("no scores")
+    allowed = int(np.floor(rate * s.size + 1e-9))  # images that may be flagged
+    if allowed >= s.size:
+        return float(s[-1] - 1.0)
+    kept = s[allowed]  # the highest score that must stay below the threshold
+    higher = s[s > kept]
+    return float((kept + higher.min()) / 2) if higher.size else float(kept + 1.0)
+
+
 def _midpoint(scores: np.ndarray, thresholds: np.ndarray, index: int) -> float:
     """A threshold between the chosen score and the next lower one, so that small numeric
     differences between model forms do not flip decisions sitting exactly on it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,39 @@ def test_eval_errors_are_clear(trained_bundle, tmp_path, capsys):
     (tmp_path / "real").mkdir()
     assert main(["eval", str(trained_bundle), str(tmp_path), "--backend", "keras"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+# ---- dfx threshold ----------------------------------------------------------------------------------------
+
+def test_threshold_flags_at_most_the_target_share_of_real_photos_and_keeps_the_old_record(exported_bundle, synth_data, tmp_path, capsys):
+    import numpy as np
+
+    from dfx.cli import main
+    from dfx.trainer.evaluate import EvalConfig, evaluate
+
+    bundle = Path(shutil.copytree(exported_bundle, tmp_path / "bundle"))
+    before = Bundle.open(bundle).manifest["threshold"]
+    assert main(["threshold", str(bundle), str(synth_data), "--target-fpr", "0.05", "--backend", "ort-cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["real_images"] == 200 and report["fake_images"] == 200 and report["written"]
+    assert report["new"]["real_flagged"] <= 10 and report["new"]["false_positive_rate"] <= 0.05
+    assert report["parity"]["passed"]
+    record = Bundle.open(bundle).manifest["threshold"]
+    assert record["method"] == "target_fpr" and record["previous"] == before and record["logit"] == report["new"]["logit"]
+    # what dfx eval then measures on the same real photos, through the same runner
+    real = evaluate(EvalConfig(bundle=str(bundle), data=str(synth_data / "real"), real=("camera", "scan"), backend="ort-cpu", progress=False))
+    assert real["flagged_fake"] == report["new"]["real_flagged"]
+    # a plain folder counts as real photos; a dry run leaves the bundle alone
+    plain = tmp_path / "uploads"
+    shutil.copytree(synth_data / "real" / "camera", plain)
+    assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.1", "--backend", "ort-cpu", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "of 100 real photos" in out and "dry run" in out
+    assert Bundle.open(bundle).manifest["threshold"] == record
+    assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.001", "--backend", "ort-cpu"]) == 2
+    assert "needs at least 1000" in capsys.readouterr().err
+    logits = np.array([3.0, 2.0, 2.0, 1.0, 0.0])
+    from dfx.metrics import threshold_for_flag_rate
+
+    assert threshold_for_flag_rate(logits, 0.2) == 2.5  # one of five above, ties kept below together
+    assert np.sum(logits >= threshold_for_flag_rate(logits, 0.4)) == 1  # two allowed, but 2.0 is a tie: one flagged

@@ -1,4 +1,4 @@
-"""Subcommands of this part (registered by dfx.cli): `dfx data synth`, `dfx data reconstruct`, `dfx train`, `dfx eval`.
+"""Subcommands of this part (registered by dfx.cli): `dfx data synth`, `dfx data reconstruct`, `dfx train`, `dfx eval`, `dfx threshold`.
 
 Light at import: tensorflow, matplotlib and the runners load inside the handlers.
 """
@@ -197,6 +197,28 @@ def register(sub) -> None:
     ev.add_argument("--plot", metavar="ROC.png", help="write the ROC curve to this PNG file")
     ev.set_defaults(handler=_eval)
 
+    th = sub.add_parser(
+        "threshold",
+        help="move a bundle's threshold so that at most a chosen share of your own real photos is flagged",
+        description="Score real photos (your users' own, from the cameras you serve) and set the bundle's threshold "
+        "to flag at most --target-fpr of them: no retraining and no fakes needed. The threshold `dfx train` chose on "
+        "its validation split can flag many more real photos from cameras it never saw. When DATA also holds fakes "
+        "(a labelled root), the share of them still caught is reported beside. The old threshold is kept in the "
+        "manifest under threshold.previous; a signature is removed (sign again); the chosen backend's parity with "
+        "Keras is checked again at the new threshold.",
+    )
+    th.add_argument("bundle", metavar="BUNDLE", help="bundle folder (from dfx train or dfx export)")
+    th.add_argument("data", metavar="DATA", nargs="+",
+                    help="folders of real photos (every image under them counts as real), or labelled roots "
+                         "(real/<source>/, fake/<generator>/) or labels files, whose real images set the threshold")
+    th.add_argument("--target-fpr", type=float, required=True, metavar="RATE",
+                    help="the share of these real photos that may be flagged, e.g. 0.02 (needs at least 1/RATE photos)")
+    th.add_argument("--dry-run", action="store_true", help="report the old and new threshold's rates; leave the bundle as it is")
+    add_backend_flags(th, threads=False, public_key=False, batch="images per inference call (default 32)")
+    _add_faces(th)
+    th.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    th.set_defaults(handler=_threshold)
+
 
 def _synth(args) -> int:
     from dfx.errors import DfxError
@@ -285,6 +307,18 @@ def _protocol(args) -> int:
     ))
     print(format_table(report))
     return 0
+
+
+def _threshold(args) -> int:
+    from dfx.trainer.threshold import ThresholdConfig, format_report, set_threshold
+
+    report = set_threshold(ThresholdConfig(
+        bundle=args.bundle, data=tuple(args.data), target_fpr=args.target_fpr, backend=args.backend, precision=args.precision,
+        batch_size=args.batch or 32, progress=not args.json, faces=args.faces, dry_run=args.dry_run,
+    ))
+    print(json.dumps(_finite(report), indent=2) if args.json else format_report(report))
+    parity = report.get("parity")
+    return 1 if parity is not None and not parity["passed"] else 0
 
 
 def _eval(args) -> int:

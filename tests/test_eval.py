@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -105,6 +106,18 @@ def test_threshold_flags_at_most_the_target_share_of_real_photos_and_keeps_the_o
     assert Bundle.open(bundle).manifest["threshold"] == record
     assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.001", "--backend", "ort-cpu"]) == 2
     assert "needs at least 1000" in capsys.readouterr().err
+    if importlib.util.find_spec("cryptography"):  # the sign extra: the new manifest signed in the same step
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        private = ed25519.Ed25519PrivateKey.generate()
+        key, public = tmp_path / "sign.pem", tmp_path / "sign.pub.pem"
+        key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        public.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.1", "--backend", "ort-cpu", "--sign-key", str(key)]) == 0
+        assert "signed with key" in capsys.readouterr().out
+        opened = Bundle.open(bundle, public_key=public)
+        assert opened.signature.startswith("verified") and opened.manifest["threshold"]["target_fpr"] == 0.1
     logits = np.array([3.0, 2.0, 2.0, 1.0, 0.0])
     from dfx.metrics import threshold_for_flag_rate
 

@@ -204,7 +204,7 @@ def register(sub) -> None:
         "to flag at most --target-fpr of them: no retraining and no fakes needed. The threshold `dfx train` chose on "
         "its validation split can flag many more real photos from cameras it never saw. When DATA also holds fakes "
         "(a labelled root), the share of them still caught is reported beside. The old threshold is kept in the "
-        "manifest under threshold.previous; a signature is removed (sign again); the chosen backend's parity with "
+        "manifest under threshold.previous; a signature is removed (--sign-key signs the new manifest); the chosen backend's parity with "
         "Keras is checked again at the new threshold.",
     )
     th.add_argument("bundle", metavar="BUNDLE", help="bundle folder (from dfx train or dfx export)")
@@ -214,6 +214,7 @@ def register(sub) -> None:
     th.add_argument("--target-fpr", type=float, required=True, metavar="RATE",
                     help="the share of these real photos that may be flagged, e.g. 0.02 (needs at least 1/RATE photos)")
     th.add_argument("--dry-run", action="store_true", help="report the old and new threshold's rates; leave the bundle as it is")
+    th.add_argument("--sign-key", metavar="PEM", help="sign the new manifest with this Ed25519/ECDSA private key (needs the sign extra)")
     add_backend_flags(th, threads=False, public_key=False, batch="images per inference call (default 32)")
     _add_faces(th)
     th.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
@@ -314,7 +315,7 @@ def _threshold(args) -> int:
 
     report = set_threshold(ThresholdConfig(
         bundle=args.bundle, data=tuple(args.data), target_fpr=args.target_fpr, backend=args.backend, precision=args.precision,
-        batch_size=args.batch or 32, progress=not args.json, faces=args.faces, dry_run=args.dry_run,
+        batch_size=args.batch or 32, progress=not args.json, faces=args.faces, dry_run=args.dry_run, sign_key=args.sign_key,
     ))
     print(json.dumps(_finite(report), indent=2) if args.json else format_report(report))
     parity = report.get("parity")

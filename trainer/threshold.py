@@ -9,7 +9,7 @@ What that costs in caught fakes is reported when DATA also holds fakes.
 
 Photos are scored as `dfx eval` scores them (the runner `dfx scan` would pick, whole photos by
 their most-fake face). The new record replaces `manifest["threshold"]` (the old one kept under
-"previous"), which removes a signature (sign again), and the chosen runner's parity with the
+"previous"), which removes a signature (`--sign-key` signs the new one), and the chosen runner's parity with the
 Keras logits is checked again at the new threshold on the bundle's parity sample.
 """
 
@@ -38,6 +38,7 @@ class ThresholdConfig:
     progress: bool = True
     faces: str = "auto"
     dry_run: bool = False  # report only; the manifest is left as it is
+    sign_key: str | None = None  # PEM private key: sign the new manifest (a save drops the old signature)
 
 
 def real_photos(data: tuple[str, ...]) -> list[datasets.Sample]:
@@ -104,6 +105,7 @@ def set_threshold(config: ThresholdConfig) -> dict:
     }
     bundle.save()  # drops a signature: the manifest it signed is gone
     report["written"] = True
+    report["signed_by"] = bundle.sign(config.sign_key) if config.sign_key else None
     report["parity"] = check(bundle, runner) if bundle.files_with_role("parity-sample") else None
     return report
 
@@ -147,8 +149,9 @@ def format_report(report: dict) -> str:
     if not report["written"]:
         lines.append("dry run: the bundle is unchanged")
     else:
-        lines.append(f"written to {report['bundle']}/manifest.json (the old record is kept under threshold.previous; "
-                     "a signature is removed: sign the bundle again)")
+        signed = (f"signed with key {report['signed_by']}" if report.get("signed_by")
+                  else "a signature is removed: pass --sign-key to sign the new manifest")
+        lines.append(f"written to {report['bundle']}/manifest.json (the old record is kept under threshold.previous; {signed})")
         parity = report.get("parity")
         if parity is not None:
             state = "passes" if parity["passed"] else "FAILS: " + "; ".join(parity["failures"])

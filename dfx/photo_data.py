@@ -15,8 +15,9 @@ made (`LazyFinder`): every face-crop folder trains as it did before.
 Alterations (the protocol's laundering and perturbations, the trainer's scale jitter) apply to
 the window's source: the file when the image is scored whole without a search, else each face's
 crop (a close-up's whole decode, the same pixels as the file), with the faces found on the photo
-as stored. The search and the crops are the scan's own (dfx.faces.face_windows). So an altered set has the same windows as the plain one and
-measures the detector, not the finder, under the alteration.
+as stored. The search and the crops are the scan's own (dfx.faces.face_windows). So an altered
+set has the same windows as the plain one and measures the detector, not the finder, under the
+alteration.
 
 Light at import (numpy only): the scan's row factory imports `most_fake` from here.
 """

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="decode + face-finding threads")
     parser.add_argument("--min-faces", default="58,100,160", help="FinderConfig.min_face values to time end to end")
     parser.add_argument("--finder", help="float face finder ONNX (default: the bundle's, else export one into OUT)")
-    parser.add_argument("--stage-images", type=int, default=8, help="photos timed stage by stage")
+    parser.add_argument("--stage-images", type=int, default=8, help="photos timed stage by stage (0: none)")
     parser.add_argument("--stage-min-faces", default="58,160", help="min_face values of the stage timings")
     args = parser.parse_args(argv)
 
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         report["pure_inference_images_per_s"] = pure_inference(runner, size)
         report["stages_ms_per_image"] = {}
         for name, paths in (("one_face", one), ("four_faces", several)):
-            for min_face in [int(v) for v in args.stage_min_faces.split(",")]:
+            for min_face in [int(v) for v in args.stage_min_faces.split(",")] if args.stage_images > 0 else []:
                 f = FaceFinder(finder_path, config=FinderConfig(min_face=min_face))
                 q = FaceFinder(int8_path, config=FinderConfig(min_face=min_face)) if int8_path else None
                 report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:args.stage_images], f, runner, size, fit, min_face, q)

@@ -104,6 +104,11 @@ def test_threshold_flags_at_most_the_target_share_of_real_photos_and_keeps_the_o
     out = capsys.readouterr().out
     assert "of 100 real photos" in out and "dry run" in out
     assert Bundle.open(bundle).manifest["threshold"] == record
+    seed_layout = tmp_path / "seed"  # known source folders are read by their names, fakes included
+    shutil.copytree(synth_data / "real" / "camera", seed_layout / "ffhq")
+    shutil.copytree(synth_data / "fake" / "tconv", seed_layout / "stylegan2")
+    assert main(["threshold", str(bundle), str(seed_layout), "--target-fpr", "0.1", "--backend", "ort-cpu", "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fake_images"] == 100
     assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.001", "--backend", "ort-cpu"]) == 2
     assert "needs at least 1000" in capsys.readouterr().err
     if importlib.util.find_spec("cryptography"):  # the sign extra: the new manifest signed in the same step

@@ -210,7 +210,8 @@ def register(sub) -> None:
     th.add_argument("bundle", metavar="BUNDLE", help="bundle folder (from dfx train or dfx export)")
     th.add_argument("data", metavar="DATA", nargs="+",
                     help="folders of real photos (every image under them counts as real), or labelled roots "
-                         "(real/<source>/, fake/<generator>/) or labels files, whose real images set the threshold")
+                         "(real/<source>/, fake/<generator>/, or the seed's celeba, ffhq, stylegan2, ... folders) or labels "
+                         "files, whose real images set the threshold")
     th.add_argument("--target-fpr", type=float, required=True, metavar="RATE",
                     help="the share of these real photos that may be flagged, e.g. 0.02 (needs at least 1/RATE photos)")
     th.add_argument("--dry-run", action="store_true", help="report the old and new threshold's rates; leave the bundle as it is")

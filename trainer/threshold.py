@@ -42,8 +42,9 @@ class ThresholdConfig:
 
 
 def real_photos(data: tuple[str, ...]) -> list[datasets.Sample]:
-    """The samples of DATA: a labelled root (real/, fake/) or labels file as `dfx eval` reads it;
-    any other folder is real photos, every image under it (grouped by the folder's name)."""
+    """The samples of DATA: a labelled root (real/, fake/, or the seed's known source folders)
+    or labels file as `dfx eval` reads it; any other folder is real photos, every image under it
+    (grouped by the folder's name)."""
     from dfx.images import walk_images
 
     samples: list[datasets.Sample] = []
@@ -51,7 +52,8 @@ def real_photos(data: tuple[str, ...]) -> list[datasets.Sample]:
         path = Path(root)
         if not path.exists():
             raise DfxError(f"{root} does not exist")
-        if path.is_file() or (path / "real").is_dir() or (path / "fake").is_dir():
+        known = {"real", "fake", *datasets.SEED_REAL, *datasets.SEED_FAKE}
+        if path.is_file() or any(d.is_dir() and d.name.lower() in known for d in path.iterdir()):
             samples += datasets.discover_any(str(path))
         else:
             images, _ = walk_images([path])

@@ -214,6 +214,7 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
     assert {g for g in fold["data"]["train"]["groups"]} == {"real/camera", "fake/tconv", "fake/upconv"}  # scan held out
     table = (tmp_path / "p" / "protocol.md").read_text()
     assert "held out: scan" in table and "shortcut baseline" in table
+    assert f"| {IN_DISTRIBUTION} | " in table and "% flagged, " in table  # the in-distribution row's rates, both classes
     logs: list[str] = []
     run(config, log=logs.append)  # finished folds are reused, not retrained
     assert sum("reusing" in line for line in logs) == 2, logs

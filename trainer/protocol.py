@@ -255,6 +255,8 @@ def format_table(report: dict) -> str:
             rate = f"{r['held_out_fpr']:.1%} flagged"
         elif r.get("held_out") == "fake":
             rate = f"{r['held_out_tpr']:.1%} caught"
+        elif "held_out_fpr" in r:  # both classes: real photos flagged, fakes caught
+            rate = f"{r['held_out_fpr']:.1%} flagged, {r['held_out_tpr']:.1%} caught"
         base = f"{r['baseline_auc']:.3f}" if r.get("baseline_auc") is not None else ""
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else ""
         label = f"held out: {name}" if r.get("held_out") and "laundered_of" not in r else name

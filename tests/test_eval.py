@@ -119,6 +119,11 @@ def test_threshold_flags_at_most_the_target_share_of_real_photos_and_keeps_the_o
         key, public = tmp_path / "sign.pem", tmp_path / "sign.pub.pem"
         key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         public.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        junk = tmp_path / "junk.pem"
+        junk.write_text("not a key")
+        assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.2", "--backend", "ort-cpu", "--sign-key", str(junk)]) == 2
+        capsys.readouterr()
+        assert Bundle.open(bundle).manifest["threshold"] == record  # a bad key fails before anything is written
         assert main(["threshold", str(bundle), str(plain), "--target-fpr", "0.1", "--backend", "ort-cpu", "--sign-key", str(key)]) == 0
         assert "signed with key" in capsys.readouterr().out
         opened = Bundle.open(bundle, public_key=public)

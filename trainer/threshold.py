@@ -64,13 +64,18 @@ def real_photos(data: tuple[str, ...]) -> list[datasets.Sample]:
 def set_threshold(config: ThresholdConfig) -> dict:
     """Score DATA, choose the threshold, write it (unless dry_run); returns the report."""
     from dfx.photo_data import face_policy
-    from dfx.runtime.scan.parity_check import check
+    from dfx.runtime.scan.parity_check import SAMPLE_ROLE, check
     from dfx.runtime.scan.select import choose_runner
     from dfx.trainer.evaluate import score
 
     if not 0 < config.target_fpr < 1:
         raise DfxError("--target-fpr must be between 0 and 1 (for example 0.05)")
     bundle = Bundle.open(config.bundle)
+    key = None
+    if config.sign_key and not config.dry_run:  # a bad key fails here, before anything is written
+        from dfx.signing import load_private_key
+
+        key = load_private_key(config.sign_key)
     samples = real_photos(config.data)
     if not any(s.label == 0 for s in samples):
         raise DfxError("DATA holds no real photo", hint="pass folders of real photos, or a labelled root with real/<source>/")
@@ -107,8 +112,8 @@ def set_threshold(config: ThresholdConfig) -> dict:
     }
     bundle.save()  # drops a signature: the manifest it signed is gone
     report["written"] = True
-    report["signed_by"] = bundle.sign(config.sign_key) if config.sign_key else None
-    report["parity"] = check(bundle, runner) if bundle.files_with_role("parity-sample") else None
+    report["signed_by"] = bundle.sign(key) if key is not None else None
+    report["parity"] = check(bundle, runner) if bundle.files_with_role(SAMPLE_ROLE) else None
     return report
 
 

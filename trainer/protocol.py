@@ -107,7 +107,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     from functools import partial
 
     from dfx.trainer.alterations import launder
-    from dfx.trainer.train import check_config
+    from dfx.trainer.train import check_config, check_target_fpr
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +126,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 
     pseudo_groups = {s.group for s in samples if s.label == 1 and decoder_family(s.group)}
 
-    if config.target_fpr is not None and not 0 < config.target_fpr < 1:
-        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.05)")
+    check_target_fpr(config.target_fpr)
     pixels = _Cache(out / "cache", config)
     check_config(_fold_config(config, out))  # refuses a bad combination before any decoding
     train_x = pixels.laundered_train(train_s) if config.launder_training == "all" else pixels.arrays("train", train_s)

@@ -67,9 +67,9 @@ def set_threshold(config: ThresholdConfig) -> dict:
     from dfx.runtime.scan.parity_check import SAMPLE_ROLE, check
     from dfx.runtime.scan.select import choose_runner
     from dfx.trainer.evaluate import score
+    from dfx.trainer.train import check_target_fpr
 
-    if not 0 < config.target_fpr < 1:
-        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.05)")
+    check_target_fpr(config.target_fpr)
     bundle = Bundle.open(config.bundle)
     key = None
     if config.sign_key and not config.dry_run:  # a bad key fails here, before anything is written

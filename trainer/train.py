@@ -129,6 +129,12 @@ def collapse_reason(logits: np.ndarray) -> str | None:
     return None
 
 
+def check_target_fpr(rate: float | None) -> None:
+    """--target-fpr (dfx train, dfx protocol, dfx threshold): None, or a rate strictly between 0 and 1."""
+    if rate is not None and not 0 < rate < 1:
+        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.01)")
+
+
 def choose_threshold(labels: np.ndarray, logits: np.ndarray, target_fpr: float | None = None) -> dict:
     """The manifest's threshold record, chosen on validation scores: best balanced accuracy, or
     the lowest logit threshold that keeps the false-positive rate on real images <= target_fpr."""
@@ -204,8 +210,7 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError(f"--augment must be one of {', '.join(augment_mod.AUGMENT_MODES)}")
     if config.architecture not in ARCHITECTURES:
         raise DfxError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, not {config.architecture!r}")
-    if config.target_fpr is not None and not 0 < config.target_fpr < 1:
-        raise DfxError("--target-fpr must be between 0 and 1 (for example 0.01)")
+    check_target_fpr(config.target_fpr)
     if config.train_canvas is not None and config.train_canvas < config.size:
         raise DfxError(f"--train-canvas ({config.train_canvas}) must be at least --size ({config.size})")
     if config.pairs and not config.balance:

@@ -74,6 +74,18 @@ def discover_any(source, real: list[str] | None = None, fake: list[str] | None =
     return sorted(set(samples), key=lambda s: s.path)
 
 
+def has_labels(source: str | os.PathLike) -> bool:
+    """Whether `source` is laid out as labelled data, not a plain folder of images: a labels
+    file, real/ or fake/ folders, or the seed's known source folders (names in any case: a Fake/
+    folder is `discover`'s to read or refuse with its reason, never to be taken as photos)."""
+    path = Path(source)
+    return path.is_file() or any(d.name.lower() in ("real", "fake") for d in _subdirs(path)) or bool(_seed_folders(path))
+
+
+def _seed_folders(source: Path) -> list[str]:
+    return [d.name for d in _subdirs(source) if d.name.lower() in SEED_REAL + SEED_FAKE]
+
+
 def _discover_one(source: Path, real: list[str] | None, fake: list[str] | None) -> list[Sample]:
     if not source.exists():
         raise DatasetError(f"{source} does not exist")
@@ -87,7 +99,7 @@ def _discover_one(source: Path, real: list[str] | None, fake: list[str] | None) 
         if pairs:
             samples = [Sample(s.path, s.label, s.group, pairs.get(s.path)) for s in samples]
     else:
-        known = [d.name for d in _subdirs(source) if d.name.lower() in SEED_REAL + SEED_FAKE]
+        known = _seed_folders(source)
         if not known:
             raise DatasetError(
                 f"{source} has neither real/ and fake/ folders nor known source folders",

@@ -52,8 +52,7 @@ def real_photos(data: tuple[str, ...]) -> list[datasets.Sample]:
         path = Path(root)
         if not path.exists():
             raise DfxError(f"{root} does not exist")
-        known = {"real", "fake", *datasets.SEED_REAL, *datasets.SEED_FAKE}
-        if path.is_file() or any(d.is_dir() and d.name.lower() in known for d in path.iterdir()):
+        if datasets.has_labels(path):
             samples += datasets.discover_any(str(path))
         else:
             images, _ = walk_images([path])

@@ -145,12 +145,6 @@ def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, e
     low, high = metrics.wilson_interval(flagged, len(labels))
     name = "false_positive_rate" if label == 0 else "detection_rate"
     probabilities = np.array([bundle.probability(float(z)) for z in logits])
-    groups = sorted({s.group for s in kept})
-    per_group = {}
-    for group in groups:
-        members = np.array([s.group == group for s in kept])
-        n, k = int(members.sum()), int(np.sum(logits[members] >= bundle.threshold))
-        per_group[group] = {"images": n, "flagged": k, name: k / n, "interval_95": metrics.wilson_interval(k, n)}
     return {
         "one_class": "real" if label == 0 else "fake",
         "images": len(labels),
@@ -159,7 +153,7 @@ def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, e
         "interval_95": [low, high],
         "mean_probability": float(probabilities.mean()),
         "undefined": "AUC, average precision and EER need both classes (they rank fakes above reals)",
-        "per_group": per_group,
+        "per_group": flagged_per_group(logits, kept, bundle.threshold, name),
         "threshold": bundle.threshold,
         "split": config.split,
         "data": str(Path(config.data).resolve()) if config.data else bundle.manifest.get("data", {}).get("root"),
@@ -169,6 +163,17 @@ def one_class_report(bundle: Bundle, config: EvalConfig, kept, labels, logits, e
         "runner_reason": reason,
         "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:5]]},
     }
+
+
+def flagged_per_group(logits: np.ndarray, samples, threshold: float, rate_name: str) -> dict:
+    """{group: images, flagged (logit >= threshold), the rate under `rate_name`, its 95% Wilson
+    interval} for one class's scored samples (`logits[i]` belongs to `samples[i]`)."""
+    out = {}
+    for group in sorted({s.group for s in samples}):
+        members = np.array([s.group == group for s in samples])
+        n, k = int(members.sum()), int(np.sum(logits[members] >= threshold))
+        out[group] = {"images": n, "flagged": k, rate_name: k / n, "interval_95": metrics.wilson_interval(k, n)}
+    return out
 
 
 def format_report(report: dict) -> str:

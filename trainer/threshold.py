@@ -65,7 +65,7 @@ def set_threshold(config: ThresholdConfig) -> dict:
     from dfx.photo_data import face_policy
     from dfx.runtime.scan.parity_check import SAMPLE_ROLE, check
     from dfx.runtime.scan.select import choose_runner
-    from dfx.trainer.evaluate import score
+    from dfx.trainer.evaluate import flagged_per_group, score
     from dfx.trainer.train import check_target_fpr
 
     check_target_fpr(config.target_fpr)
@@ -98,7 +98,8 @@ def set_threshold(config: ThresholdConfig) -> dict:
         "no_face": {"count": len(no_face), "first": no_face[:5]},
         "target_fpr": config.target_fpr,
         "old": _rates(old["logit"], logits, labels), "new": _rates(new_logit, logits, labels),
-        "old_threshold": old, "per_group": _per_group(new_logit, logits, kept),
+        "old_threshold": old,
+        "per_group": flagged_per_group(real, [s for s in kept if s.label == 0], new_logit, "false_positive_rate"),
         "written": False,
     }
     if config.dry_run:
@@ -124,15 +125,6 @@ def _rates(threshold: float, logits: np.ndarray, labels: np.ndarray) -> dict:
     if len(fake):
         caught = int(np.sum(fake >= threshold))
         out.update(fakes_caught=caught, detection_rate=caught / len(fake))
-    return out
-
-
-def _per_group(threshold: float, logits: np.ndarray, kept) -> dict:
-    out = {}
-    for group in sorted({s.group for s in kept if s.label == 0}):
-        members = np.array([s.label == 0 and s.group == group for s in kept])
-        k = int(np.sum(logits[members] >= threshold))
-        out[group] = {"images": int(members.sum()), "flagged": k, "false_positive_rate": k / int(members.sum())}
     return out
 
 

@@ -162,11 +162,13 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         fold_val = [s for s in val_s if not excluded(s)]
         bundle = _train_fold(config, key, out / "folds" / name, fold_train, fold_val, train_x, copies, train_s, eval_x, path_index, log)
         model = _load_model(bundle)
-        threshold = bundle.threshold if config.target_fpr is None else _threshold_at_fpr(model, eval_x, path_index, fold_val, config.target_fpr)
+        # the fold's validation photos, scored once: the in-distribution row and the --target-fpr threshold read them
+        val_scores = _photo_scores(model, eval_x, path_index, fold_val) if held_label is None or config.target_fpr is not None else None
+        threshold = bundle.threshold if val_scores is None or config.target_fpr is None else _threshold_at_fpr(*val_scores, config.target_fpr)
         rows = {}
         if held_label is None:
             evaluated = fold_val
-            rows[name] = _score(model, eval_x, path_index, fold_val, threshold)
+            rows[name] = _row(*val_scores, threshold)
             real_fakes = [s for s in fold_val if s.group not in pseudo_groups]
             if len(real_fakes) < len(fold_val):  # the same row on the real generators' fakes only
                 rows[name]["auc_without_pseudo_fakes"] = _score(model, eval_x, path_index, real_fakes, threshold)["auc"]
@@ -346,16 +348,19 @@ def _photo_scores(model, decoded: "_Decoded", index, chosen) -> tuple[np.ndarray
     return np.array([s.label for s in chosen]), photo_logits(predict_logits(model, x), photo, len(chosen))
 
 
-def _threshold_at_fpr(model, decoded: "_Decoded", index, fold_val, target_fpr: float) -> float:
-    """The logit threshold with `target_fpr` false positives on the fold's validation photos."""
-    y, scores = _photo_scores(model, decoded, index, fold_val)
+def _threshold_at_fpr(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:
+    """The logit threshold with `target_fpr` false positives on these photos (the fold's validation split)."""
     scored = ~np.isnan(scores)
-    return metrics.threshold_at_fpr(y[scored], scores[scored], target_fpr)
+    return metrics.threshold_at_fpr(labels[scored], scores[scored], target_fpr)
 
 
 def _score(model, decoded: "_Decoded", index, chosen, threshold) -> dict:
-    """The row of `chosen` at `threshold` (see _photo_scores); photos without a face are counted."""
-    labels, scores = _photo_scores(model, decoded, index, chosen)
+    """The row of `chosen` at `threshold` (see _photo_scores)."""
+    return _row(*_photo_scores(model, decoded, index, chosen), threshold)
+
+
+def _row(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """A row's metrics at `threshold`; photos without a face (NaN) are counted, not scored."""
     scored = ~np.isnan(scores)
     y = labels[scored]
     row = metrics.summarize(y, scores[scored], threshold)

@@ -14,10 +14,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from dfx.atomic import write_atomic
 from dfx.forms import FORMS, ONNX_FORMS
 from dfx.errors import DfxError
 
@@ -109,11 +109,8 @@ class Bundle:
         from dfx.signing import SIGNATURE
 
         text = json.dumps(self.manifest, indent=2, sort_keys=False, default=json_default)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
         (self.root / SIGNATURE).unlink(missing_ok=True)
-        os.replace(tmp, self.root / MANIFEST)
+        write_atomic(self.root / MANIFEST, text + "\n")
         self._manifest_bytes = (text + "\n").encode()
         self.signature = "unsigned"
 
@@ -125,10 +122,7 @@ class Bundle:
         key = private_key if hasattr(private_key, "sign") else signing.load_private_key(private_key)
         data = (self.root / MANIFEST).read_bytes()
         doc = signing.sign_manifest(data, key)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.sig.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, self.root / signing.SIGNATURE)
+        write_atomic(self.root / signing.SIGNATURE, json.dumps(doc, indent=2) + "\n")
         self._manifest_bytes = data
         self.signature = f"signed ({doc['algorithm']}, key {doc['key_id']})"
         return doc["key_id"]

@@ -249,7 +249,7 @@ def test_protocol_cache_shared_by_hard_links_is_replaced_not_rewritten(tmp_path)
     assert again.x.shape[0] == 2 and (again.x == 2).all()
     kept = first._cached("eval", [SimpleNamespace(path="x.png")], lambda: pytest.fail("the first run's cache was rewritten"))
     assert kept.x.shape[0] == 1 and (kept.x == 1).all()
-    assert not list((tmp_path / "b").glob(".*.tmp"))
+    assert not list((tmp_path / "b").glob(".*"))  # no temporary file left behind
 
 
 def _manifest(folder: Path) -> dict:

@@ -398,3 +398,27 @@ def test_soak_script_runs_briefly(tmp_path):
     report = soak_detector(str(make_onnx_bundle(tmp_path / "b")), seconds=3, threads=4, window=1, backend="ort-cpu", batch=4)
     assert report["errors"] == 0 and report["inputs"] > 16 and report["alive_threads_after_stop"] == 0
     assert report["bad_inputs_answered_as_error_rows"] >= 1 and report["rss_start_mb"] > 0 and report["drift"] is not None
+
+
+def test_atomic_writes_leave_the_old_file_when_the_writer_fails_and_break_hard_links(tmp_path):
+    from dfx.atomic import atomic_path, write_atomic
+
+    target = tmp_path / "manifest.json"
+    write_atomic(target, "old\n")
+    linked = tmp_path / "other.json"
+    os.link(target, linked)  # another run's copy (cp -al)
+
+    def half_then_crash(handle):
+        handle.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, half_then_crash)
+    assert target.read_text() == "old\n"
+    write_atomic(target, b"new\n")
+    assert target.read_text() == "new\n" and linked.read_text() == "old\n"  # replaced, not rewritten
+    with atomic_path(tmp_path / "ae.weights.h5") as tmp:
+        assert tmp.name.endswith(".weights.h5") and tmp.parent == tmp_path  # Keras checks the suffix
+        tmp.write_bytes(b"w")
+    assert (tmp_path / "ae.weights.h5").read_bytes() == b"w"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ae.weights.h5", "manifest.json", "other.json"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from dfx import datasets, metrics
+from dfx.atomic import write_atomic
 from dfx.errors import DfxError
 from dfx.trainer.models import DEFAULT_ARCHITECTURE
 
@@ -462,21 +462,13 @@ class _Cache:
         if found.errors:
             raise DfxError(f"{len(found.errors)} image(s) could not be decoded, e.g. {found.errors[0][0]}: {found.errors[0][1]}",
                            hint="remove them from the data")
-        _replace(path, lambda f: np.save(f, found.x))
+        # Whole or not at all, and replaced rather than rewritten: a cache hard-linked from another
+        # run (cp -al) stays that run's.
+        write_atomic(path, lambda f: np.save(f, found.x))
         faces = {"photo": found.photo.tolist(), "no_face": found.no_face, "searched": found.searched}
-        _replace(faces_file, lambda f: f.write(json.dumps(faces).encode()))
-        _replace(paths_file, lambda f: f.write(json.dumps(paths).encode()))
+        write_atomic(faces_file, json.dumps(faces))
+        write_atomic(paths_file, json.dumps(paths))
         return _Decoded(found.x, found.photo, found.no_face, found.searched)
-
-
-def _replace(path: Path, write: Callable) -> None:
-    """Write a new file beside `path` and rename it over `path`. A cache shared with another run
-    by hard links (cp -al) is then replaced in this run only, never rewritten under the other,
-    and a killed run leaves no half-written cache."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
 
 
 def perturb(name: str, path: str, image=None):

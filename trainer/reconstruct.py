@@ -51,6 +51,7 @@ from typing import Callable
 
 import numpy as np
 
+from dfx.atomic import atomic_path, write_atomic
 from dfx.datasets import PAIRS_FILE
 from dfx.errors import DfxError
 
@@ -379,9 +380,8 @@ def train_autoencoder(config: ReconstructConfig, decoder: str, index: int, patch
         "sharpness_ratio": round(float(np.median(sharp)), 3) if sharp else None,  # output / source Laplacian energy
         "parameters": int(model.count_params()),
     }
-    tmp = folder / f".{decoder}.weights.h5"
-    model.save_weights(str(tmp))
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        model.save_weights(str(tmp))
     meta.write_text(json.dumps(record, indent=2))
     record["reused"] = False
     return model, record
@@ -468,9 +468,7 @@ def run(config: ReconstructConfig, log: Callable[[str], None] = lambda m: print(
                     continue
                 data = encode_like(reconstruct_pixels(model, pixels, stride), encoding)
                 target = folder / fake_name(photo, encoding["format"])
-                tmp = target.with_name("." + target.name)
-                tmp.write_bytes(data)
-                os.replace(tmp, target)  # a killed run never leaves half a file under its real name
+                write_atomic(target, data)  # a killed run never leaves half a file under its real name
                 entry = {
                     "fake": str(target.relative_to(out)), "source": photo.path,
                     "source_relative": os.path.relpath(photo.path, out), "source_group": photo.group,

@@ -154,24 +154,24 @@ def threshold_balanced_accuracy(labels, scores) -> float:
 def threshold_at_fpr(labels, scores, target_fpr: float) -> float:
     """The lowest threshold whose false-positive rate on real images stays <= target_fpr."""
     y, s = _arrays(labels, scores)
-    fpr, _, thresholds = roc_curve(y, s)
-    best = int(np.nonzero(fpr <= target_fpr + 1e-12)[0].max())
-    return _midpoint(s, thresholds, best)
+    return threshold_for_flag_rate(s[y == 0], target_fpr, others=s[y == 1])
 
 
-def threshold_for_flag_rate(real_scores, rate: float) -> float:
+def threshold_for_flag_rate(real_scores, rate: float, others=()) -> float:
     """The lowest threshold that flags (score >= threshold) at most `rate` of these real images'
-    scores: one class is enough (a team's own users' photos). Halfway between the first score left
-    unflagged and the next higher one, as _midpoint, so that tiny differences between model forms
-    do not move an image across it."""
-    s = np.sort(np.asarray(real_scores, np.float64))[::-1]
-    if not s.size:
+    scores: one class is enough (a team's own users' photos). Halfway between the highest real
+    score left unflagged and the next higher score of any image (real, or `others`: the fakes of
+    a labelled set), like _midpoint, so that tiny differences between model forms do not move an
+    image across it."""
+    real = np.sort(np.asarray(real_scores, np.float64))[::-1]
+    if not real.size:
         raise ValueError("no scores")
-    allowed = int(np.floor(rate * s.size + 1e-9))  # images that may be flagged
-    if allowed >= s.size:
-        return float(s[-1] - 1.0)
-    kept = s[allowed]  # the highest score that must stay below the threshold
-    higher = s[s > kept]
+    every = np.concatenate([real, np.asarray(others, np.float64).ravel()])
+    allowed = int(np.floor(rate * real.size + 1e-9))  # real images that may be flagged
+    if allowed >= real.size:
+        return float(every.min() - 1.0)
+    kept = real[allowed]  # the highest real score that must stay below the threshold
+    higher = every[every > kept]
     return float((kept + higher.min()) / 2) if higher.size else float(kept + 1.0)
 
 

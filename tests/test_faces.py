@@ -382,3 +382,21 @@ def test_int8_finder_is_kept_only_when_it_finds_the_float_finders_faces(finder_o
     bundle.save()
     options, _ = face_options(Bundle.open(root), "auto")
     assert options.finder.model.name == FACE_FINDER_INT8_FILE  # the vouched INT8 twin runs
+
+
+def test_framing_cues_say_where_the_face_sits(finder, face_pool):
+    """The protocol's shortcut baseline reads the framing: the largest face's size over the
+    image's short side and its centre, or -1s and 0 when there is none."""
+    from dfx.trainer.protocol import FRAMING, framing_cues
+
+    pool, files = face_pool
+    rng = np.random.default_rng(4)
+    for size in (90, 160):
+        pixels, pasted = wp.make_photo(rng, 300, 400, pool, [size], corners=files)
+        cues = framing_cues(_jpeg(pixels), finder)
+        assert len(cues) == len(FRAMING) and cues[-1] == 1.0
+        x0, y0, x1, y1 = pasted[0].box
+        assert cues[0] == pytest.approx(pasted[0].size / 300, rel=0.3)  # box width over the short side
+        assert cues[2] == pytest.approx((x0 + x1) / 2 / 400, abs=0.05) and cues[3] == pytest.approx((y0 + y1) / 2 / 300, abs=0.05)
+    faceless = _jpeg(wp.background(np.random.default_rng(6), 300, 400, "landscape"))
+    assert framing_cues(faceless, finder) == [-1.0, -1.0, -1.0, -1.0, 0.0]

@@ -8,9 +8,10 @@ quality 60, Gaussian blur sigma 1, rescaling to half size, an 80% centre crop, a
 degree rotation, applied at native resolution before the pixel path).
 
 Beside each row, a *shortcut baseline* that sees only cheap cues (width, height, file format,
-JPEG quantisation tables, per-channel mean/std) is trained and scored on the very same splits
-(scikit-learn's gradient-boosted trees). A model that does not beat it by a wide margin on a
-held-out group learned the cue, not the generator.
+JPEG quantisation tables, per-channel mean/std, and the framing: where the face finder puts the
+largest face, relative to the image) is trained and scored on the very same splits
+(scikit-learn's gradient-boosted trees), and the framing cues alone beside it. A model that does
+not beat it by a wide margin on a held-out group learned the cue, not the generator.
 
 Protocol v2 (this version): pseudo-fakes from `dfx data reconstruct` (fake groups named
 ``ae-<family>-x<stride>``) are held out by *family* (all strides of one decoder together), beside
@@ -141,15 +142,26 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     if eval_x.no_face:
         log(f"faces {config.faces}: no face found in {len(eval_x.no_face)} photo(s), e.g. {eval_x.no_face[0]}; they are not scored")
     key = _config_key(config, faces_used=eval_x.searched > 0)
-    features = _shortcut_features(samples, out / "cache") if config.baseline else None
-    laundered_features = (_shortcut_features(samples, out / "cache", partial(launder, seed=config.seed), f"cues-{LAUNDERED}-s{config.seed}")
-                          if config.baseline and config.launder else None)
+    features = laundered_features = framing = laundered_framing = None
+    if config.baseline:
+        launder_file = partial(launder, seed=config.seed)
+        features = _shortcut_features(samples, out / "cache")
+        if config.launder:
+            laundered_features = _shortcut_features(samples, out / "cache", launder_file, f"cues-{LAUNDERED}-s{config.seed}")
+        finder = _baseline_finder(config, log)
+        if finder is not None:
+            framing = _framing_features(samples, out / "cache", finder)
+            features = np.hstack([features, framing])
+            if config.launder:
+                laundered_framing = _framing_features(samples, out / "cache", finder, launder_file, f"framing-{LAUNDERED}-s{config.seed}")
+                laundered_features = np.hstack([laundered_features, laundered_framing])
 
     report_path = out / "protocol.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if report.get("config_key") != key or report.get("config", {}).get("target_fpr") != config.target_fpr:
         report = {"rows": {}}  # rows of other folds, or at another threshold
     report.update(protocol=PROTOCOL_VERSION, config=_jsonable(config), config_key=key, data=datasets.summary(samples),
+                  baseline_cues=None if features is None else list(FEATURES) + (list(FRAMING) if framing is not None else []),
                   units={n: {"label": datasets.LABELS[lab], "groups": sorted(g)} for n, (lab, g) in units.items()})
     for name in chosen:
         started = time.time()
@@ -191,6 +203,10 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
             rows[name]["baseline_auc"] = _baseline(features, features, path_index, fold_train, fold_val, evaluated)
             if laundered_features is not None:
                 rows[f"{name} / {LAUNDERED}"]["baseline_auc"] = _baseline(features, laundered_features, path_index, fold_train, fold_val, evaluated)
+        if framing is not None:  # the framing cues alone: how much of the baseline is where the face sits
+            rows[name]["framing_baseline_auc"] = _baseline(framing, framing, path_index, fold_train, fold_val, evaluated)
+            if laundered_framing is not None:
+                rows[f"{name} / {LAUNDERED}"]["framing_baseline_auc"] = _baseline(framing, laundered_framing, path_index, fold_train, fold_val, evaluated)
         rows[name]["seconds"] = round(time.time() - started, 1)
         rows[name]["train_seconds"] = bundle.manifest["training"]["seconds"]
         rows[name]["best_epoch"] = bundle.manifest["training"]["best_epoch"]
@@ -198,6 +214,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         report_path.write_text(json.dumps(report, indent=2, default=_json_default))
         laundered_row = rows.get(f"{name} / {LAUNDERED}", {})
         log(f"{name}: AUC {rows[name]['auc']:.4f}" + (f"  baseline {rows[name]['baseline_auc']:.4f}" if "baseline_auc" in rows[name] else "")
+            + (f" (framing alone {rows[name]['framing_baseline_auc']:.4f})" if "framing_baseline_auc" in rows[name] else "")
             + (f"  laundered {laundered_row['auc']:.4f}" if laundered_row else "")
             + (f" (baseline {laundered_row['baseline_auc']:.4f})" if "baseline_auc" in laundered_row else ""))
     report["summary"] = summarize(report["rows"])
@@ -247,8 +264,8 @@ def format_table(report: dict) -> str:
         f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, launder training {c.get('launder_training')}, pseudo-fake share {c.get('pseudo_share', 'per-decoder')}",
         f"rates at {at}",
         "",
-        "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | train min |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | framing alone | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["rows"].items():
         rate = ""
@@ -259,12 +276,13 @@ def format_table(report: dict) -> str:
         elif "held_out_fpr" in r:  # both classes: real photos flagged, fakes caught
             rate = f"{r['held_out_fpr']:.1%} flagged, {r['held_out_tpr']:.1%} caught"
         base = f"{r['baseline_auc']:.3f}" if r.get("baseline_auc") is not None else ""
+        framed = f"{r['framing_baseline_auc']:.3f}" if r.get("framing_baseline_auc") is not None else ""
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else ""
         label = f"held out: {name}" if r.get("held_out") and "laundered_of" not in r else name
         if r.get("pseudo_fake_family") and "laundered_of" not in r:
             label += " (pseudo-fake family)"
         lines.append(f"| {label} | {r['images']} | {r['auc']:.3f} | {r['average_precision']:.3f} | {r['accuracy']:.3f} | "
-                     f"{r['tpr_at_1pct_fpr']:.3f} | {rate} | {base} | {minutes} |")
+                     f"{r['tpr_at_1pct_fpr']:.3f} | {rate} | {base} | {framed} | {minutes} |")
     s = report.get("summary", {})
     if s:
         def fmt(v):
@@ -508,6 +526,7 @@ def perturb(name: str, path: str, image=None):
 # ---- the shortcut baseline ---------------------------------------------------------------------------
 
 FEATURES = ("width", "height", "jpeg", "png", "other_format", "q_luma", "q_chroma", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b")
+FRAMING = ("face_width", "face_height", "face_x", "face_y", "face_found")  # framing_cues, from the face finder
 
 
 def cheap_cues(source) -> list[float]:
@@ -531,6 +550,33 @@ def cheap_cues(source) -> list[float]:
 
 def _shortcut_features(samples, cache: Path, alter: Callable | None = None, name: str = "cues") -> np.ndarray:
     """The cheap cues of every sample (of its altered file when `alter` is given), cached."""
+    return _cached_features(samples, cache, name, lambda p: cheap_cues(alter(p) if alter is not None else p))
+
+
+def framing_cues(source, finder) -> list[float]:
+    """Where the largest face sits in the image (FRAMING): its box's width and height over the
+    image's short side and its centre over the image's width and height, or -1s when `finder`
+    (dfx.faces.FaceFinder) finds none. Each source crops its faces its own way (docs/pseudo-fakes.md,
+    "Framing"): these five numbers alone separate the shared folders' real and fake faces."""
+    from dfx.faces import draft_scale
+    from dfx.photos import decode_photo
+
+    photo = decode_photo(source, finder_scale=draft_scale(finder.config.min_face, finder.config.window_min))
+    boxes = finder.find(photo.small, photo.scale)
+    if not boxes:
+        return [-1.0, -1.0, -1.0, -1.0, 0.0]
+    box = max(boxes, key=lambda b: b.width * b.height)
+    side = min(photo.width, photo.height)
+    return [box.width / side, box.height / side, (box.x0 + box.x1) / 2 / photo.width, (box.y0 + box.y1) / 2 / photo.height, 1.0]
+
+
+def _framing_features(samples, cache: Path, finder, alter: Callable | None = None, name: str = "framing") -> np.ndarray:
+    """framing_cues of every sample (of its altered file when `alter` is given), cached."""
+    return _cached_features(samples, cache, name, lambda p: framing_cues(alter(p) if alter is not None else p, finder))
+
+
+def _cached_features(samples, cache: Path, name: str, one: Callable) -> np.ndarray:
+    """`one(path)` of every sample, on two threads with a progress bar; cached under `name`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -540,15 +586,23 @@ def _shortcut_features(samples, cache: Path, alter: Callable | None = None, name
     paths = [s.path for s in samples]
     if path.exists() and paths_file.exists() and json.loads(paths_file.read_text()) == paths:
         return np.load(path)
-
-    def one(p):
-        return cheap_cues(alter(p) if alter is not None else p)
-
     with ThreadPoolExecutor(max_workers=2) as pool:
         x = np.array(list(tqdm(pool.map(one, paths), total=len(paths), desc=name, unit="img", disable=None)), np.float64)
-    np.save(path, x)
-    paths_file.write_text(json.dumps(paths))
+    write_atomic(path, lambda f: np.save(f, x))
+    write_atomic(paths_file, json.dumps(paths))
     return x
+
+
+def _baseline_finder(config, log: Callable[[str], None]):
+    """The face finder that reads the framing cues (the scan's, at the model window's smallest
+    face), or None, said in the log, where none can be made: the baseline then reads the other cues."""
+    from dfx.photo_data import face_policy
+
+    try:
+        return face_policy("all", size=config.size).finder.get()
+    except DfxError as exc:
+        log(f"the shortcut baseline reads no framing cues: {exc}")
+        return None
 
 
 def _baseline(features, eval_features, path_index, train, val, evaluated) -> float:

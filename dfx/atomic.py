@@ -16,6 +16,12 @@ from typing import IO, Callable, Iterator, Union
 
 Content = Union[bytes, str, Callable[[IO[bytes]], object]]
 
+# mkstemp makes its file private (0600); the renamed file gets the permissions open() would have
+# given it (0666 less the umask), so a bundle stays readable by the service that runs it. The
+# umask can only be read by setting it: once, at import, before any threads write.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -26,6 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         os.replace(tmp, path)

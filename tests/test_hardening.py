@@ -422,3 +422,5 @@ def test_atomic_writes_leave_the_old_file_when_the_writer_fails_and_break_hard_l
         tmp.write_bytes(b"w")
     assert (tmp_path / "ae.weights.h5").read_bytes() == b"w"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ae.weights.h5", "manifest.json", "other.json"]
+    (tmp_path / "plain").write_bytes(b"")
+    assert target.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777  # open()'s permissions, not mkstemp's 0600

@@ -345,6 +345,15 @@ def crop_region(box: FaceBox, height: int, width: int, margin: float = CROP_MARG
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 
+def square_region(cx: float, cy: float, side: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a square of `side` centred on (cx, cy), slid inside the image and at
+    most its short side: always square, so a resize to the model window never distorts it."""
+    side = int(round(min(side, height, width)))
+    x0 = int(round(min(max(cx - side / 2, 0), width - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), height - side)))
+    return x0, y0, x0 + side, y0 + side
+
+
 def crop_face(full: np.ndarray, box: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
     """The face's square crop from the full-resolution pixels: a view, never resampled (the
     model window is then taken by the bundle's fit policy, as from a face-crop file)."""

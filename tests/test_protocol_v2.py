@@ -169,7 +169,7 @@ def test_summary_separates_generators_families_sources_and_laundered_rows():
     rows = {
         IN_DISTRIBUTION: {"auc": 0.99},
         f"{IN_DISTRIBUTION} / half-size": {"auc": 0.9},
-        f"{IN_DISTRIBUTION} / laundered": {"auc": 0.95, "baseline_auc": 0.6, "laundered_of": IN_DISTRIBUTION},
+        f"{IN_DISTRIBUTION} / laundered": {"auc": 0.95, "baseline_auc": 0.6, "framing_baseline_auc": 0.9, "laundered_of": IN_DISTRIBUTION},
         "sd21": {"auc": 0.7, "held_out": "fake", "pseudo_fake_family": False, "held_out_fpr": 0.0},
         "sd21 / laundered": {"auc": 0.5, "held_out": "fake", "laundered_of": "sd21", "baseline_auc": 0.55},
         "ae-tconv": {"auc": 0.95, "held_out": "fake", "pseudo_fake_family": True, "held_out_fpr": 0.0},
@@ -183,6 +183,8 @@ def test_summary_separates_generators_families_sources_and_laundered_rows():
     assert s["half_size_drop"] == pytest.approx(0.09)
     assert s["worst_laundered_drop"] == pytest.approx(0.2)
     assert s["min_laundered_margin_over_baseline"] == pytest.approx(-0.05)
+    rows["sd21 / laundered"]["framing_baseline_auc"] = 0.65  # the framing alone is the stronger baseline there
+    assert summarize(rows)["min_laundered_margin_over_baseline"] == pytest.approx(-0.15)
 
 
 def test_train_with_pairs_records_the_sampling_in_the_manifest(paired_tree, tmp_path):

@@ -8,6 +8,10 @@
   `dfx train --launder-training` trains on laundered copies too (`copy`) or only (`all`).
 - `rescaled`: the image resized by a random factor in [low, 1): the training-side scale jitter
   (TrainConfig.scale_jitter), a re-shared, smaller copy of the photo.
+- `reframed`: the image cut to a random square around its face, from the face itself to the
+  whole short side: the training-side framing jitter (TrainConfig.framing_jitter). Each source
+  frames its faces its own way, and five numbers of framing separate the shared folders' classes
+  (docs/pseudo-fakes.md, "Framing"); the copies show every source's faces at every framing.
 
 Every random choice is seeded by (seed, the image's folder and file name), so one image always
 gets the same alteration, wherever the data lives. dfx.photo_data.load_faces decodes many through
@@ -68,3 +72,31 @@ def rescaled(path: str, low: float, seed: int = 0, key: str | None = None, image
     factor = float(_rng("rescale", seed, key or path).uniform(low, 1.0))
     w, h = image.size
     return image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
+
+
+FRAME_TIGHTEST = 1.0  # the tightest reframed cut: the face finder's box itself (its larger side)
+
+
+def reframed(path: str, finder, seed: int = 0, key: str | None = None, image=None):
+    """`path` cut to a random square around its largest face (a PIL image): the side is drawn
+    uniformly between FRAME_TIGHTEST x the face box (dfx.faces.FaceFinder `finder`) and the
+    image's short side, the square centred on the face and slid inside the image
+    (dfx.faces.square_region). Without a face found: the centred square of the short side.
+    Seeded by `key` (default `path`), so both sides of a pair are cut alike; `image`: pixels to
+    cut instead of the file's (a face's crop)."""
+    from dfx.faces import square_region
+    from dfx.images import to_rgb
+
+    image = to_rgb(path if image is None else image)
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    short = min(height, width)
+    boxes = finder.find(pixels)
+    draw = float(_rng("reframe", seed, key or path).uniform(0.0, 1.0))
+    if boxes:
+        box = max(boxes, key=lambda b: b.width * b.height)
+        tightest = min(short, FRAME_TIGHTEST * max(box.width, box.height))
+        side, cx, cy = tightest + draw * (short - tightest), (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    else:
+        side, cx, cy = short, width / 2, height / 2
+    return image.crop(square_region(cx, cy, side, height, width))

@@ -121,6 +121,10 @@ def register(sub) -> None:
     train.add_argument("--scale-jitter", type=float, metavar="LOW",
                        help="also train on a copy of every image rescaled by a seeded factor in [LOW, 1) at native resolution "
                        "(e.g. 0.5: a re-shared, smaller upload); default off")
+    train.add_argument("--framing-jitter", action="store_true",
+                       help="also train on a copy of every image cut to a random square around its face, from the face itself "
+                       "to the whole short side, so that how a source frames its faces stops telling real from fake (needs the "
+                       "face finder); default off")
     train.add_argument("--launder-training", choices=launderings,
                        help="launder training images of both classes as a social-media upload (long side to 256-512 px, "
                        "JPEG q70-90): copy adds a laundered copy of every image, all trains on laundered images only; default off")
@@ -167,6 +171,8 @@ def register(sub) -> None:
     protocol.add_argument("--no-baseline", action="store_true", help="skip the shortcut baseline")
     protocol.add_argument("--pairs", action="store_true", help="draw pseudo-fakes beside their real photo in each batch (see dfx train --pairs)")
     protocol.add_argument("--scale-jitter", type=float, metavar="LOW", help="train on copies rescaled by a factor in [LOW, 1) too (see dfx train --scale-jitter)")
+    protocol.add_argument("--framing-jitter", action="store_true",
+                          help="train on copies cut to a random square around the face too (see dfx train --framing-jitter)")
     protocol.add_argument("--pseudo-share", choices=PSEUDO_SHARES, default=pd["pseudo_share"].default,
                           help="how the pseudo-fake decoders share the fake half (see dfx train --pseudo-share)")
     protocol.add_argument("--launder-training", choices=launderings, help="launder the training images too (see dfx train --launder-training)")
@@ -269,7 +275,7 @@ def _train(args) -> int:
         data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
         architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
         balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, pseudo_share=args.pseudo_share, scale_jitter=args.scale_jitter,
-        launder_training=args.launder_training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
+        framing_jitter=args.framing_jitter, launder_training=args.launder_training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
         faces=args.faces,
@@ -304,8 +310,8 @@ def _protocol(args) -> int:
         data=tuple(args.data), out=args.out, architecture=args.architecture, size=args.size, fit=args.fit,
         train_canvas=args.train_canvas, epochs=args.epochs, epoch_size=args.epoch_size, augment=args.augment,
         groups=args.groups, seed=args.seed, baseline=not args.no_baseline, pairs=args.pairs, pseudo_share=args.pseudo_share,
-        scale_jitter=args.scale_jitter, launder_training=args.launder_training, launder=not args.no_launder, faces=args.faces,
-        target_fpr=args.target_fpr,
+        scale_jitter=args.scale_jitter, framing_jitter=args.framing_jitter, launder_training=args.launder_training,
+        launder=not args.no_launder, faces=args.faces, target_fpr=args.target_fpr,
     ))
     print(format_table(report))
     return 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dfx.datasets import Sample
+from dfx.errors import DfxError
 from dfx.photo_data import FacePolicy, load_faces
 
 
@@ -22,7 +23,7 @@ class Arrays:
     samples: list[Sample]
     errors: list[tuple[str, str]]  # (path, reason) of images that failed to decode
     # int64 (N,): 0 the image as stored, 1 its rescaled copy (with_rescaled), 2 its laundered copy
-    # (with_laundered); None: all 0
+    # (with_laundered), 3 its reframed copy (with_reframed); None: all 0
     variant: np.ndarray | None = None
     no_face: list[str] = field(default_factory=list)  # photos searched where no face was found (skipped)
     searched: int = 0  # photos the face finder looked at
@@ -195,6 +196,15 @@ def with_laundered(arrays: Arrays, canvas: tuple[int, int], fit: str, seed: int,
     return with_copies(arrays, Arrays.of(laundered_copies(photos, canvas[0], fit, seed, faces=faces, workers=workers, progress=progress)), 2)
 
 
+def with_reframed(arrays: Arrays, canvas: tuple[int, int], fit: str, seed: int, finder, *,
+                  faces: FacePolicy | None = None, workers: int | None = None, progress: bool = True) -> Arrays:
+    """`arrays` plus a copy of every image cut to a random square around its face (variant 3;
+    TrainConfig.framing_jitter, trainer.alterations.reframed)."""
+    photos = list(dict.fromkeys(arrays.samples))
+    return with_copies(arrays, Arrays.of(reframed_copies(photos, canvas[0], fit, seed, finder, faces=faces, workers=workers,
+                                                         progress=progress)), 3)
+
+
 def with_copies(arrays: Arrays, copies: Arrays, variant: int) -> Arrays:
     """`arrays` followed by altered `copies` of its images, marked `variant` (Arrays.variant)."""
     first = arrays.variant if arrays.variant is not None else np.zeros(len(arrays.samples), np.int64)
@@ -216,6 +226,38 @@ def laundered_copies(samples: list[Sample], side: int, fit: str, seed: int, *, f
         return launder(path, seed, image=image, key=keys[path], kind="launder-training")
 
     return load_faces(samples, side, fit, faces, alter=alter, workers=workers, desc="decode laundered", progress=progress)
+
+
+def framing_finder():
+    """The face finder of framing jitter and of the protocol's framing cues: the scan's network,
+    looking for faces of 40 px and more (training images are face crops, ProGAN's faces ~77 px).
+    Raises DfxError with the install hint where it cannot be made."""
+    from dataclasses import asdict
+
+    from dfx.faces import FinderConfig
+    from dfx.photo_data import face_policy
+
+    policy = face_policy("all", finder_config=asdict(FinderConfig(min_face=40)))
+    assert policy.finder is not None
+    try:
+        return policy.finder.get()
+    except DfxError as exc:
+        raise DfxError(f"framing (dfx train --framing-jitter, the protocol's framing cues) needs the face finder: {exc}",
+                       hint=exc.hint) from exc
+
+
+def reframed_copies(samples: list[Sample], side: int, fit: str, seed: int, finder, *, faces: FacePolicy | None = None,
+                    workers: int | None = None, progress: bool = True):
+    """dfx.photo_data.FaceSet of each sample cut to a random square around its face (seeded by
+    its pair's photo when it has one; `finder`: a dfx.faces.FaceFinder), fitted by the pixel path."""
+    from dfx.trainer.alterations import reframed
+
+    keys = {s.path: s.source or s.path for s in samples}
+
+    def alter(path, image=None):
+        return reframed(path, finder, seed, key=keys[path], image=image)
+
+    return load_faces(samples, side, fit, faces, alter=alter, workers=workers, desc="decode reframed", progress=progress)
 
 
 def rescaled_copies(samples: list[Sample], side: int, fit: str, low: float, seed: int, *, faces: FacePolicy | None = None,

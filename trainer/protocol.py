@@ -79,6 +79,7 @@ class ProtocolConfig:
     progress: bool = True  # progress output on a terminal
     pairs: bool = False  # draw pseudo-fakes beside their real photo (TrainConfig.pairs)
     scale_jitter: float | None = None  # training copies rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter)
+    framing_jitter: bool = False  # training copies cut to a random square around the face (TrainConfig.framing_jitter)
     pseudo_share: str = "per-decoder"  # how pseudo-fake decoders share the fake half (TrainConfig.pseudo_share)
     launder_training: str | None = None  # "copy" | "all": laundered training images (TrainConfig.launder_training)
     launder: bool = True  # add the laundered rows
@@ -136,6 +137,8 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         copies.append((pixels.rescaled(train_s), 1))
     if config.launder_training == "copy":
         copies.append((pixels.laundered_train(train_s), 2))
+    if config.framing_jitter:
+        copies.append((pixels.reframed(train_s), 3))
     eval_x = pixels.arrays("eval", samples)
     laundered_x = pixels.altered(f"all-{LAUNDERED}-s{config.seed}", samples, partial(launder, seed=config.seed)) if config.launder else None
     path_index = {s.path: i for i, s in enumerate(samples)}
@@ -148,7 +151,7 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         features = _shortcut_features(samples, out / "cache")
         if config.launder:
             laundered_features = _shortcut_features(samples, out / "cache", launder_file, f"cues-{LAUNDERED}-s{config.seed}")
-        finder = _baseline_finder(config, log)
+        finder = _baseline_finder(log)
         if finder is not None:
             framing = _framing_features(samples, out / "cache", finder)
             features = np.hstack([features, framing])
@@ -234,7 +237,7 @@ def summarize(rows: dict) -> dict:
     robust = {k: r["auc"] for k, r in plain.items() if k.startswith(f"{IN_DISTRIBUTION} /")}
     laundered = {r["laundered_of"]: r for r in rows.values() if "laundered_of" in r}
     drops = [rows[k]["auc"] - r["auc"] for k, r in laundered.items() if k in rows]
-    margins = [r["auc"] - r["baseline_auc"] for r in laundered.values() if r.get("baseline_auc") is not None]
+    margins = [r["auc"] - _strongest_baseline(r) for r in laundered.values() if _strongest_baseline(r) is not None]
 
     def mean(values):
         return float(np.mean(values)) if values else None
@@ -249,10 +252,18 @@ def summarize(rows: dict) -> dict:
         "in_distribution_auc": base,
         "half_size_drop": float(base - robust[f"{IN_DISTRIBUTION} / half-size"]) if base is not None and f"{IN_DISTRIBUTION} / half-size" in robust else None,
         "worst_robustness_drop": float(base - min(robust.values())) if robust and base is not None else None,
-        "min_margin_over_baseline": min((r["auc"] - r["baseline_auc"] for r in held.values() if "baseline_auc" in r), default=None),
+        "min_margin_over_baseline": min((r["auc"] - _strongest_baseline(r) for r in held.values() if _strongest_baseline(r) is not None), default=None),
         "worst_laundered_drop": float(max(drops)) if drops else None,  # unlaundered AUC - laundered AUC, worst row
         "min_laundered_margin_over_baseline": float(min(margins)) if margins else None,
     }
+
+
+def _strongest_baseline(row: dict) -> float | None:
+    """The row's stronger baseline: all cues, or the framing cues alone. On a laundered row the
+    cues are fitted on the plain files, where size and format decide; they then miss what the
+    framing alone still reads after laundering."""
+    values = [row[k] for k in ("baseline_auc", "framing_baseline_auc") if row.get(k) is not None]
+    return max(values) if values else None
 
 
 def format_table(report: dict) -> str:
@@ -261,7 +272,7 @@ def format_table(report: dict) -> str:
           else "each fold's balanced-accuracy threshold (validation split)")
     lines = [
         f"{c['architecture']} at {c['size']} px ({c['fit']}, training canvas {c['train_canvas']}), {c['epochs']} epochs x "
-        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, launder training {c.get('launder_training')}, pseudo-fake share {c.get('pseudo_share', 'per-decoder')}",
+        f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, framing jitter {c.get('framing_jitter', False)}, launder training {c.get('launder_training')}, pseudo-fake share {c.get('pseudo_share', 'per-decoder')}",
         f"rates at {at}",
         "",
         "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | framing alone | train min |",
@@ -290,12 +301,12 @@ def format_table(report: dict) -> str:
         lines += ["", f"real generators held out: mean AUC {fmt(s.get('real_generator_mean_auc'))}, min {fmt(s.get('real_generator_min_auc'))}; "
                       f"pseudo-fake families held out: mean {fmt(s.get('pseudo_family_mean_auc'))}; photo sources held out: at most "
                       f"{fmt(s.get('photo_source_max_flagged'))} flagged; half-size drop {fmt(s.get('half_size_drop'))}; "
-                      f"worst laundered drop {fmt(s.get('worst_laundered_drop'))}; smallest laundered margin over the baseline "
+                      f"worst laundered drop {fmt(s.get('worst_laundered_drop'))}; smallest laundered margin over the stronger baseline "
                       f"{fmt(s.get('min_laundered_margin_over_baseline'))}"]
     if s.get("held_out_mean_auc") is not None:
         lines += ["", f"held-out mean AUC {s['held_out_mean_auc']:.3f}, min {s['held_out_min_auc']:.3f}; "
                       f"worst robustness drop {s['worst_robustness_drop'] if s['worst_robustness_drop'] is None else round(s['worst_robustness_drop'], 3)}; "
-                      f"smallest margin over the shortcut baseline {s['min_margin_over_baseline'] if s['min_margin_over_baseline'] is None else round(s['min_margin_over_baseline'], 3)}"]
+                      f"smallest margin over the stronger baseline {s['min_margin_over_baseline'] if s['min_margin_over_baseline'] is None else round(s['min_margin_over_baseline'], 3)}"]
     return "\n".join(lines)
 
 
@@ -309,7 +320,8 @@ def _fold_config(config, folder: Path):
         seed=config.seed, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_epochs=1.0, patience=config.epochs, augment=config.augment, architecture=config.architecture,
         train_canvas=config.train_canvas, balance=True, epoch_size=config.epoch_size, overwrite=True, progress=config.progress,
-        pairs=config.pairs, pseudo_share=config.pseudo_share, scale_jitter=config.scale_jitter, launder_training=config.launder_training,
+        pairs=config.pairs, pseudo_share=config.pseudo_share, scale_jitter=config.scale_jitter, framing_jitter=config.framing_jitter,
+        launder_training=config.launder_training,
         faces=config.faces,
     )
 
@@ -335,7 +347,7 @@ def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, c
     windows = [fold_train[i] for i in photo]  # a photo's sample once per face
     y = np.array([s.label for s in windows], np.int64)
     train_arrays = Arrays(x, y, windows, [])
-    for decoded, variant in copies:  # each image again: rescaled (scale jitter) or laundered
+    for decoded, variant in copies:  # each image again: rescaled (scale jitter), laundered or reframed
         cx, cphoto = decoded.select(ti)
         copied = [fold_train[i] for i in cphoto]
         train_arrays = with_copies(train_arrays, Arrays(cx, np.array([s.label for s in copied], np.int64), copied, []), variant)
@@ -445,6 +457,16 @@ class _Cache:
         side = c.train_canvas or c.size
         return self._cached(f"train-rescaled-{c.scale_jitter}-s{c.seed}-{c.fit}-{side}", samples,
                             lambda: rescaled_copies(samples, side, c.fit, c.scale_jitter, c.seed, faces=self.faces, progress=c.progress))
+
+    def reframed(self, samples) -> _Decoded:
+        """The training images cut to a random square around the face (TrainConfig.framing_jitter), at the canvas."""
+        from dfx.trainer.alterations import FRAME_TIGHTEST
+        from dfx.trainer.data import framing_finder, reframed_copies
+
+        c = self.config
+        side = c.train_canvas or c.size
+        return self._cached(f"train-reframed-{FRAME_TIGHTEST}-s{c.seed}-{c.fit}-{side}", samples,
+                            lambda: reframed_copies(samples, side, c.fit, c.seed, framing_finder(), faces=self.faces, progress=c.progress))
 
     def laundered_train(self, samples) -> _Decoded:
         """The training images laundered (TrainConfig.launder_training), at the canvas."""
@@ -593,13 +615,13 @@ def _cached_features(samples, cache: Path, name: str, one: Callable) -> np.ndarr
     return x
 
 
-def _baseline_finder(config, log: Callable[[str], None]):
-    """The face finder that reads the framing cues (the scan's, at the model window's smallest
-    face), or None, said in the log, where none can be made: the baseline then reads the other cues."""
-    from dfx.photo_data import face_policy
+def _baseline_finder(log: Callable[[str], None]):
+    """The face finder that reads the framing cues (trainer.data.framing_finder), or None, said
+    in the log, where none can be made: the baseline then reads the other cues."""
+    from dfx.trainer.data import framing_finder
 
     try:
-        return face_policy("all", size=config.size).finder.get()
+        return framing_finder()
     except DfxError as exc:
         log(f"the shortcut baseline reads no framing cues: {exc}")
         return None
@@ -639,6 +661,8 @@ def _config_key(config: ProtocolConfig, faces_used: bool = True) -> str:
         d.pop("launder_training", None)
     if d.get("pseudo_share") == "per-decoder":
         d.pop("pseudo_share", None)
+    if not d.get("framing_jitter"):
+        d.pop("framing_jitter", None)
     if faces_used:
         d["faces"] = config.faces
     d["data"] = [str(Path(p).resolve()) for p in d["data"]]

@@ -98,6 +98,10 @@ class TrainConfig:
     # [scale_jitter, 1) (per image, seeded; applied at native resolution before the pixel path,
     # like a re-shared upload), and the balanced draws pick either copy. None: off.
     scale_jitter: float | None = None
+    # Framing jitter: every training image is also stored cut to a random square around its face,
+    # from the face finder's box to the whole short side (per image, seeded; trainer.alterations
+    # .reframed), so that how a source frames its faces stops telling real from fake.
+    framing_jitter: bool = False
     # Laundering in training (trainer.alterations.launder: long side to 256-512 px, JPEG q70-90,
     # both classes): "copy" adds a laundered copy of every training image, "all" trains on the
     # laundered images only, so no source's size, format or compression is left to learn. None: off.
@@ -193,6 +197,9 @@ def train(config: TrainConfig) -> Bundle:
     if config.scale_jitter is not None:
         train_arrays = data_mod.with_rescaled(train_arrays, canvas, config.fit, config.scale_jitter, config.seed,
                                               faces=faces, workers=config.workers, progress=config.progress)
+    if config.framing_jitter:
+        train_arrays = data_mod.with_reframed(train_arrays, canvas, config.fit, config.seed, data_mod.framing_finder(),
+                                              faces=faces, workers=config.workers, progress=config.progress)
     val_arrays = data_mod.load_arrays(val_samples, size, config.fit, faces=faces, workers=config.workers,
                                       progress=config.progress, desc="decode val")
     return fit_arrays(config, bundle, train_arrays, val_arrays, started=started)
@@ -221,9 +228,10 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError(f"--pseudo-share must be one of {', '.join(PSEUDO_SHARES)}, not {config.pseudo_share!r}")
     if config.launder_training not in LAUNDER_TRAINING:
         raise DfxError(f"--launder-training must be {' or '.join(filter(None, LAUNDER_TRAINING))}, not {config.launder_training!r}")
-    if config.launder_training == "all" and config.scale_jitter is not None:
-        raise DfxError("--launder-training all trains on laundered images only; --scale-jitter would add copies of the originals",
-                       hint="use --launder-training copy with --scale-jitter, or drop one")
+    if config.launder_training == "all" and (config.scale_jitter is not None or config.framing_jitter):
+        option = "--scale-jitter" if config.scale_jitter is not None else "--framing-jitter"
+        raise DfxError(f"--launder-training all trains on laundered images only; {option} would add copies of the originals",
+                       hint=f"use --launder-training copy with {option}, or drop one")
     if config.architecture == "npr_cnn" and config.size % 2:
         raise DfxError(f"npr_cnn needs an even --size, not {config.size}")
 
@@ -367,6 +375,7 @@ def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_a
         "paired_fakes": sum(1 for s in train_arrays.samples if s.source),  # training pseudo-fakes with a known photo
         "pairs_in_same_batch": pairs_together,  # share of drawn pseudo-fakes whose photo shared the batch
         "scale_jitter": config.scale_jitter,
+        "framing_jitter": config.framing_jitter,
         "launder_training": config.launder_training,
         "attempts": [{k: v for k, v in a.items() if k != "epochs"} | {"epochs_run": len(a["epochs"])} for a in attempts],
         "best_epoch": best_epoch,

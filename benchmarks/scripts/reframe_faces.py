@@ -21,15 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def square(cx: float, cy: float, side: float, height: int, width: int) -> tuple[int, int, int]:
-    """(x0, y0, side) of a square of `side` centred on (cx, cy), slid inside the image and at
-    most its short side: always square, so a resize to the model window never distorts it."""
-    side = int(round(min(side, height, width)))
-    x0 = int(round(min(max(cx - side / 2, 0), width - side)))
-    y0 = int(round(min(max(cy - side / 2, 0), height - side)))
-    return x0, y0, side
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="+", type=Path, help="labelled roots (real/<source>/, fake/<generator>/)")
@@ -42,7 +33,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from dfx import datasets
-    from dfx.faces import FaceFinder, FinderConfig
+    from dfx.faces import FaceFinder, FinderConfig, square_region
     from dfx.photos import decode_photo
     from dfx.export.faces_export import _converted_once
 
@@ -65,12 +56,12 @@ def main(argv=None) -> int:
         boxes = finder.find(photo.small, photo.scale)
         if boxes:
             b = max(boxes, key=lambda b: b.width * b.height)
-            x0, y0, side = square((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2, args.margin * max(b.width, b.height), h, w)
+            x0, y0, x1, y1 = square_region((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2, args.margin * max(b.width, b.height), h, w)
         else:
-            x0, y0, side = square(w / 2, h / 2, min(h, w), h, w)
+            x0, y0, x1, y1 = square_region(w / 2, h / 2, min(h, w), h, w)
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(full[y0 : y0 + side, x0 : x0 + side]).save(target)
-        return f"{datasets.LABELS[sample.label]}/{sample.group}", bool(boxes), side
+        Image.fromarray(full[y0:y1, x0:x1]).save(target)
+        return f"{datasets.LABELS[sample.label]}/{sample.group}", bool(boxes), x1 - x0
 
     groups: dict[str, dict] = {}
     with ThreadPoolExecutor(2) as pool:

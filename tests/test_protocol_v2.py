@@ -243,6 +243,8 @@ def test_train_with_laundered_copies_records_them(paired_tree, tmp_path):
     assert t["pairs_in_same_batch"] > 0.8  # a laundered fake meets its laundered photo
     with pytest.raises(DfxError, match="--launder-training all"):
         check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="all", scale_jitter=0.5))
+    with pytest.raises(DfxError, match="--framing-jitter would add copies"):
+        check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="all", framing_jitter=True))
     with pytest.raises(DfxError, match="copy or all"):
         check_config(TrainConfig(data="x", out=str(tmp_path), launder_training="some"))
     with pytest.raises(DfxError, match="--pseudo-share"):

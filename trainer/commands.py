@@ -153,7 +153,7 @@ def register(sub) -> None:
         description="For every generator, photo source and pseudo-fake decoder family (groups ae-<family>-x<stride> "
         "from `dfx data reconstruct`, all strides held out together) G in DATA: train on the others, score G (against the "
         "other class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
-        "80%% crop, mirror, 10 degree rotation), and every row again laundered (both classes resized to a random 256-512 px "
+        "80%% crop, mirror, 10 degree rotation, the face box's square), and every row again laundered (both classes resized to a random 256-512 px "
         "long side and re-saved as JPEG q70-90). Beside each row a shortcut baseline that sees only width, height, format, "
         "JPEG tables, colour statistics and where the face sits in the image (and that framing alone). Writes OUT/protocol.json and OUT/protocol.md; finished folds are reused "
         "when rerun with the same settings, so a killed run resumes.",

@@ -4,6 +4,7 @@ photos go through dfx.photo_data.load_faces: one window per face, each with its 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -228,10 +229,11 @@ def laundered_copies(samples: list[Sample], side: int, fit: str, seed: int, *, f
     return load_faces(samples, side, fit, faces, alter=alter, workers=workers, desc="decode laundered", progress=progress)
 
 
+@functools.cache
 def framing_finder():
     """The face finder of framing jitter and of the protocol's framing cues: the scan's network,
     looking for faces of 40 px and more (training images are face crops, ProGAN's faces ~77 px).
-    Raises DfxError with the install hint where it cannot be made."""
+    One per process. Raises DfxError with the install hint where it cannot be made."""
     from dataclasses import asdict
 
     from dfx.faces import FinderConfig

@@ -4,8 +4,9 @@ For every generator and every photo source G in the data: train on all the other
 training split), then score G's images (all of them: the model never saw G) against the other
 class's validation images. Plus the in-distribution row (train on every group, score the
 validation split) and robustness rows (the same validation images after JPEG re-compression at
-quality 60, Gaussian blur sigma 1, rescaling to half size, an 80% centre crop, a mirror and a 10
-degree rotation, applied at native resolution before the pixel path).
+quality 60, Gaussian blur sigma 1, rescaling to half size, an 80% centre crop, a mirror, a 10
+degree rotation and a cut to the face box's square (face-crop: the framing taken away), applied
+at native resolution before the pixel path).
 
 Beside each row, a *shortcut baseline* that sees only cheap cues (width, height, file format,
 JPEG quantisation tables, per-channel mean/std, and the framing: where the face finder puts the
@@ -54,7 +55,8 @@ IN_DISTRIBUTION = "in-distribution"
 # folds of an older recipe are retrained rather than reused.
 RECIPE_VERSION = 2
 # Robustness rows: (name, what it does to the native-resolution image).
-PERTURBATIONS = ("jpeg-q60", "blur-sigma1", "half-size", "crop-80", "mirror", "rotate-10")
+FACE_CROP = "face-crop"  # cut to the square of the face box (framing_finder): does the model read the framing?
+PERTURBATIONS = ("jpeg-q60", "blur-sigma1", "half-size", "crop-80", "mirror", "rotate-10", FACE_CROP)
 LAUNDERED = "laundered"  # the suffix of a laundered row: "<row> / laundered"
 PROTOCOL_VERSION = 2
 
@@ -145,18 +147,18 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     if eval_x.no_face:
         log(f"faces {config.faces}: no face found in {len(eval_x.no_face)} photo(s), e.g. {eval_x.no_face[0]}; they are not scored")
     key = _config_key(config, faces_used=eval_x.searched > 0)
+    framer = _framing_finder_or_none(log)  # the framing cues and the face-crop row
     features = laundered_features = framing = laundered_framing = None
     if config.baseline:
         launder_file = partial(launder, seed=config.seed)
         features = _shortcut_features(samples, out / "cache")
         if config.launder:
             laundered_features = _shortcut_features(samples, out / "cache", launder_file, f"cues-{LAUNDERED}-s{config.seed}")
-        finder = _baseline_finder(log)
-        if finder is not None:
-            framing = _framing_features(samples, out / "cache", finder)
+        if framer is not None:
+            framing = _framing_features(samples, out / "cache", framer)
             features = np.hstack([features, framing])
             if config.launder:
-                laundered_framing = _framing_features(samples, out / "cache", finder, launder_file, f"framing-{LAUNDERED}-s{config.seed}")
+                laundered_framing = _framing_features(samples, out / "cache", framer, launder_file, f"framing-{LAUNDERED}-s{config.seed}")
                 laundered_features = np.hstack([laundered_features, laundered_framing])
 
     report_path = out / "protocol.json"
@@ -188,6 +190,8 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
             if len(real_fakes) < len(fold_val):  # the same row on the real generators' fakes only
                 rows[name]["auc_without_pseudo_fakes"] = _score(model, eval_x, path_index, real_fakes, threshold)["auc"]
             for perturbation in PERTURBATIONS:
+                if perturbation == FACE_CROP and framer is None:
+                    continue  # no face finder here: said once in the log
                 x = pixels.perturbed(perturbation, fold_val)
                 rows[f"{IN_DISTRIBUTION} / {perturbation}"] = _score(model, x, {s.path: i for i, s in enumerate(fold_val)}, fold_val, threshold)
         else:
@@ -536,6 +540,11 @@ def perturb(name: str, path: str, image=None):
         return image.crop((left, top, left + cw, top + ch))
     if name == "mirror":
         return ImageOps.mirror(image)
+    if name == FACE_CROP:
+        from dfx.trainer.alterations import reframed
+        from dfx.trainer.data import framing_finder
+
+        return reframed(path, framing_finder(), image=image, tightest=True)
     if name == "rotate-10":
         return image.rotate(10, resample=2)  # bilinear, same canvas
     if name == LAUNDERED:
@@ -615,15 +624,16 @@ def _cached_features(samples, cache: Path, name: str, one: Callable) -> np.ndarr
     return x
 
 
-def _baseline_finder(log: Callable[[str], None]):
-    """The face finder that reads the framing cues (trainer.data.framing_finder), or None, said
-    in the log, where none can be made: the baseline then reads the other cues."""
+def _framing_finder_or_none(log: Callable[[str], None]):
+    """The face finder of the framing cues and the face-crop row (trainer.data.framing_finder),
+    or None, said in the log, where none can be made: the baseline then reads the other cues and
+    the face-crop row is left out."""
     from dfx.trainer.data import framing_finder
 
     try:
         return framing_finder()
     except DfxError as exc:
-        log(f"the shortcut baseline reads no framing cues: {exc}")
+        log(f"no framing cues in the shortcut baseline and no {FACE_CROP} row: {exc}")
         return None
 
 

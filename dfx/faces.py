@@ -345,6 +345,11 @@ def crop_region(box: FaceBox, height: int, width: int, margin: float = CROP_MARG
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 
+def largest_face(boxes: Sequence[FaceBox]) -> FaceBox | None:
+    """The face with the largest box (the one a face crop is of), or None for no face."""
+    return max(boxes, key=lambda b: b.width * b.height, default=None)
+
+
 def square_region(cx: float, cy: float, side: float, height: int, width: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of a square of `side` centred on (cx, cy), slid inside the image and at
     most its short side: always square, so a resize to the model window never distorts it."""

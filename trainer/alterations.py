@@ -84,19 +84,18 @@ def reframed(path: str, finder, seed: int = 0, key: str | None = None, image=Non
     centred on the face and slid inside the image (dfx.faces.square_region). Without a face
     found: the centred square of the short side. Seeded by `key` (default `path`), so both sides
     of a pair are cut alike; `image`: pixels to cut instead of the file's (a face's crop)."""
-    from dfx.faces import square_region
+    from dfx.faces import largest_face, square_region
     from dfx.images import to_rgb
 
     image = to_rgb(path if image is None else image)
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     short = min(height, width)
-    boxes = finder.find(pixels)
+    box = largest_face(finder.find(pixels))
     draw = 0.0 if tightest else float(_rng("reframe", seed, key or path).uniform(0.0, 1.0))
-    if boxes:
-        box = max(boxes, key=lambda b: b.width * b.height)
-        tightest = min(short, FRAME_TIGHTEST * max(box.width, box.height))
-        side, cx, cy = tightest + draw * (short - tightest), (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    if box is not None:
+        smallest = min(short, FRAME_TIGHTEST * max(box.width, box.height))
+        side, cx, cy = smallest + draw * (short - smallest), (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
     else:
         side, cx, cy = short, width / 2, height / 2
     return image.crop(square_region(cx, cy, side, height, width))

@@ -589,14 +589,13 @@ def framing_cues(source, finder) -> list[float]:
     image's short side and its centre over the image's width and height, or -1s when `finder`
     (dfx.faces.FaceFinder) finds none. Each source crops its faces its own way (docs/pseudo-fakes.md,
     "Framing"): these five numbers alone separate the shared folders' real and fake faces."""
-    from dfx.faces import draft_scale
+    from dfx.faces import draft_scale, largest_face
     from dfx.photos import decode_photo
 
     photo = decode_photo(source, finder_scale=draft_scale(finder.config.min_face, finder.config.window_min))
-    boxes = finder.find(photo.small, photo.scale)
-    if not boxes:
+    box = largest_face(finder.find(photo.small, photo.scale))
+    if box is None:
         return [-1.0, -1.0, -1.0, -1.0, 0.0]
-    box = max(boxes, key=lambda b: b.width * b.height)
     side = min(photo.width, photo.height)
     return [box.width / side, box.height / side, (box.x0 + box.x1) / 2 / photo.width, (box.y0 + box.y1) / 2 / photo.height, 1.0]
 

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from dfx import datasets
-    from dfx.faces import FaceFinder, FinderConfig, square_region
+    from dfx.faces import FaceFinder, FinderConfig, largest_face, square_region
     from dfx.photos import decode_photo
     from dfx.export.faces_export import _converted_once
 
@@ -53,15 +53,14 @@ def main(argv=None) -> int:
         photo = decode_photo(sample.path, finder_scale=1)
         full = photo.full()
         h, w = full.shape[:2]
-        boxes = finder.find(photo.small, photo.scale)
-        if boxes:
-            b = max(boxes, key=lambda b: b.width * b.height)
+        b = largest_face(finder.find(photo.small, photo.scale))
+        if b is not None:
             x0, y0, x1, y1 = square_region((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2, args.margin * max(b.width, b.height), h, w)
         else:
             x0, y0, x1, y1 = square_region(w / 2, h / 2, min(h, w), h, w)
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(full[y0:y1, x0:x1]).save(target)
-        return f"{datasets.LABELS[sample.label]}/{sample.group}", bool(boxes), x1 - x0
+        return f"{datasets.LABELS[sample.label]}/{sample.group}", b is not None, x1 - x0
 
     groups: dict[str, dict] = {}
     with ThreadPoolExecutor(2) as pool:

@@ -147,7 +147,8 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
     if eval_x.no_face:
         log(f"faces {config.faces}: no face found in {len(eval_x.no_face)} photo(s), e.g. {eval_x.no_face[0]}; they are not scored")
     key = _config_key(config, faces_used=eval_x.searched > 0)
-    framer = _framing_finder_or_none(log)  # the framing cues and the face-crop row
+    # The framing cues and the face-crop row need the face finder (seconds of conversion): only then.
+    framer = _framing_finder_or_none(log) if config.baseline or IN_DISTRIBUTION in chosen else None
     features = laundered_features = framing = laundered_framing = None
     if config.baseline:
         launder_file = partial(launder, seed=config.seed)

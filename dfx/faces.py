@@ -337,12 +337,10 @@ def min_face_for_window(size: int | tuple[int, int], margin: float = CROP_MARGIN
 
 
 def crop_region(box: FaceBox, height: int, width: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) integer region of the square crop around `box`, clipped to the image."""
-    side = max(box.width, box.height) * margin
-    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    x1, y1 = x0 + int(round(side)), y0 + int(round(side))
-    return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    """(x0, y0, x1, y1) integer region of the square crop around `box`, `margin` x its side,
+    slid inside the image (square_region): a face at the edge is off-centre in its crop rather
+    than squeezed when the `resize` fit makes the crop square."""
+    return square_region((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, max(box.width, box.height) * margin, height, width)
 
 
 def largest_face(boxes: Sequence[FaceBox]) -> FaceBox | None:

@@ -295,10 +295,12 @@ def test_pyramid_covers_every_face_size(finder):
     assert draft_scale(40) == 2 and draft_scale(80) == 4 and draft_scale(160) == 8 and draft_scale(20) == 1
 
 
-def test_crop_region_is_clipped_and_square():
+def test_crop_region_is_square_and_slid_inside_the_image():
     assert crop_region(FaceBox(100, 100, 160, 160, 1), 1000, 1000) == (80, 80, 180, 180)
-    x0, y0, x1, y1 = crop_region(FaceBox(-10, 900, 50, 990, 1), 1000, 1000)
-    assert x0 == 0 and y1 == 1000 and x1 > 0 and y0 < 900
+    # A face at the corner: the square keeps its side (90 x 1/0.6) and holds the face, off-centre,
+    # so that resizing it to the model window never squeezes the face.
+    assert crop_region(FaceBox(-10, 900, 50, 990, 1), 1000, 1000) == (0, 850, 150, 1000)
+    assert crop_region(FaceBox(0, 0, 700, 700, 1), 600, 800) == (50, 0, 650, 600)  # at most the short side, centred
     full = np.arange(1000 * 1000 * 3, dtype=np.uint32).astype(np.uint8).reshape(1000, 1000, 3)
     np.testing.assert_array_equal(crop_face(full, FaceBox(100, 100, 160, 160, 1)), full[80:180, 80:180])
 

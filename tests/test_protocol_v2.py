@@ -185,6 +185,50 @@ def test_summary_separates_generators_families_sources_and_laundered_rows():
     assert s["min_laundered_margin_over_baseline"] == pytest.approx(-0.05)
     rows["sd21 / laundered"]["framing_baseline_auc"] = 0.65  # the framing alone is the stronger baseline there
     assert summarize(rows)["min_laundered_margin_over_baseline"] == pytest.approx(-0.15)
+    assert s["real_generator_mean_framing_matched_auc"] is None  # no framing-matched AUC in these rows
+    rows["sd21"]["framing_matched_auc"] = 0.55
+    rows["ae-tconv"]["framing_matched_auc"] = 0.9  # a pseudo-fake family: not a real generator
+    assert summarize(rows)["real_generator_mean_framing_matched_auc"] == pytest.approx(0.55)
+
+
+def test_framing_matched_auc_compares_only_images_framed_alike():
+    """A cue that is the framing cannot raise the matched AUC; a trace that every fake carries does."""
+    from dfx import metrics
+    from dfx.trainer.protocol import FRAMING_CALIPER, _framing_matched, framing_matched_pairs
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.repeat([0, 1], n)
+    # Reals framed tight (face 0.9 of the side), fakes with a margin (0.65); a fifth of each framed like the other.
+    width = np.where(labels == 1, 0.65, 0.9) + rng.normal(0, 0.01, 2 * n)
+    swap = rng.random(2 * n) < 0.2
+    width[swap] += np.where(labels[swap] == 1, 0.25, -0.25)
+    cues = np.stack([width, width, np.full(2 * n, 0.5), rng.uniform(0.45, 0.55, 2 * n), np.ones(2 * n)], 1)
+    cues[:5] = cues[-3:] = [-1, -1, -1, -1, 0]  # no face found: paired only with each other
+
+    pairs = framing_matched_pairs(labels, cues)
+    fakes, reals = pairs[:, 0], pairs[:, 1]
+    assert (labels[fakes] == 1).all() and (labels[reals] == 0).all()
+    assert len(set(fakes)) == len(fakes) and len(set(reals)) == len(reals)  # each image in one pair at most
+    assert (np.abs(cues[fakes, :4] - cues[reals, :4]).max(1) <= FRAMING_CALIPER + 1e-12).all()
+    assert (cues[fakes, 4] == cues[reals, 4]).all() and sum(cues[fakes, 4] == 0) == 3
+    assert 0.3 * n < len(pairs) < 0.5 * n  # a fifth of each side finds the other's framing, both ways
+    np.testing.assert_array_equal(pairs, framing_matched_pairs(labels, cues))  # seeded: the same pairs every run
+
+    framing_only = -np.abs(width - 0.65) + rng.normal(0, 0.001, 2 * n)  # reads the framing and nothing else
+    assert metrics.auc(labels, framing_only) > 0.75
+    trace = labels + rng.normal(0, 0.5, 2 * n)  # a trace that every fake carries, whatever its framing
+    matched = _framing_matched(labels, trace, framing_only, cues)
+    assert matched["framing_matched_pairs"] == len(pairs)
+    assert matched["framing_matched_auc"] == pytest.approx(metrics.auc(labels, trace), abs=0.06)
+    lo, hi = matched["framing_matched_auc_95"]
+    assert lo < matched["framing_matched_auc"] < hi and hi - lo < 0.2
+    assert matched["framing_matched_baseline_auc"] == pytest.approx(0.5, abs=0.1)
+    nan_scores = trace.copy()
+    nan_scores[-40:] = np.nan  # photos without a scored face are left out, as in the row
+    assert _framing_matched(labels, nan_scores, framing_only, cues)["framing_matched_pairs"] < len(pairs)
+    few = _framing_matched(labels[:420], trace[:420], framing_only[:420], cues[:420])  # 20 fakes: too few pairs for an AUC
+    assert few["framing_matched_auc"] is None and few["framing_matched_pairs"] < 30
 
 
 def test_train_with_pairs_records_the_sampling_in_the_manifest(paired_tree, tmp_path):

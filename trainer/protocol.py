@@ -12,7 +12,10 @@ Beside each row, a *shortcut baseline* that sees only cheap cues (width, height,
 JPEG quantisation tables, per-channel mean/std, and the framing: where the face finder puts the
 largest face, relative to the image) is trained and scored on the very same splits
 (scikit-learn's gradient-boosted trees), and the framing cues alone beside it. A model that does
-not beat it by a wide margin on a held-out group learned the cue, not the generator.
+not beat it by a wide margin on a held-out group learned the cue, not the generator. And each
+row's AUC again on *framing-matched pairs* only (each fake with a real image whose face sits
+where its own does, within 2% of the side): there, where the face sits cannot tell the classes
+apart, and the framing baseline on the same pairs shows how well the matching holds.
 
 Protocol v2 (this version): pseudo-fakes from `dfx data reconstruct` (fake groups named
 ``ae-<family>-x<stride>``) are held out by *family* (all strides of one decoder together), beside
@@ -184,9 +187,11 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
         val_scores = _photo_scores(model, eval_x, path_index, fold_val) if held_label is None or config.target_fpr is not None else None
         threshold = bundle.threshold if val_scores is None or config.target_fpr is None else _threshold_at_fpr(*val_scores, config.target_fpr)
         rows = {}
+        scored = {}  # row -> (labels, logits) of `evaluated`, for the framing-matched AUC
         if held_label is None:
             evaluated = fold_val
             rows[name] = _row(*val_scores, threshold)
+            scored[name] = val_scores
             real_fakes = [s for s in fold_val if s.group not in pseudo_groups]
             if len(real_fakes) < len(fold_val):  # the same row on the real generators' fakes only
                 rows[name]["auc_without_pseudo_fakes"] = _score(model, eval_x, path_index, real_fakes, threshold)["auc"]
@@ -197,12 +202,14 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
                 rows[f"{IN_DISTRIBUTION} / {perturbation}"] = _score(model, x, {s.path: i for i, s in enumerate(fold_val)}, fold_val, threshold)
         else:
             evaluated = [s for s in samples if s.group in held] + [s for s in val_s if s.label != held_label and not excluded(s)]
-            rows[name] = _score(model, eval_x, path_index, evaluated, threshold)
+            scored[name] = _photo_scores(model, eval_x, path_index, evaluated)
+            rows[name] = _row(*scored[name], threshold)
             rows[name]["held_out"] = datasets.LABELS[held_label]
             rows[name]["pseudo_fake_family"] = bool(held & pseudo_groups)
         if laundered_x is not None:
             laundered_name = f"{name} / {LAUNDERED}"
-            rows[laundered_name] = _score(model, laundered_x, path_index, evaluated, threshold)
+            scored[laundered_name] = _photo_scores(model, laundered_x, path_index, evaluated)
+            rows[laundered_name] = _row(*scored[laundered_name], threshold)
             rows[laundered_name]["laundered_of"] = name
             if held_label is not None:
                 rows[laundered_name]["held_out"] = rows[name]["held_out"]
@@ -212,9 +219,14 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
             if laundered_features is not None:
                 rows[f"{name} / {LAUNDERED}"]["baseline_auc"] = _baseline(features, laundered_features, path_index, fold_train, fold_val, evaluated)
         if framing is not None:  # the framing cues alone: how much of the baseline is where the face sits
-            rows[name]["framing_baseline_auc"] = _baseline(framing, framing, path_index, fold_train, fold_val, evaluated)
-            if laundered_framing is not None:
-                rows[f"{name} / {LAUNDERED}"]["framing_baseline_auc"] = _baseline(framing, laundered_framing, path_index, fold_train, fold_val, evaluated)
+            views = {name: framing, f"{name} / {LAUNDERED}": laundered_framing}
+            for row_name, (labels, logits) in scored.items():
+                cues = views[row_name]
+                if cues is None:
+                    continue
+                framed = _baseline_scores(framing, cues, path_index, fold_train, fold_val, evaluated)
+                rows[row_name]["framing_baseline_auc"] = float(metrics.auc(labels, framed))
+                rows[row_name].update(_framing_matched(labels, logits, framed, cues[[path_index[s.path] for s in evaluated]]))
         rows[name]["seconds"] = round(time.time() - started, 1)
         rows[name]["train_seconds"] = bundle.manifest["training"]["seconds"]
         rows[name]["best_epoch"] = bundle.manifest["training"]["best_epoch"]
@@ -235,6 +247,8 @@ def summarize(rows: dict) -> dict:
     plain = {k: r for k, r in rows.items() if "laundered_of" not in r}
     held = {k: r for k, r in plain.items() if "held_out" in r}
     generators = [r["auc"] for r in held.values() if r["held_out"] == "fake" and not r.get("pseudo_fake_family")]
+    matched = [r["framing_matched_auc"] for r in held.values() if r["held_out"] == "fake" and not r.get("pseudo_fake_family")
+               and r.get("framing_matched_auc") is not None]
     families = [r["auc"] for r in held.values() if r.get("pseudo_fake_family")]
     sources = [r["held_out_fpr"] for r in held.values() if r["held_out"] == "real"]
     aucs = [r["auc"] for r in held.values()]
@@ -252,6 +266,8 @@ def summarize(rows: dict) -> dict:
         "held_out_min_auc": float(np.min(aucs)) if aucs else None,
         "real_generator_mean_auc": mean(generators),  # what matters: generators that are not ours
         "real_generator_min_auc": float(np.min(generators)) if generators else None,
+        # the same on framing-matched pairs (rows with enough of them): where the face sits cannot help
+        "real_generator_mean_framing_matched_auc": mean(matched),
         "pseudo_family_mean_auc": mean(families),
         "photo_source_max_flagged": float(np.max(sources)) if sources else None,  # at the rows' threshold
         "in_distribution_auc": base,
@@ -280,8 +296,9 @@ def format_table(report: dict) -> str:
         f"{c['epoch_size']} images, augment {c['augment']}, pairs {c.get('pairs', False)}, scale jitter {c.get('scale_jitter')}, framing jitter {c.get('framing_jitter', False)}, launder training {c.get('launder_training')}, pseudo-fake share {c.get('pseudo_share', 'per-decoder')}",
         f"rates at {at}",
         "",
-        "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | framing alone | train min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | images | AUC | AP | accuracy | TPR @ 1% FPR | rate at threshold | shortcut baseline AUC | framing alone | "
+        "framing-matched AUC [95%] (framing alone; pairs) | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["rows"].items():
         rate = ""
@@ -293,17 +310,24 @@ def format_table(report: dict) -> str:
             rate = f"{r['held_out_fpr']:.1%} flagged, {r['held_out_tpr']:.1%} caught"
         base = f"{r['baseline_auc']:.3f}" if r.get("baseline_auc") is not None else ""
         framed = f"{r['framing_baseline_auc']:.3f}" if r.get("framing_baseline_auc") is not None else ""
+        matched = ""
+        if r.get("framing_matched_auc") is not None:
+            lo, hi = r.get("framing_matched_auc_95") or (float("nan"), float("nan"))
+            matched = f"{r['framing_matched_auc']:.3f} [{lo:.2f}-{hi:.2f}] ({r['framing_matched_baseline_auc']:.3f}; {r['framing_matched_pairs']})"
+        elif "framing_matched_pairs" in r:
+            matched = f"n/a ({r['framing_matched_pairs']} pairs)"
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else ""
         label = f"held out: {name}" if r.get("held_out") and "laundered_of" not in r else name
         if r.get("pseudo_fake_family") and "laundered_of" not in r:
             label += " (pseudo-fake family)"
         lines.append(f"| {label} | {r['images']} | {r['auc']:.3f} | {r['average_precision']:.3f} | {r['accuracy']:.3f} | "
-                     f"{r['tpr_at_1pct_fpr']:.3f} | {rate} | {base} | {framed} | {minutes} |")
+                     f"{r['tpr_at_1pct_fpr']:.3f} | {rate} | {base} | {framed} | {matched} | {minutes} |")
     s = report.get("summary", {})
     if s:
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"
-        lines += ["", f"real generators held out: mean AUC {fmt(s.get('real_generator_mean_auc'))}, min {fmt(s.get('real_generator_min_auc'))}; "
+        lines += ["", f"real generators held out: mean AUC {fmt(s.get('real_generator_mean_auc'))}, min {fmt(s.get('real_generator_min_auc'))}, "
+                      f"framing-matched mean {fmt(s.get('real_generator_mean_framing_matched_auc'))}; "
                       f"pseudo-fake families held out: mean {fmt(s.get('pseudo_family_mean_auc'))}; photo sources held out: at most "
                       f"{fmt(s.get('photo_source_max_flagged'))} flagged; half-size drop {fmt(s.get('half_size_drop'))}; "
                       f"worst laundered drop {fmt(s.get('worst_laundered_drop'))}; smallest laundered margin over the stronger baseline "
@@ -452,7 +476,10 @@ class _Cache:
     def perturbed(self, name: str, samples) -> _Decoded:
         from functools import partial
 
-        return self.altered(f"val-{name}", samples, partial(perturb, name))
+        from dfx.trainer.alterations import FRAME_TIGHTEST
+
+        key = f"val-{name}" + (f"-{FRAME_TIGHTEST}" if name == FACE_CROP else "")  # the cut's size is part of it
+        return self.altered(key, samples, partial(perturb, name))
 
     def rescaled(self, samples) -> _Decoded:
         """The training images rescaled by [scale_jitter, 1) (TrainConfig.scale_jitter), at the canvas."""
@@ -640,6 +667,12 @@ def _framing_finder_or_none(log: Callable[[str], None]):
 def _baseline(features, eval_features, path_index, train, val, evaluated) -> float:
     """AUC of the shortcut model fitted on the fold's training groups (`features`), scored on
     `evaluated` as seen in `eval_features` (the same files, or their laundered copies)."""
+    scores = _baseline_scores(features, eval_features, path_index, train, val, evaluated)
+    return float(metrics.auc([s.label for s in evaluated], scores))
+
+
+def _baseline_scores(features, eval_features, path_index, train, val, evaluated) -> np.ndarray:
+    """P(fake) of the shortcut model (see _baseline) for each of `evaluated`."""
     from dfx.errors import require
 
     require("sklearn", "train", "the shortcut baseline")
@@ -649,9 +682,56 @@ def _baseline(features, eval_features, path_index, train, val, evaluated) -> flo
     x = features[[path_index[s.path] for s in fit_on]]
     y = np.array([s.label for s in fit_on])
     clf = HistGradientBoostingClassifier(max_iter=200, random_state=0, class_weight="balanced").fit(x, y)
-    xe = eval_features[[path_index[s.path] for s in evaluated]]
-    ye = np.array([s.label for s in evaluated])
-    return float(metrics.auc(ye, clf.predict_proba(xe)[:, 1]))
+    return clf.predict_proba(eval_features[[path_index[s.path] for s in evaluated]])[:, 1]
+
+
+# Framing-matched AUC: each fake is paired with the nearest unpaired real image whose largest
+# face has the same width, height and centre within FRAMING_CALIPER of the image's side (and
+# faceless with faceless). On the pairs, where the face sits cannot tell the classes apart; the
+# framing baseline scored on them says how well that holds (near 0.5). Coarser matching (bins of
+# width x centre height) left the framing baseline at 0.94-0.98 inside the bins.
+FRAMING_CALIPER = 0.02
+MIN_MATCHED_PAIRS = 30  # fewer pairs: no AUC worth reporting, only the count
+
+
+def framing_matched_pairs(labels, cues, caliper: float = FRAMING_CALIPER, seed: int = 0) -> np.ndarray:
+    """(P, 2) indices (fake, real) of framing-matched pairs, each image in at most one pair:
+    fakes in a seeded random order, each taking the nearest unpaired real (largest difference
+    of the four framing_cues) within `caliper`."""
+    labels = np.asarray(labels)
+    cues = np.asarray(cues, np.float64).reshape(-1, len(FRAMING))
+    found = cues[:, FRAMING.index("face_found")] > 0
+    reals = np.flatnonzero(labels == 0)
+    free = np.ones(len(labels), bool)
+    pairs = []
+    for fake in np.random.default_rng(seed).permutation(np.flatnonzero(labels == 1)):
+        candidates = reals[free[reals] & (found[reals] == found[fake])]
+        if not candidates.size:
+            continue
+        distance = np.abs(cues[candidates, :4] - cues[fake, :4]).max(1) if found[fake] else np.zeros(candidates.size)
+        nearest = int(np.argmin(distance))
+        if distance[nearest] <= caliper:
+            free[candidates[nearest]] = False
+            pairs.append((fake, candidates[nearest]))
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def _framing_matched(labels, logits, framing_scores, cues) -> dict:
+    """The row's AUC on framing-matched pairs (framing_matched_pairs), the framing baseline's AUC
+    on the same pairs (what framing is left: near 0.5 when the matching holds), and the number
+    of pairs. Photos without a scored face (NaN) are left out, as in the row."""
+    scored = np.flatnonzero(~np.isnan(logits))
+    pairs = scored[framing_matched_pairs(labels[scored], cues[scored])]
+    if len(pairs) < MIN_MATCHED_PAIRS:
+        return {"framing_matched_auc": None, "framing_matched_baseline_auc": None, "framing_matched_pairs": len(pairs)}
+    # A few hundred pairs at most: their 95% interval (pairs resampled, seeded) says how far to trust it.
+    rng = np.random.default_rng(0)
+    resampled = [pairs[rng.integers(0, len(pairs), len(pairs))].ravel() for _ in range(200)]
+    interval = np.percentile([metrics.auc(labels[q], logits[q]) for q in resampled], [2.5, 97.5])
+    return {"framing_matched_auc": float(metrics.auc(labels[pairs.ravel()], logits[pairs.ravel()])),
+            "framing_matched_auc_95": [round(float(v), 4) for v in interval],
+            "framing_matched_baseline_auc": float(metrics.auc(labels[pairs.ravel()], framing_scores[pairs.ravel()])),
+            "framing_matched_pairs": len(pairs)}
 
 
 # ---- bookkeeping ----------------------------------------------------------------------------------------

@@ -217,8 +217,7 @@ def test_protocol_rows_baseline_and_resume(two_roots, tmp_path):
         assert report["baseline_cues"] == list(FEATURES) + list(FRAMING)
         assert rows["scan"]["framing_baseline_auc"] == pytest.approx(0.5)  # synthetic images hold no face: framing says nothing
         # and no image has a face, so every fake finds a faceless real: as many pairs as the smaller class
-        labels_in_row = rows["scan"]["images"]
-        assert 0 < rows["scan"]["framing_matched_pairs"] <= labels_in_row // 2
+        assert 0 < rows["scan"]["framing_matched_pairs"] <= rows["scan"]["images"] // 2
         assert f"{IN_DISTRIBUTION} / laundered" in rows and "framing_baseline_auc" in rows[f"{IN_DISTRIBUTION} / laundered"]
     else:
         assert report["baseline_cues"] == list(FEATURES)

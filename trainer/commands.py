@@ -155,7 +155,8 @@ def register(sub) -> None:
         "other class's validation images); plus the in-distribution row and robustness rows (JPEG q60, blur sigma 1, half size, "
         "80%% crop, mirror, 10 degree rotation, the face box's square), and every row again laundered (both classes resized to a random 256-512 px "
         "long side and re-saved as JPEG q70-90). Beside each row a shortcut baseline that sees only width, height, format, "
-        "JPEG tables, colour statistics and where the face sits in the image (and that framing alone). Writes OUT/protocol.json and OUT/protocol.md; finished folds are reused "
+        "JPEG tables, colour statistics and where the face sits in the image (and that framing alone), and each row's AUC again "
+        "on framing-matched pairs (fakes and real images whose faces sit alike). Writes OUT/protocol.json and OUT/protocol.md; finished folds are reused "
         "when rerun with the same settings, so a killed run resumes.",
     )
     protocol.add_argument("data", metavar="DATA", nargs="+", help="labelled roots (real/<source>/, fake/<generator>/), pooled")

@@ -214,19 +214,22 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
             if held_label is not None:
                 rows[laundered_name]["held_out"] = rows[name]["held_out"]
                 rows[laundered_name]["pseudo_fake_family"] = rows[name]["pseudo_fake_family"]
+        # Each baseline is fitted once on the fold's plain files and scored on each view of `evaluated`
+        # (the files, and their laundered copies for the laundered row).
+        at = [path_index[s.path] for s in evaluated]
         if features is not None:
-            rows[name]["baseline_auc"] = _baseline(features, features, path_index, fold_train, fold_val, evaluated)
-            if laundered_features is not None:
-                rows[f"{name} / {LAUNDERED}"]["baseline_auc"] = _baseline(features, laundered_features, path_index, fold_train, fold_val, evaluated)
+            cues_model = _fit_baseline(features, path_index, fold_train, fold_val)
+            for row_name, view in ((name, features), (f"{name} / {LAUNDERED}", laundered_features)):
+                if row_name in scored and view is not None:
+                    rows[row_name]["baseline_auc"] = float(metrics.auc(scored[row_name][0], cues_model.predict_proba(view[at])[:, 1]))
         if framing is not None:  # the framing cues alone: how much of the baseline is where the face sits
-            views = {name: framing, f"{name} / {LAUNDERED}": laundered_framing}
-            for row_name, (labels, logits) in scored.items():
-                cues = views[row_name]
-                if cues is None:
-                    continue
-                framed = _baseline_scores(framing, cues, path_index, fold_train, fold_val, evaluated)
-                rows[row_name]["framing_baseline_auc"] = float(metrics.auc(labels, framed))
-                rows[row_name].update(_framing_matched(labels, logits, framed, cues[[path_index[s.path] for s in evaluated]]))
+            framing_model = _fit_baseline(framing, path_index, fold_train, fold_val)
+            for row_name, view in ((name, framing), (f"{name} / {LAUNDERED}", laundered_framing)):
+                if row_name in scored and view is not None:
+                    labels, logits = scored[row_name]
+                    framed = framing_model.predict_proba(view[at])[:, 1]
+                    rows[row_name]["framing_baseline_auc"] = float(metrics.auc(labels, framed))
+                    rows[row_name].update(_framing_matched(labels, logits, framed, view[at]))
         rows[name]["seconds"] = round(time.time() - started, 1)
         rows[name]["train_seconds"] = bundle.manifest["training"]["seconds"]
         rows[name]["best_epoch"] = bundle.manifest["training"]["best_epoch"]
@@ -246,9 +249,9 @@ def run(config: ProtocolConfig, log: Callable[[str], None] = lambda m: print(m, 
 def summarize(rows: dict) -> dict:
     plain = {k: r for k, r in rows.items() if "laundered_of" not in r}
     held = {k: r for k, r in plain.items() if "held_out" in r}
-    generators = [r["auc"] for r in held.values() if r["held_out"] == "fake" and not r.get("pseudo_fake_family")]
-    matched = [r["framing_matched_auc"] for r in held.values() if r["held_out"] == "fake" and not r.get("pseudo_fake_family")
-               and r.get("framing_matched_auc") is not None]
+    generator_rows = [r for r in held.values() if r["held_out"] == "fake" and not r.get("pseudo_fake_family")]
+    generators = [r["auc"] for r in generator_rows]
+    matched = [r["framing_matched_auc"] for r in generator_rows if r.get("framing_matched_auc") is not None]
     families = [r["auc"] for r in held.values() if r.get("pseudo_fake_family")]
     sources = [r["held_out_fpr"] for r in held.values() if r["held_out"] == "real"]
     aucs = [r["auc"] for r in held.values()]
@@ -312,7 +315,7 @@ def format_table(report: dict) -> str:
         framed = f"{r['framing_baseline_auc']:.3f}" if r.get("framing_baseline_auc") is not None else ""
         matched = ""
         if r.get("framing_matched_auc") is not None:
-            lo, hi = r.get("framing_matched_auc_95") or (float("nan"), float("nan"))
+            lo, hi = r["framing_matched_auc_95"]
             matched = f"{r['framing_matched_auc']:.3f} [{lo:.2f}-{hi:.2f}] ({r['framing_matched_baseline_auc']:.3f}; {r['framing_matched_pairs']})"
         elif "framing_matched_pairs" in r:
             matched = f"n/a ({r['framing_matched_pairs']} pairs)"
@@ -667,12 +670,14 @@ def _framing_finder_or_none(log: Callable[[str], None]):
 def _baseline(features, eval_features, path_index, train, val, evaluated) -> float:
     """AUC of the shortcut model fitted on the fold's training groups (`features`), scored on
     `evaluated` as seen in `eval_features` (the same files, or their laundered copies)."""
-    scores = _baseline_scores(features, eval_features, path_index, train, val, evaluated)
+    clf = _fit_baseline(features, path_index, train, val)
+    scores = clf.predict_proba(eval_features[[path_index[s.path] for s in evaluated]])[:, 1]
     return float(metrics.auc([s.label for s in evaluated], scores))
 
 
-def _baseline_scores(features, eval_features, path_index, train, val, evaluated) -> np.ndarray:
-    """P(fake) of the shortcut model (see _baseline) for each of `evaluated`."""
+def _fit_baseline(features, path_index, train, val):
+    """The shortcut model (scikit-learn's gradient-boosted trees) fitted on the fold's training
+    groups' `features`; its predict_proba(...)[:, 1] is P(fake)."""
     from dfx.errors import require
 
     require("sklearn", "train", "the shortcut baseline")
@@ -681,8 +686,7 @@ def _baseline_scores(features, eval_features, path_index, train, val, evaluated)
     fit_on = list(train) + list(val)  # the cues need no early stopping: all the fold's training groups
     x = features[[path_index[s.path] for s in fit_on]]
     y = np.array([s.label for s in fit_on])
-    clf = HistGradientBoostingClassifier(max_iter=200, random_state=0, class_weight="balanced").fit(x, y)
-    return clf.predict_proba(eval_features[[path_index[s.path] for s in evaluated]])[:, 1]
+    return HistGradientBoostingClassifier(max_iter=200, random_state=0, class_weight="balanced").fit(x, y)
 
 
 # Framing-matched AUC: each fake is paired with the nearest unpaired real image whose largest

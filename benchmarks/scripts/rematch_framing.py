@@ -10,6 +10,7 @@ Laundering is turned off (it is not part of a fold's key); the shortcut baseline
 
 import json
 import sys
+from pathlib import Path
 
 from dfx.trainer import protocol
 
@@ -19,7 +20,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     run, out = argv
-    config = json.load(open(f"{run}/protocol.json"))["config"]
+    config = json.loads((Path(run) / "protocol.json").read_text())["config"]
     config.update(out=out, groups=["stylegan2", "sd21", "progan"], launder=False, baseline=True, progress=False)
     protocol.run(protocol.ProtocolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}))
     return 0

@@ -132,43 +132,27 @@ class FaceFinder:
         self._local = threading.local()
         self._compiled: Any = None
 
-    # One compiled model per finder; one infer request per thread (OpenVINO requests are not
-    # thread-safe, an ORT session is).
+    # One compiled model per finder file (shared by every finder in the process, _compiled_model);
+    # one infer request per thread and input kind (OpenVINO requests are not thread-safe, an ORT
+    # session is).
     def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             if self._compiled is None:
-                self._compiled = self._compile()
+                self._compiled = _compiled_model(self.model, self.backend, max(1, int(self.config.threads)))
         if self.backend == "openvino":
-            request = getattr(self._local, "request", None)
+            fixed = tensor.shape[1:3] == (FIXED_INPUT, FIXED_INPUT)
+            key = "fixed" if fixed else "dynamic"
+            requests = getattr(self._local, "requests", None)
+            if requests is None:
+                requests = self._local.requests = {}
+            request = requests.get(key)
             if request is None:
-                request = self._local.request = self._compiled.create_infer_request()
+                request = requests[key] = self._compiled[key].create_infer_request()
             out = request.infer({0: tensor})
             values = list(out.values())
             return np.asarray(values[0]), np.asarray(values[1])
         regressors, classifiers = self._compiled.run(None, {"input": tensor})
         return regressors, classifiers
-
-    def _compile(self) -> Any:
-        threads = max(1, int(self.config.threads))
-        if self.backend == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
-            # f32 pinned: on AMX CPUs OpenVINO would pick bf16 by itself (slower here, and boxes move).
-            compiled = core.compile_model(core.read_model(str(self.model)), "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"})
-            # One inference here, under the lock: OpenVINO's first numpy conversion (pybind11's
-            # one-time numpy API set-up) deadlocks when several threads make it at once, which is
-            # what a pool of decode workers does when nothing in the process used OpenVINO before
-            # (dfx train on photo folders hung this way).
-            compiled.create_infer_request().infer({0: np.zeros((1, 32, 32, 3), np.float32)})
-            return compiled
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        return ort.InferenceSession(str(self.model), options, providers=["CPUExecutionProvider"])
 
     def levels(self, height: int, width: int, scale: float = 1.0) -> list[float]:
         """Resize factors (≤ 1) applied to an image of (height, width) whose pixels are `scale`
@@ -255,17 +239,69 @@ class FaceFinder:
         return boxes[ok].astype(np.float32)
 
 
+# Inputs that fit in FIXED_INPUT x FIXED_INPUT (the second look's window and the pyramid's coarse
+# levels) are padded to exactly that and run by a copy of the network compiled for that one shape:
+# OpenVINO re-plans a dynamic-shape network whenever its input shape changes, ~3 ms a switch on
+# 2 cores here, more than such a small input's inference (benchmarks/whole_photo.py, docs/whole-photos.md).
+FIXED_INPUT = 160
+
+
 def finder_input(pixels: np.ndarray) -> np.ndarray:
     """The network's input for uint8 (H, W, 3) pixels: (1, H', W', 3) float32 in [-1, 1]. The
-    network halves its input five times and adds upsampled maps back, so sides are padded to
-    multiples of 32 with mid-grey (0 after normalisation), bottom and right."""
+    network halves its input five times and adds upsampled maps back, so sides are padded with
+    mid-grey (0 after normalisation), bottom and right: to multiples of 32, or to
+    FIXED_INPUT x FIXED_INPUT when both fit in it."""
     h, w = pixels.shape[:2]
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    if ph <= FIXED_INPUT and pw <= FIXED_INPUT:
+        ph = pw = FIXED_INPUT
     tensor = np.zeros((1, ph, pw, 3), np.float32)
     inside = tensor[0, :h, :w]
     np.multiply(pixels, np.float32(1 / 127.5), out=inside, casting="unsafe")  # in place: no float copy of a 1.4 MP level
     inside -= 1.0
     return tensor
+
+
+_COMPILED: dict[tuple, Any] = {}
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled_model(model: Path, backend: str, threads: int) -> Any:
+    """The compiled finder for (file, backend, threads), made once per process: for OpenVINO
+    {"dynamic": any input size, "fixed": FIXED_INPUT square}, for ONNX Runtime a session.
+    Compiling costs ~0.7 s a shape here, and a scan, a server or a test suite makes many finders."""
+    stat = model.stat()
+    key = (str(model.resolve()), stat.st_mtime_ns, stat.st_size, backend, threads)
+    with _COMPILED_LOCK:
+        if key not in _COMPILED:
+            _COMPILED[key] = _compile(model, backend, threads)
+        return _COMPILED[key]
+
+
+def _compile(model: Path, backend: str, threads: int) -> Any:
+    if backend == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        # f32 pinned: on AMX CPUs OpenVINO would pick bf16 by itself (slower here, and boxes move).
+        options = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"}
+        network = core.read_model(str(model))
+        fixed = network.clone()
+        fixed.reshape({fixed.inputs[0]: (1, FIXED_INPUT, FIXED_INPUT, 3)})
+        compiled = {"dynamic": core.compile_model(network, "CPU", options), "fixed": core.compile_model(fixed, "CPU", options)}
+        # One inference each here, under the lock: OpenVINO's first numpy conversion (pybind11's
+        # one-time numpy API set-up) deadlocks when several threads make it at once, which is
+        # what a pool of decode workers does when nothing in the process used OpenVINO before
+        # (dfx train on photo folders hung this way).
+        compiled["dynamic"].create_infer_request().infer({0: np.zeros((1, 32, 32, 3), np.float32)})
+        compiled["fixed"].create_infer_request().infer({0: np.zeros((1, FIXED_INPUT, FIXED_INPUT, 3), np.float32)})
+        return compiled
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def _importable(module: str) -> bool:

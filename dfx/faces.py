@@ -129,27 +129,27 @@ class FaceFinder:
         self.config = config or FinderConfig()
         self.backend = _pick_backend(backend)
         self._lock = threading.Lock()
-        self._local = threading.local()
         self._compiled: Any = None
 
-    # One compiled model per finder file (shared by every finder in the process, _compiled_model);
-    # one infer request per thread and input kind (OpenVINO requests are not thread-safe, an ORT
-    # session is).
+    # One compiled model per finder file, shared by every finder in the process, with a pool of
+    # infer requests per input kind (_compiled_model): a request is used by one thread at a time
+    # (OpenVINO requests are not thread-safe, an ORT session is), and a request's first inference
+    # costs ~80 ms more than the next, so requests outlive the scan's worker threads.
     def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             if self._compiled is None:
                 self._compiled = _compiled_model(self.model, self.backend, max(1, int(self.config.threads)))
         if self.backend == "openvino":
-            fixed = tensor.shape[1:3] == (FIXED_INPUT, FIXED_INPUT)
-            key = "fixed" if fixed else "dynamic"
-            requests = getattr(self._local, "requests", None)
-            if requests is None:
-                requests = self._local.requests = {}
-            request = requests.get(key)
-            if request is None:
-                request = requests[key] = self._compiled[key].create_infer_request()
-            out = request.infer({0: tensor})
-            values = list(out.values())
+            kind = "fixed" if tensor.shape[1:3] == (FIXED_INPUT, FIXED_INPUT) else "dynamic"
+            compiled, idle = self._compiled[kind], self._compiled["idle"][kind]
+            try:
+                request = idle.pop()
+            except IndexError:
+                request = compiled.create_infer_request()
+            try:
+                values = list(request.infer({0: tensor}).values())  # copies: safe after the request goes back
+            finally:
+                idle.append(request)
             return np.asarray(values[0]), np.asarray(values[1])
         regressors, classifiers = self._compiled.run(None, {"input": tensor})
         return regressors, classifiers
@@ -268,7 +268,8 @@ _COMPILED_LOCK = threading.Lock()
 
 def _compiled_model(model: Path, backend: str, threads: int) -> Any:
     """The compiled finder for (file, backend, threads), made once per process: for OpenVINO
-    {"dynamic": any input size, "fixed": FIXED_INPUT square}, for ONNX Runtime a session.
+    {"dynamic": any input size, "fixed": FIXED_INPUT square, "idle": {kind: [requests not in
+    use]}} (list.pop and append are atomic), for ONNX Runtime a session.
     Compiling costs ~0.7 s a shape here, and a scan, a server or a test suite makes many finders."""
     stat = model.stat()
     key = (str(model.resolve()), stat.st_mtime_ns, stat.st_size, backend, threads)
@@ -284,17 +285,24 @@ def _compile(model: Path, backend: str, threads: int) -> Any:
 
         core = ov.Core()
         # f32 pinned: on AMX CPUs OpenVINO would pick bf16 by itself (slower here, and boxes move).
-        options = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"}
+        # One stream per core (at most 8), `threads` each: a compiled model runs one inference per
+        # stream at a time, so with the LATENCY hint's single stream the decode workers' finder
+        # calls queued behind one another (two threads: 0.99x one thread's rate; two streams: 2.07x).
+        streams = min(os.cpu_count() or 1, 8)
+        options = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": str(streams), "INFERENCE_NUM_THREADS": str(streams * threads)}
         network = core.read_model(str(model))
         fixed = network.clone()
         fixed.reshape({fixed.inputs[0]: (1, FIXED_INPUT, FIXED_INPUT, 3)})
-        compiled = {"dynamic": core.compile_model(network, "CPU", options), "fixed": core.compile_model(fixed, "CPU", options)}
+        compiled: dict[str, Any] = {"dynamic": core.compile_model(network, "CPU", options),
+                                    "fixed": core.compile_model(fixed, "CPU", options), "idle": {"dynamic": [], "fixed": []}}
         # One inference each here, under the lock: OpenVINO's first numpy conversion (pybind11's
         # one-time numpy API set-up) deadlocks when several threads make it at once, which is
         # what a pool of decode workers does when nothing in the process used OpenVINO before
         # (dfx train on photo folders hung this way).
-        compiled["dynamic"].create_infer_request().infer({0: np.zeros((1, 32, 32, 3), np.float32)})
-        compiled["fixed"].create_infer_request().infer({0: np.zeros((1, FIXED_INPUT, FIXED_INPUT, 3), np.float32)})
+        for kind, side in (("dynamic", 32), ("fixed", FIXED_INPUT)):
+            request = compiled[kind].create_infer_request()
+            request.infer({0: np.zeros((1, side, side, 3), np.float32)})
+            compiled["idle"][kind].append(request)
         return compiled
     import onnxruntime as ort
 

@@ -190,16 +190,24 @@ def test_exif_orientation_is_applied_to_both_views(orientation):
 @pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
 @pytest.mark.parametrize("progressive", [False, True])
 @pytest.mark.parametrize("orientation", [1, 3, 6, 7])
-def test_region_cuts_give_the_full_decodes_pixels(subsampling, progressive, orientation):
-    """Photo.regions (lossless cuts through libturbojpeg) == the full decode sliced, at the image's
-    edges and corners too, for every subsampling, progressive files and rotated EXIF."""
+@pytest.mark.parametrize("way", ["region_decode", "lossless_cut"])
+def test_region_cuts_give_the_full_decodes_pixels(subsampling, progressive, orientation, way, monkeypatch):
+    """Photo.regions (each region decoded alone by dfx._jpegregion, or lossless cuts through
+    libturbojpeg) == the full decode sliced, at the image's edges and corners too, for every
+    subsampling, progressive files and rotated EXIF."""
     from PIL import Image
 
+    import dfx.photos as photos
     from dfx.images import to_rgb
-    from dfx.photos import region_decode_available
 
-    if not region_decode_available():
-        pytest.skip("region decoding needs PyTurboJPEG and the system's libturbojpeg (apt install libturbojpeg0)")
+    if way == "region_decode":
+        if photos._partial_decoder() is None:
+            pytest.skip("dfx._jpegregion was not built (it needs libjpeg-turbo's headers: apt install libjpeg62-turbo-dev)")
+        monkeypatch.setattr(photos, "_turbo", lambda: None)
+    else:
+        if photos._turbo() is None:
+            pytest.skip("lossless cuts need PyTurboJPEG and the system's libturbojpeg (apt install libturbojpeg0)")
+        monkeypatch.setattr(photos, "_partial_decoder", lambda: None)
     rng = np.random.default_rng(subsampling * 10 + orientation)
     pixels = wp.background(rng, 603, 811, "landscape")  # odd sizes: partial MCUs at the edges
     exif = Image.Exif()
@@ -211,9 +219,36 @@ def test_region_cuts_give_the_full_decodes_pixels(subsampling, progressive, orie
                (0, h - 100, w, h), (5, 9, 6, 10)]
     photo = decode_photo(data, 4)
     assert photo._jpeg is not None  # the cut path, not a slice of full()
-    for (x0, y0, x1, y1), cut in zip(regions, photo.regions(regions)):
-        np.testing.assert_array_equal(cut, reference[y0:y1, x0:x1], err_msg=str((x0, y0, x1, y1)))
+    # One region a call: region decoding takes a call's regions only while they read < 1.5 images of rows.
+    groups = [regions[:2]] + [[r] for r in regions[2:]] if way == "region_decode" else [regions]
+    for group in groups:
+        for (x0, y0, x1, y1), cut in zip(group, photo.regions(group)):
+            np.testing.assert_array_equal(cut, reference[y0:y1, x0:x1], err_msg=str((x0, y0, x1, y1)))
     assert callable(photo._full)  # and the whole image was never decoded
+
+
+def test_a_truncated_jpeg_is_an_error_not_grey_pixels():
+    """Region decoding treats libjpeg's warnings (a premature end, corrupt data) as errors, so a
+    truncated upload is an error row as with the whole decode, not a face of filler pixels."""
+    import dfx.photos as photos
+    from dfx.images import ImageError
+
+    decode_region = photos._partial_decoder()
+    if decode_region is None:
+        pytest.skip("dfx._jpegregion was not built (it needs libjpeg-turbo's headers: apt install libjpeg62-turbo-dev)")
+    rng = np.random.default_rng(3)
+    data = _jpeg(wp.background(rng, 600, 800, "landscape"), 90)
+    rgb, out_x, out_y, out_w, out_h = decode_region(data, 100, 50, 64, 64)
+    assert (out_y, out_h) == (50, 64) and out_x <= 100 and out_x + out_w >= 164 and len(rgb) == out_w * out_h * 3
+    truncated = data[: len(data) * 6 // 10]
+    with pytest.raises(ValueError):
+        decode_region(truncated, 100, 500, 64, 64)  # below the cut: a premature end
+    with pytest.raises(ValueError):
+        decode_region(b"\xff\xd8\xff garbage", 0, 0, 8, 8)
+    with pytest.raises(ValueError, match="outside"):
+        decode_region(data, 790, 0, 64, 64)
+    with pytest.raises(ImageError):  # and the photo itself is an error row, as before
+        decode_photo(truncated, 4)
 
 
 def test_auto_mode_scores_small_images_and_close_ups_whole(finder, face_pool):

@@ -6,8 +6,8 @@ through decode -> face finding -> native-resolution crops -> the bundle's model.
 Reports (terminal and OUT/whole_photo.json):
 - per-stage milliseconds per image, one thread, sequential: the DCT-scaled decode for the
   finder (Pillow draft mode vs simplejpeg), face finding (float and INT8 finder), the
-  full-resolution decode (Pillow vs simplejpeg) beside the lossless region cuts of the faces
-  (PyTurboJPEG), cropping + the bundle's window, inference of the image's windows;
+  full-resolution decode (Pillow vs simplejpeg) beside the region cuts of the faces (region decoding by
+  dfx/_jpegregion.c where it was built, else PyTurboJPEG's lossless cuts), cropping + the bundle's window, inference of the image's windows;
 - end-to-end images/s of the threaded path a scan runs (`dfx.faces.face_windows` on a pool of
   decode workers, batches of windows to the runner, the row factory), for several
   `min_face` settings, both finders and both JPEG paths, beside the runner's pure-inference rate
@@ -111,20 +111,24 @@ def stage_times(paths: list[str], finder, runner, size, fit, min_face: int, int8
     return out
 
 
-def end_to_end(paths: list[str], finder, runner, size, fit, threshold: float, probability, workers: int, batch: int = 32) -> dict:
+def end_to_end(paths: list[str], finder, runner, size, fit, threshold: float, probability, workers: int, batch: int = 32,
+               repeats: int = 3) -> dict:
     """images/s of `dfx scan`'s own pipeline (dfx.runtime.scan.pipeline.iter_results with
-    --faces auto) on `paths` (files read from disk): decode pool, face windows, batches, rows."""
+    --faces auto) on `paths` (files read from disk): decode pool, face windows, batches, rows.
+    The median of `repeats` runs (24 photos take about a second: one run is noisy), each listed."""
     from dfx.runtime.scan.pipeline import FaceOptions, iter_results
 
     list(iter_results(paths[:4], runner, size=size, fit=fit, threshold=threshold, batch_size=batch, workers=workers,
                       probability=probability, faces=FaceOptions(finder, "auto")))  # warm-up: compiles the finder
-    start = time.perf_counter()
-    rows = list(iter_results(paths, runner, size=size, fit=fit, threshold=threshold, batch_size=batch, workers=workers,
-                             probability=probability, faces=FaceOptions(finder, "auto")))
-    elapsed = time.perf_counter() - start
+    rates = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        rows = list(iter_results(paths, runner, size=size, fit=fit, threshold=threshold, batch_size=batch, workers=workers,
+                                 probability=probability, faces=FaceOptions(finder, "auto")))
+        rates.append(round(len(paths) / (time.perf_counter() - start), 2))
     faces = sum(r.faces or 0 for r in rows)
     decisions = [r.decision or "error" for r in rows]
-    return {"images_per_s": round(len(paths) / elapsed, 2), "images": len(paths), "faces_found": faces,
+    return {"images_per_s": float(np.median(rates)), "runs_images_per_s": rates, "images": len(paths), "faces_found": faces,
             "decisions": {d: decisions.count(d) for d in sorted(set(decisions))}}
 
 
@@ -146,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=24, help="photos per set (one-face and four-face sets)")
     parser.add_argument("--backend", default="auto", help="dfx scan --backend for the deepfake model")
     parser.add_argument("--workers", type=int, default=2, help="decode + face-finding threads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per end-to-end row (the median is reported)")
     parser.add_argument("--min-faces", default="58,100,160", help="FinderConfig.min_face values to time end to end")
     parser.add_argument("--finder", help="float face finder ONNX (default: the bundle's, else export one into OUT)")
     parser.add_argument("--stage-images", type=int, default=8, help="photos timed stage by stage (0: none)")
@@ -184,6 +189,7 @@ def main(argv=None) -> int:
         "finder_backend": finder.backend,
         "int8_finder": int8_path is not None and bundle.manifest.get("face_finder_int8"),
         "region_cuts": region_decode_available(),
+        "region_decoding_extension": __import__("dfx.photos").photos._partial_decoder() is not None,  # dfx/_jpegregion.c
     }
     with runner:
         report["pure_inference_images_per_s"] = pure_inference(runner, size)
@@ -197,13 +203,14 @@ def main(argv=None) -> int:
         report["end_to_end"] = {}
         import dfx.photos as photos
 
-        turbo = photos._turbo()
+        turbo, partial = photos._turbo(), photos._partial_decoder()
         for fast in (True, False):
             for min_face in [int(v) for v in args.min_faces.split(",")]:
                 if not fast and min_face != 160:
                     continue
                 photos.fast_jpeg_available = (lambda value=fast: value)  # the switch a user gets by (un)installing the faces extra
                 photos._TURBO[:] = [turbo if fast else None]  # region cuts come with it (PyTurboJPEG)
+                photos._partial_decoder = (lambda value=partial if fast else None: value)  # and an install without dfx/_jpegregion.c
                 finders = {"int8": int8_path, "float": finder_path} if int8_path else {"float": finder_path}
                 for precision, model in finders.items():
                     if precision == "float" and int8_path and (not fast or min_face != 58):
@@ -211,7 +218,8 @@ def main(argv=None) -> int:
                     f = FaceFinder(model, config=dataclasses.replace(FinderConfig(), min_face=min_face))
                     for name, paths in (("one_face", one), ("four_faces", several)):
                         key = f"{name}_min_face_{min_face}_{precision}_{'simplejpeg' if fast else 'pillow'}"
-                        report["end_to_end"][key] = end_to_end(paths, f, runner, size, fit, bundle.threshold, bundle.probability, args.workers)
+                        report["end_to_end"][key] = end_to_end(paths, f, runner, size, fit, bundle.threshold, bundle.probability, args.workers,
+                                                               repeats=args.repeats)
                         print(key, report["end_to_end"][key], flush=True)
     report["machine"]["load_end"] = os.getloadavg()
     (out / "whole_photo.json").write_text(json.dumps(report, indent=1))

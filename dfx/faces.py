@@ -140,7 +140,7 @@ class FaceFinder:
             if self._compiled is None:
                 self._compiled = _compiled_model(self.model, self.backend, max(1, int(self.config.threads)))
         if self.backend == "openvino":
-            kind = "fixed" if tensor.shape[1:3] == (FIXED_INPUT, FIXED_INPUT) else "dynamic"
+            kind = _input_kind(tensor)
             compiled, idle = self._compiled[kind], self._compiled["idle"][kind]
             try:
                 request = idle.pop()
@@ -239,22 +239,28 @@ class FaceFinder:
         return boxes[ok].astype(np.float32)
 
 
-# Inputs that fit in FIXED_INPUT x FIXED_INPUT (the second look's window and the pyramid's coarse
-# levels) are padded to exactly that and run by a copy of the network compiled for that one shape:
 # OpenVINO re-plans a dynamic-shape network whenever its input shape changes, ~3 ms a switch on
-# 2 cores here, more than such a small input's inference (benchmarks/whole_photo.py, docs/whole-photos.md).
+# 2 cores here, more than a small input's inference (docs/whole-photos.md). So the finder is
+# compiled three times: for the second look's window (exactly FIXED_INPUT square, a static
+# shape), for the pyramid's coarse levels (both sides within FIXED_INPUT), and for the rest; each
+# then sees few shapes. (Padding the coarse levels to the fixed window instead lost 2 of 61 pasted
+# faces of 600 px: the pad is context the network reads.)
 FIXED_INPUT = 160
+
+
+def _input_kind(tensor: np.ndarray) -> str:
+    h, w = tensor.shape[1:3]
+    if (h, w) == (FIXED_INPUT, FIXED_INPUT):
+        return "fixed"
+    return "small" if h <= FIXED_INPUT and w <= FIXED_INPUT else "dynamic"
 
 
 def finder_input(pixels: np.ndarray) -> np.ndarray:
     """The network's input for uint8 (H, W, 3) pixels: (1, H', W', 3) float32 in [-1, 1]. The
-    network halves its input five times and adds upsampled maps back, so sides are padded with
-    mid-grey (0 after normalisation), bottom and right: to multiples of 32, or to
-    FIXED_INPUT x FIXED_INPUT when both fit in it."""
+    network halves its input five times and adds upsampled maps back, so sides are padded to
+    multiples of 32 with mid-grey (0 after normalisation), bottom and right."""
     h, w = pixels.shape[:2]
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-    if ph <= FIXED_INPUT and pw <= FIXED_INPUT:
-        ph = pw = FIXED_INPUT
     tensor = np.zeros((1, ph, pw, 3), np.float32)
     inside = tensor[0, :h, :w]
     np.multiply(pixels, np.float32(1 / 127.5), out=inside, casting="unsafe")  # in place: no float copy of a 1.4 MP level
@@ -268,8 +274,9 @@ _COMPILED_LOCK = threading.Lock()
 
 def _compiled_model(model: Path, backend: str, threads: int) -> Any:
     """The compiled finder for (file, backend, threads), made once per process: for OpenVINO
-    {"dynamic": any input size, "fixed": FIXED_INPUT square, "idle": {kind: [requests not in
-    use]}} (list.pop and append are atomic), for ONNX Runtime a session.
+    {"dynamic": any input size, "small": the same for coarse levels, "fixed": FIXED_INPUT square,
+    "idle": {kind: [requests not in use]}} (list.pop and append are atomic), for ONNX Runtime a
+    session.
     Compiling costs ~0.7 s a shape here, and a scan, a server or a test suite makes many finders."""
     stat = model.stat()
     key = (str(model.resolve()), stat.st_mtime_ns, stat.st_size, backend, threads)
@@ -294,12 +301,14 @@ def _compile(model: Path, backend: str, threads: int) -> Any:
         fixed = network.clone()
         fixed.reshape({fixed.inputs[0]: (1, FIXED_INPUT, FIXED_INPUT, 3)})
         compiled: dict[str, Any] = {"dynamic": core.compile_model(network, "CPU", options),
-                                    "fixed": core.compile_model(fixed, "CPU", options), "idle": {"dynamic": [], "fixed": []}}
+                                    "small": core.compile_model(network, "CPU", options),
+                                    "fixed": core.compile_model(fixed, "CPU", options),
+                                    "idle": {"dynamic": [], "small": [], "fixed": []}}
         # One inference each here, under the lock: OpenVINO's first numpy conversion (pybind11's
         # one-time numpy API set-up) deadlocks when several threads make it at once, which is
         # what a pool of decode workers does when nothing in the process used OpenVINO before
         # (dfx train on photo folders hung this way).
-        for kind, side in (("dynamic", 32), ("fixed", FIXED_INPUT)):
+        for kind, side in (("dynamic", 32), ("small", 32), ("fixed", FIXED_INPUT)):
             request = compiled[kind].create_infer_request()
             request.infer({0: np.zeros((1, side, side, 3), np.float32)})
             compiled["idle"][kind].append(request)

@@ -43,4 +43,5 @@ def add_faces_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
     parser.add_argument("--min-face", dest="min_face", type=int, metavar="PX",
                         help="smallest face to look for, in photo pixels (default: the face a crop of the model's window "
                         "holds, 58 px for a 96 px model: smaller faces cannot fill the window at native resolution). "
-                        "The finder's cost grows as 1/min-face^2: on 12 MP photos 160 is ~3x faster than 60")
+                        "The finder's cost grows as 1/min-face^2: on 12 MP photos 160 screens ~3x as many "
+                        "photos a second as 58 (docs/whole-photos.md) and misses the faces under 160 px")

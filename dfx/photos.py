@@ -85,7 +85,7 @@ def region_decode_available() -> bool:
 def _partial_decoder() -> Any:
     """dfx._jpegregion.decode_region, or None where the extension was not built."""
     try:
-        from dfx import _jpegregion
+        from dfx import _jpegregion  # type: ignore[attr-defined]  # a C extension, built at install where it can be
     except ImportError:
         return None
     return _jpegregion.decode_region

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
     from dfx.bundle import Bundle, tool_versions
     from dfx.faces import FACE_FINDER_INT8_ROLE, FACE_FINDER_ROLE, FaceFinder, FinderConfig
-    from dfx.photos import region_decode_available
+    import dfx.photos as photos
     from dfx.runtime.scan.select import choose_runner
 
     out = Path(args.out)
@@ -188,8 +188,8 @@ def main(argv=None) -> int:
         "photos": {"size": "4000x3000", "jpeg_quality": 90, "one_face": len(one), "four_faces": len(several)},
         "finder_backend": finder.backend,
         "int8_finder": int8_path is not None and bundle.manifest.get("face_finder_int8"),
-        "region_cuts": region_decode_available(),
-        "region_decoding_extension": __import__("dfx.photos").photos._partial_decoder() is not None,  # dfx/_jpegregion.c
+        "region_cuts": photos.region_decode_available(),
+        "region_decoding_extension": photos._partial_decoder() is not None,  # dfx/_jpegregion.c
     }
     with runner:
         report["pure_inference_images_per_s"] = pure_inference(runner, size)
@@ -201,15 +201,13 @@ def main(argv=None) -> int:
                 report["stages_ms_per_image"][f"{name}_min_face_{min_face}"] = stage_times(paths[:args.stage_images], f, runner, size, fit, min_face, q)
                 print(name, min_face, report["stages_ms_per_image"][f"{name}_min_face_{min_face}"], flush=True)
         report["end_to_end"] = {}
-        import dfx.photos as photos
-
         turbo, partial = photos._turbo(), photos._partial_decoder()
         for fast in (True, False):
             for min_face in [int(v) for v in args.min_faces.split(",")]:
                 if not fast and min_face != 160:
                     continue
                 photos.fast_jpeg_available = (lambda value=fast: value)  # the switch a user gets by (un)installing the faces extra
-                photos._TURBO[:] = [turbo if fast else None]  # region cuts come with it (PyTurboJPEG)
+                photos._turbo = (lambda value=turbo if fast else None: value)  # lossless cuts come with it (PyTurboJPEG)
                 photos._partial_decoder = (lambda value=partial if fast else None: value)  # and an install without dfx/_jpegregion.c
                 finders = {"int8": int8_path, "float": finder_path} if int8_path else {"float": finder_path}
                 for precision, model in finders.items():

@@ -61,19 +61,15 @@ def fast_jpeg_available() -> bool:
     return _importable("simplejpeg")
 
 
-_TURBO: list[Any] = []  # [TurboJPEG or None], resolved once per process
-
-
+@functools.cache  # resolved once per process, like _partial_decoder
 def _turbo() -> Any:
     """PyTurboJPEG's handle on the system libturbojpeg, or None when either is missing."""
-    if not _TURBO:
-        try:
-            from turbojpeg import TurboJPEG
+    try:
+        from turbojpeg import TurboJPEG
 
-            _TURBO.append(TurboJPEG())
-        except Exception:  # not installed, or no libturbojpeg.so on this machine
-            _TURBO.append(None)
-    return _TURBO[0]
+        return TurboJPEG()
+    except Exception:  # not installed, or no libturbojpeg.so on this machine
+        return None
 
 
 def region_decode_available() -> bool:
@@ -93,6 +89,11 @@ def _partial_decoder() -> Any:
 
 # MCU size (width, height) per TurboJPEG subsampling code: 4:4:4, 4:2:2, 4:2:0, grey, 4:4:0, 4:1:1.
 _MCU = {0: (8, 8), 1: (16, 8), 2: (16, 16), 3: (8, 8), 4: (8, 16), 5: (32, 8)}
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels turned by their EXIF orientation, contiguous (a no-op copy-wise when they are)."""
+    return np.ascontiguousarray(_ORIENT[orientation](pixels) if orientation != 1 else pixels)
 
 
 def _stored_region(region: tuple[int, int, int, int], orientation: int, stored_w: int, stored_h: int) -> tuple[int, int, int, int]:
@@ -142,7 +143,7 @@ class Photo:
             if partial is not None and _rows_read(self._jpeg, regions) < 1.5 * self._jpeg[3]:
                 try:
                     return _decode_regions(partial, self._jpeg, regions)
-                except Exception:  # corrupt data on the way: the whole decode decides and words it
+                except Exception:  # corrupt data on the way: the next way decides, the whole decode words the error
                     pass
             turbo = _turbo()
             if turbo is not None:
@@ -168,7 +169,7 @@ def _decode_regions(decode_region: Any, jpeg: tuple[bytes, int, int, int], regio
         x0, y0, x1, y1 = _stored_region(region, orientation, stored_w, stored_h)
         rgb, out_x, _, out_w, out_h = decode_region(data, x0, y0, x1 - x0, y1 - y0)
         pixels = np.frombuffer(rgb, np.uint8).reshape(out_h, out_w, 3)[:, x0 - out_x:x1 - out_x]
-        out.append(np.ascontiguousarray(_ORIENT[orientation](pixels) if orientation != 1 else pixels))
+        out.append(_upright(pixels, orientation))
     return out
 
 
@@ -189,7 +190,7 @@ def _cut(turbo: Any, jpeg: tuple[bytes, int, int, int], regions: list[tuple[int,
     out = []
     for piece, (tx0, ty0, tx1, ty1) in zip(turbo.crop_multiple(data, cuts, copynone=True), trims):
         pixels = turbo.decode(piece, pixel_format=TJPF_RGB, flags=TJFLAG_ACCURATEDCT)[ty0:ty1, tx0:tx1]
-        out.append(np.ascontiguousarray(_ORIENT[orientation](pixels) if orientation != 1 else pixels))
+        out.append(_upright(pixels, orientation))
     return out
 
 
@@ -264,7 +265,7 @@ def _fast_full(data: bytes, orientation: int, name: str) -> np.ndarray:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
     except Exception:  # truncated or odd: Pillow decides and words the error
         return np.asarray(to_rgb(data))
-    return np.ascontiguousarray(_ORIENT[orientation](pixels)) if orientation != 1 else pixels
+    return _upright(pixels, orientation)
 
 
 def _fast_scaled(data: bytes, reduction: int, orientation: int, name: str) -> np.ndarray:
@@ -276,7 +277,7 @@ def _fast_scaled(data: bytes, reduction: int, orientation: int, name: str) -> np
                                         min_width=-(-width // reduction), min_factor=reduction)
     except Exception:
         return _pil_scaled(data, reduction, name)
-    return np.ascontiguousarray(_ORIENT[orientation](pixels)) if orientation != 1 else pixels
+    return _upright(pixels, orientation)
 
 
 def _pil_scaled(data: bytes, reduction: int, name: str) -> np.ndarray:

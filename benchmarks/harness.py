@@ -371,6 +371,7 @@ def _photo_stages(bundle: Bundle, files: list[str], runner: Runner, config: Benc
     from PIL import Image
 
     from dfx.faces import CROP_MAX_SIDE, FACE_FINDER_INT8_ROLE, FACE_FINDER_ROLE, FaceFinder, FinderConfig
+    from dfx.images import open_formats
     from dfx.runtime.scan.pipeline import face_options
 
     options, _ = face_options(bundle, config.faces, config.no_face, config.min_face)
@@ -379,7 +380,7 @@ def _photo_stages(bundle: Bundle, files: list[str], runner: Runner, config: Benc
     photos = []
     for path in files:
         try:
-            with Image.open(path) as image:  # the header only
+            with Image.open(path, formats=open_formats()) as image:  # the header only
                 if max(image.size) > CROP_MAX_SIDE:
                     photos.append(path)
         except Exception:

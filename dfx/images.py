@@ -10,6 +10,7 @@ sees can never differ between them. Two fit policies are stored in the bundle:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -25,10 +26,14 @@ if TYPE_CHECKING:
     import PIL.Image
 
 FIT_POLICIES = ("resize", "crop")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 # The Pillow decoders dfx lets near untrusted bytes. Every other plugin (EPS hands data to
 # Ghostscript, and dozens of rarely-fuzzed legacy formats) is refused: less attack surface.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
+# Phone formats whose decoder an install may lack, and what provides it. HEIF is what iPhones
+# store (HEIC); its decoder is pi-heif (libheif + libde265, LGPL, in the `faces` extra).
+OPTIONAL_FORMATS = {"AVIF": "Pillow built with AVIF (Pillow >= 11.2 wheels are)",
+                    "HEIF": "pi-heif (pip install pi-heif, or the dfx[faces] extra)"}
 
 # Guards against hostile or broken inputs. 40 MP covers any camera photo; a "decompression
 # bomb" declares far more pixels than its bytes would suggest. One limit for every source kind,
@@ -51,10 +56,13 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00+", "TIFF"),
     (b"BM", "BMP"),
 )
-SNIFF_BYTES = 16
+# ISO-BMFF brands (the `ftyp` box): AVIF's first, since AVIF files list HEIF's mif1 too.
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+SNIFF_BYTES = 32  # a BMFF ftyp box's major brand and its first compatible brands
 # The MIME type of each sniffed format (C2PA readers take one).
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp",
-              "WEBP": "image/webp"}
+              "WEBP": "image/webp", "AVIF": "image/avif", "HEIF": "image/heif"}
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -76,7 +84,7 @@ def header_size(source: Any) -> tuple[int, int]:
         from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(source), formats=IMAGE_FORMATS) as image:
+            with Image.open(io.BytesIO(source), formats=open_formats()) as image:
                 return image.height, image.width
         except Exception:
             return 0, 0
@@ -133,6 +141,37 @@ def sniff(head: bytes) -> str | None:
             return fmt
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        box = min(len(head), int.from_bytes(head[:4], "big"))
+        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, box - 3, 4)}  # 12:16 is the minor version
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIF"
+    return None
+
+
+@functools.cache
+def open_formats() -> tuple[str, ...]:
+    """The IMAGE_FORMATS this install decodes, for Image.open(formats=...) (which fails on a name
+    no plugin registered). Registers pi-heif's HEIF decoder with Pillow where it is installed."""
+    from PIL import Image
+
+    Image.init()
+    if "HEIF" not in Image.OPEN:
+        try:
+            import pi_heif
+
+            pi_heif.register_heif_opener()
+        except Exception:  # not installed (or its library will not load): HEIF inputs get error rows saying so
+            pass
+    return tuple(fmt for fmt in IMAGE_FORMATS if fmt in Image.OPEN)
+
+
+def missing_decoder_reason(fmt: str | None) -> str | None:
+    """For a format dfx reads but this install cannot decode: the reason an error row gives."""
+    if fmt in OPTIONAL_FORMATS and fmt not in open_formats():
+        return f"cannot decode image ({fmt} needs {OPTIONAL_FORMATS[fmt]})"
     return None
 
 
@@ -248,7 +287,7 @@ def to_rgb(source: ImageSource) -> "PIL.Image.Image":  # noqa: F821
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # Reads the header only; pixels are decoded by load(), after the size check.
-            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=open_formats())
             _check_pixels(image.size, name)
             image.load()
             return _pil_to_rgb(image, name)
@@ -260,7 +299,7 @@ def to_rgb(source: ImageSource) -> "PIL.Image.Image":  # noqa: F821
         raise ImageError(name, too_large_reason(int(found.group(1)) if found else 0, pixel_limit())) from exc
     except Image.UnidentifiedImageError as exc:
         fmt = sniff(data[:SNIFF_BYTES])
-        reason = f"cannot decode image (not a valid {fmt} file)" if fmt else "not an image (unknown format)"
+        reason = missing_decoder_reason(fmt) or (f"cannot decode image (not a valid {fmt} file)" if fmt else "not an image (unknown format)")
         raise ImageError(name, reason) from exc
     except Exception as exc:  # crafted files reach TypeErrors etc. deep in Pillow: one error type
         raise ImageError(name, _decode_reason(exc, sniff(data[:SNIFF_BYTES]))) from exc

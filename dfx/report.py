@@ -152,10 +152,10 @@ def thumbnail(path: str) -> tuple[bytes, int, int] | None:
     None when the image cannot be read. JPEGs decode at reduced DCT scale (fast)."""
     from PIL import Image, ImageOps
 
-    from dfx.images import pixel_limit
+    from dfx.images import open_formats, pixel_limit
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=open_formats()) as image:  # the decoders scans use, no others
             if image.size[0] * image.size[1] > pixel_limit():
                 return None
             try:

@@ -191,7 +191,7 @@ def test_oversized_bytes_are_refused_before_decoding(monkeypatch):
 # ---- content sniffing -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF"])  # HEIF: tests/test_images.py
 def test_sniff_knows_every_format_dfx_reads(fmt):
     assert images.sniff(_encode(fmt)[: images.SNIFF_BYTES]) == fmt
     assert fmt in images.IMAGE_FORMATS

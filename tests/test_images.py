@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,70 @@ def test_load_many_keeps_order_and_reports_the_unreadable():
     for row, index in enumerate(kept):
         np.testing.assert_array_equal(pixels[row], load_image(sources[index], (16, 16), "resize"))
     assert [e.reason for e in errors] == ["not an image (unknown format)", "empty file"]
+
+
+# ---- phone formats: HEIC (pi-heif) and AVIF (Pillow) ------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+needs_heif = pytest.mark.skipif("HEIF" not in images.open_formats(), reason="pi-heif is not installed (the dfx[faces] extra)")
+needs_avif = pytest.mark.skipif("AVIF" not in images.open_formats(), reason="this Pillow has no AVIF plugin")
+
+
+def _quadrants() -> np.ndarray:
+    """What tests/data/quadrants*.heic hold: 64 wide, 48 high, green band on top, red left, blue right."""
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[:, :32], pixels[:, 32:], pixels[:12] = (200, 30, 30), (30, 30, 200), (30, 200, 30)
+    return pixels
+
+
+def _near(decoded: np.ndarray, expected: np.ndarray) -> bool:
+    """Lossy codecs at q90 on flat colours: close everywhere, not equal."""
+    return decoded.shape == expected.shape and float(np.abs(decoded.astype(int) - expected).mean()) < 6
+
+
+@needs_heif
+def test_heic_decodes_and_is_turned_upright():
+    plain = np.asarray(images.to_rgb(DATA / "quadrants.heic"))
+    turned = np.asarray(images.to_rgb((DATA / "quadrants-orientation6.heic").read_bytes()))
+    assert _near(plain, _quadrants())
+    assert _near(turned, np.rot90(_quadrants(), -1))  # orientation 6: turned a quarter clockwise, as a JPEG would be
+    assert load_image(DATA / "quadrants-orientation6.heic", 8).shape == (8, 8, 3)
+    assert images.header_size((DATA / "quadrants.heic").read_bytes()) == (48, 64)
+
+
+@needs_avif
+def test_avif_decodes_and_is_turned_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(_quadrants()), "AVIF", quality=90, exif=exif.tobytes())
+    assert images.sniff(data[: images.SNIFF_BYTES]) == "AVIF"
+    assert _near(np.asarray(images.to_rgb(data)), np.rot90(_quadrants(), -1))
+
+
+def test_a_heic_without_its_decoder_is_an_error_row_that_says_what_to_install(monkeypatch):
+    data = (DATA / "quadrants.heic").read_bytes()
+    assert images.sniff(data[: images.SNIFF_BYTES]) == "HEIF"
+    monkeypatch.setattr(images, "open_formats", lambda: ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"))
+    with pytest.raises(ImageError, match=r"HEIF needs pi-heif \(pip install pi-heif"):
+        load_image(data, 8)
+
+
+def test_bmff_sniffing_tells_heif_from_avif_and_from_video():
+    def ftyp(major: bytes, *compatible: bytes) -> bytes:
+        body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+        return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body
+
+    assert images.sniff(ftyp(b"heic", b"mif1", b"heic")) == "HEIF"
+    assert images.sniff(ftyp(b"mif1", b"heic")) == "HEIF"
+    assert images.sniff(ftyp(b"mif1", b"avif", b"miaf")) == "AVIF"  # AVIF files list HEIF's mif1 too
+    assert images.sniff(ftyp(b"isom", b"iso2", b"mp41")) is None  # an MP4 video is not an image
+    assert images.sniff(b"\x00\x00\x00\x18ftyp") is None  # cut short
+
+
+@needs_heif
+def test_walk_finds_phone_formats_by_suffix_and_by_content(tmp_path):
+    heic = (DATA / "quadrants.heic").read_bytes()
+    (tmp_path / "IMG_0001.HEIC").write_bytes(heic)
+    (tmp_path / "9c1e2f").write_bytes(heic)  # an upload under a hash name
+    files, skipped = images.walk_images([tmp_path])
+    assert sorted(Path(f).name for f in files) == ["9c1e2f", "IMG_0001.HEIC"] and skipped == []

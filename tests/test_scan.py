@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from dfx.cli import main
+from dfx.images import open_formats
 from dfx.runtime.scan.results import ResultWriter, read_results
 
 
@@ -281,3 +282,20 @@ def test_resume_reading_cuts_a_half_written_row(tmp_path, suffix):
         writer.write(Result("c.jpg", -2.0, 0.12, "real", "ort-cpu", "int8", "f" * 64))
     assert [r.path for r in read_results(out)] == ["a.jpg", 'b,"odd".jpg', "c.jpg"]
     assert out.read_text().count("path") == (1 if suffix == ".csv" else 3)  # one CSV header only
+
+
+@pytest.mark.skipif("HEIF" not in open_formats(), reason="pi-heif is not installed (the dfx[faces] extra)")
+def test_a_phone_heic_is_scanned_like_its_pixels(exported_bundle, tmp_path):
+    """An iPhone's HEIC in a folder is a scored row, with the logit of its decoded pixels."""
+    from dfx.images import to_rgb
+    from dfx.runtime.scan.detector import Detector
+
+    heic = Path(__file__).parent / "data" / "quadrants-orientation6.heic"
+    shutil.copy(heic, tmp_path / "IMG_0001.HEIC")
+    out = tmp_path / "rows.jsonl"
+    assert main(["scan", str(exported_bundle), str(tmp_path / "IMG_0001.HEIC"), "--out", str(out), "--backend", "ort-cpu", "--quiet"]) == 0
+    (row,) = read_results(out)
+    assert row.error is None and row.decision in ("real", "fake")
+    with Detector.load(exported_bundle, backend="ort-cpu") as detector:
+        (same,) = detector.predict(np.asarray(to_rgb(heic)))
+    assert abs(row.logit - same.logit) < 1e-5

@@ -598,7 +598,9 @@ def cheap_cues(source) -> list[float]:
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as image:
+    from dfx.images import open_formats
+
+    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, formats=open_formats()) as image:
         fmt = image.format or ""
         tables = getattr(image, "quantization", None) or {}
         w, h = image.size

@@ -199,7 +199,9 @@ def source_encoding(path: str) -> dict:
     """How the source is stored: {"format": "JPEG"|"PNG", "qtables", "subsampling", "quality"}."""
     from PIL import Image, JpegImagePlugin
 
-    with Image.open(path) as im:
+    from dfx.images import open_formats
+
+    with Image.open(path, formats=open_formats()) as im:
         if im.format == "JPEG":
             tables = {k: list(v) for k, v in (im.quantization or {}).items()}
             return {"format": "JPEG", "qtables": tables, "subsampling": JpegImagePlugin.get_sampling(im),

@@ -32,10 +32,11 @@ def _warm(door: str) -> None:
 
         # The decoders dfx lets near bytes (IMAGE_FORMATS), imported now rather than at the
         # first open so their code is instrumented; the other plugins are never reached.
-        for plugin in ("Jpeg", "Png", "WebP", "Bmp", "Tiff", "Gif", "Mpo"):
+        for plugin in ("Jpeg", "Png", "WebP", "Bmp", "Tiff", "Gif", "Mpo", "Avif"):
             importlib.import_module(f"PIL.{plugin}ImagePlugin")
         importlib.import_module("PIL.ImageOps")
-        assert len(dfx.images.IMAGE_FORMATS) == 6
+        dfx.images.open_formats()  # registers pi-heif's HEIF plugin (its Python side is instrumented too)
+        assert len(dfx.images.IMAGE_FORMATS) == 8
     elif door == "bundle":
         import dfx.bundle  # noqa: F401
         import dfx.runtime.scan.select  # noqa: F401

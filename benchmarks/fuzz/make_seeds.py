@@ -55,7 +55,12 @@ def image_seeds() -> dict[str, bytes]:
         "deflate.tif": _save(rgb.convert("L"), "TIFF", compression="tiff_adobe_deflate"),
         "float.tif": _save(Image.fromarray(np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)), "TIFF"),
         "still.gif": _save(rgb.convert("P"), "GIF"),
+        "rgb.avif": _save(rgb, "AVIF", quality=60),
     }
+    # HEIF: pi-heif ships no HEVC encoder, so the suite's two HEIC files (made once, see
+    # tests/data/README.md) are the seeds; one of them carries a rotation.
+    for name in ("quadrants.heic", "quadrants-orientation6.heic"):
+        seeds[name] = (HERE.parents[1] / "tests" / "data" / name).read_bytes()
     frames = [Image.new("P", (8, 6), i) for i in (1, 7)]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)

@@ -118,7 +118,7 @@ def has_manifest_marker(data: bytes | bytearray | memoryview) -> bool:
 
 
 # The formats dfx decodes that carry C2PA manifests (c2pa reads no BMP).
-_C2PA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF")
+_C2PA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "AVIF", "HEIF")
 
 
 def sniff_mime(data: bytes) -> str | None:

@@ -21,8 +21,9 @@ invalid-manifest, fake, real; the policy is in docs/c2pa.md).
 
 Inputs: files named on the command line are always scanned (a bad one gets an error row).
 Inside folders (walked recursively, in sorted order) a file is scanned when it has an image
-suffix (.jpg .jpeg .png .webp .bmp .tif .tiff .gif) or, whatever its name, when its first bytes
-are a JPEG, PNG, WebP, BMP, TIFF or GIF signature (uploads stored under bare hash names);
+suffix (.jpg .jpeg .png .webp .bmp .tif .tiff .gif .heic .heif .avif) or, whatever its name, when
+its first bytes are a JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF or AVIF signature (uploads stored
+under bare hash names; HEIC needs pi-heif, in the faces extra);
 --extensions restricts folders to the suffixes given. Other files are skipped and counted in
 the summary, so a stray README or .DS_Store never becomes an error row. Empty, truncated,
 non-image and oversized files become rows with their error; the scan goes on.
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def scan_command(args: argparse.Namespace) -> int:
     from dfx.bundle import Bundle
-    from dfx.images import parse_extensions, walk_images
+    from dfx.images import IMAGE_SUFFIXES, parse_extensions, walk_images
     from dfx.runtime.scan.pipeline import face_options, iter_results
     from dfx.runtime.scan.results import ResultWriter, RowCounts, output_format, read_results
     from dfx.runtime.scan.select import choose_runner
@@ -98,7 +99,7 @@ def scan_command(args: argparse.Namespace) -> int:
     walked, non_images = walk_images(args.paths, extensions)
     files = list(dict.fromkeys(walked))  # a file named twice is scanned once
     if not files:
-        raise DfxError(f"no image files in {' '.join(args.paths)}", hint="dfx reads .jpg .jpeg .png .webp .bmp .tif .tiff .gif")
+        raise DfxError(f"no image files in {' '.join(args.paths)}", hint="dfx reads " + " ".join(IMAGE_SUFFIXES))
     earlier = read_results(args.out, repair=True) if args.resume else []  # repair: cut a half-written last row
     done = {r.path for r in earlier}
     todo = [f for f in files if f not in done]

@@ -157,7 +157,10 @@ def main(argv=None) -> int:
     from dfx.faces import FaceFinder
 
     truth = make_set(out, FaceFinder(FINDER_ONNX), args.photos, args.faceless, height, width)
-    results = {"set": {k: v for k, v in truth.items() if k != "photos"}, "load_start": os.getloadavg(), "detectors": {}}
+    from dfx.runtime.runners.base import cpu_model
+
+    results = {"set": {k: v for k, v in truth.items() if k != "photos"}, "cpu": cpu_model(), "command": " ".join(sys.argv),
+               "load_start": os.getloadavg(), "detectors": {}}
     only = set(args.only.split(",")) if args.only else None
     for name, (note, detect) in detectors(args.min_face).items():
         if only and name not in only:

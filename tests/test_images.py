@@ -197,3 +197,11 @@ def test_walk_finds_phone_formats_by_suffix_and_by_content(tmp_path):
     (tmp_path / "9c1e2f").write_bytes(heic)  # an upload under a hash name
     files, skipped = images.walk_images([tmp_path])
     assert sorted(Path(f).name for f in files) == ["9c1e2f", "IMG_0001.HEIC"] and skipped == []
+
+
+@needs_heif
+def test_a_truncated_heic_is_an_error_not_a_crash():
+    data = (DATA / "quadrants.heic").read_bytes()
+    for cut in (40, len(data) - 1):
+        with pytest.raises(ImageError, match="cannot decode image"):
+            load_image(data[:cut], 8)

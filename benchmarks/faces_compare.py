@@ -14,6 +14,11 @@ is inside the true box and whose width is 0.5x..2x), mean IoU of the matches, th
 faceless photos with any detection, false boxes on face photos, and ms per megapixel of
 detection alone (decode excluded; one thread where the framework allows). Writes
 OUT/faces_compare.json and prints a table.
+
+`--recode HEIF|AVIF` scores the same photos re-encoded as phone formats (q85; files in
+OUT/photos-heif/ under the JPEG names, made once: dfx reads by content, not by suffix). AVIF is
+encoded by Pillow; HEIF needs an HEVC encoder, which dfx's decoder pi-heif lacks: install
+pillow-heif (x265, GPL) in a separate environment to make the files, then score them here.
 """
 
 from __future__ import annotations
@@ -72,6 +77,23 @@ def make_set(out: Path, finder, n_photos: int, n_faceless: int, height: int, wid
         truth["photos"][name] = [{"box": list(p.box), "size": p.size, "source": p.source} for p in pasted]
     truth_path.write_text(json.dumps(truth, indent=1))
     return truth
+
+
+def recode(out: Path, names: list[str], fmt: str) -> Path:
+    """OUT/photos-<fmt>/: each photo of OUT/photos re-encoded as `fmt` (q85), made once."""
+    from PIL import Image
+
+    target = out / f"photos-{fmt.lower()}"
+    target.mkdir(exist_ok=True)
+    missing = [n for n in names if not (target / n).exists()]
+    if missing and fmt == "HEIF":
+        import pillow_heif  # the encoder; see the module's docstring
+
+        pillow_heif.register_heif_opener()
+    for name in missing:
+        extra = {"enc_params": {"preset": "veryfast"}} if fmt == "HEIF" else {"speed": 8}
+        Image.open(out / "photos" / name).save(target / name, format=fmt, quality=85, **extra)
+    return target
 
 
 def detectors(min_face: int):
@@ -145,6 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-face", type=int, default=40)
     parser.add_argument("--finder", help="face finder ONNX (default: export one into OUT)")
     parser.add_argument("--only", help="comma-separated detector names")
+    parser.add_argument("--recode", choices=("HEIF", "AVIF"), help="score the photos re-encoded in this format")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,9 +180,11 @@ def main(argv=None) -> int:
     from dfx.faces import FaceFinder
 
     truth = make_set(out, FaceFinder(FINDER_ONNX), args.photos, args.faceless, height, width)
+    photos = recode(out, list(truth["photos"]), args.recode) if args.recode else out / "photos"
     from dfx.runtime.runners.base import cpu_model
 
-    results = {"set": {k: v for k, v in truth.items() if k != "photos"}, "cpu": cpu_model(), "command": " ".join(sys.argv),
+    results = {"set": {k: v for k, v in truth.items() if k != "photos"}, "photos_as": args.recode or "JPEG q90",
+               "cpu": cpu_model(), "command": " ".join(sys.argv),
                "load_start": os.getloadavg(), "detectors": {}}
     only = set(args.only.split(",")) if args.only else None
     for name, (note, detect) in detectors(args.min_face).items():
@@ -169,9 +194,9 @@ def main(argv=None) -> int:
         ious: list[float] = []
         seconds = megapixels = 0.0
         faceless_hit = faceless = false_boxes = 0
-        detect(str(out / "photos" / next(iter(truth["photos"]))))  # warm-up (graph build, first allocation)
+        detect(str(photos / next(iter(truth["photos"]))))  # warm-up (graph build, first allocation)
         for photo, faces in truth["photos"].items():
-            boxes, dt, mp = detect(str(out / "photos" / photo))
+            boxes, dt, mp = detect(str(photos / photo))
             seconds += dt
             megapixels += mp
             if not faces:
@@ -188,7 +213,7 @@ def main(argv=None) -> int:
                     ious.append(max(wp.iou(boxes[i], p.box) for i in ok))
             false_boxes += len(boxes) - len(used)
         results["detectors"][name] = {
-            "setup": note,
+            "setup": note + (f"; {args.recode} has no DCT scaling: decoded whole, box-filtered for the finder" if args.recode else ""),
             "recall_by_size": {k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items(), key=lambda kv: float(kv[0].split("-")[0].strip("<>=")))},
             "faces_by_size": {k: len(v) for k, v in hits.items()},
             "recall_60_plus": round(float(np.mean([h for k, v in hits.items() if not k.startswith("40-") for h in v])), 3),
@@ -199,7 +224,8 @@ def main(argv=None) -> int:
         }
         print(name, json.dumps(results["detectors"][name]), flush=True)
     results["load_end"] = os.getloadavg()
-    target = out / ("faces_compare.json" if not only else f"faces_compare_{'_'.join(sorted(only))}.json")
+    stem = "faces_compare" if not only else f"faces_compare_{'_'.join(sorted(only))}"
+    target = out / (stem + (f"_{args.recode.lower()}" if args.recode else "") + ".json")
     target.write_text(json.dumps(results, indent=1))
     return 0
 

@@ -90,8 +90,8 @@ def recode(out: Path, names: list[str], fmt: str) -> Path:
         import pillow_heif  # the encoder; see the module's docstring
 
         pillow_heif.register_heif_opener()
+    extra = {"enc_params": {"preset": "veryfast"}} if fmt == "HEIF" else {"speed": 8}  # the encoders' fast settings
     for name in missing:
-        extra = {"enc_params": {"preset": "veryfast"}} if fmt == "HEIF" else {"speed": 8}
         Image.open(out / "photos" / name).save(target / name, format=fmt, quality=85, **extra)
     return target
 
@@ -178,11 +178,10 @@ def main(argv=None) -> int:
 
         export_face_finder(FINDER_ONNX)
     from dfx.faces import FaceFinder
+    from dfx.runtime.runners.base import cpu_model
 
     truth = make_set(out, FaceFinder(FINDER_ONNX), args.photos, args.faceless, height, width)
     photos = recode(out, list(truth["photos"]), args.recode) if args.recode else out / "photos"
-    from dfx.runtime.runners.base import cpu_model
-
     results = {"set": {k: v for k, v in truth.items() if k != "photos"}, "photos_as": args.recode or "JPEG q90",
                "cpu": cpu_model(), "command": " ".join(sys.argv),
                "load_start": os.getloadavg(), "detectors": {}}

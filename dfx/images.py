@@ -168,7 +168,7 @@ def open_formats() -> tuple[str, ...]:
     return tuple(fmt for fmt in IMAGE_FORMATS if fmt in Image.OPEN)
 
 
-def missing_decoder_reason(fmt: str | None) -> str | None:
+def _missing_decoder_reason(fmt: str | None) -> str | None:
     """For a format dfx reads but this install cannot decode: the reason an error row gives."""
     if fmt in OPTIONAL_FORMATS and fmt not in open_formats():
         return f"cannot decode image ({fmt} needs {OPTIONAL_FORMATS[fmt]})"
@@ -299,7 +299,7 @@ def to_rgb(source: ImageSource) -> "PIL.Image.Image":  # noqa: F821
         raise ImageError(name, too_large_reason(int(found.group(1)) if found else 0, pixel_limit())) from exc
     except Image.UnidentifiedImageError as exc:
         fmt = sniff(data[:SNIFF_BYTES])
-        reason = missing_decoder_reason(fmt) or (f"cannot decode image (not a valid {fmt} file)" if fmt else "not an image (unknown format)")
+        reason = _missing_decoder_reason(fmt) or (f"cannot decode image (not a valid {fmt} file)" if fmt else "not an image (unknown format)")
         raise ImageError(name, reason) from exc
     except Exception as exc:  # crafted files reach TypeErrors etc. deep in Pillow: one error type
         raise ImageError(name, _decode_reason(exc, sniff(data[:SNIFF_BYTES]))) from exc

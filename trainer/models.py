@@ -130,10 +130,14 @@ def patch_cnn(size: int | tuple[int, int] = 96, pooled_blocks: int = 3, dropout:
 
 # The architectures `--architecture` accepts: name -> builder(size, seed=...).
 BUILDERS = {"seed_cnn": seed_cnn, "npr_cnn": npr_cnn, "patch_cnn": patch_cnn, "patch_cnn_rf18": partial(patch_cnn, pooled_blocks=2)}
-ARCHITECTURES = tuple(BUILDERS)
+# clip_vit (dfx.trainer.vit) is not built here: its tower is pretrained and frozen, and only its head
+# is trained, on cached tokens (dfx.trainer.probe).
+ARCHITECTURES = tuple(BUILDERS) + ("clip_vit",)
 
 
 def build(architecture: str, size: int | tuple[int, int], seed: int | None = None):
+    if architecture == "clip_vit":
+        raise ValueError("clip_vit is a frozen tower plus a head trained on its tokens: dfx.trainer.probe builds it")
     if architecture not in BUILDERS:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     return BUILDERS[architecture](size, seed=seed)

@@ -397,7 +397,9 @@ def _train_fold(config, key: str, folder: Path, fold_train, fold_val, train_x, c
 def _load_model(bundle):
     import keras
 
-    return keras.saving.load_model(str(bundle.verify("model.keras")), compile=False)
+    from dfx.trainer.vit import custom_layers
+
+    return keras.saving.load_model(str(bundle.verify("model.keras")), compile=False, custom_objects=custom_layers())
 
 
 def _photo_scores(model, decoded: "_Decoded", index, chosen) -> tuple[np.ndarray, np.ndarray]:

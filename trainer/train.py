@@ -42,6 +42,7 @@ from dfx.photo_data import face_policy
 from dfx.trainer.models import DEFAULT_ARCHITECTURE
 
 MODEL_FILE = "model.keras"
+FROZEN_BACKBONE = ("clip_vit",)  # architectures trained as a head on a frozen tower's cached tokens (dfx.trainer.probe)
 HISTORY_JSON = "history.json"
 HISTORY_PNG = "history.png"
 LAUNDER_TRAINING = (None, "copy", "all")  # TrainConfig.launder_training
@@ -110,6 +111,11 @@ class TrainConfig:
     # 1024 px (face-crop folders decode exactly as with off); all searches every image. Each face
     # takes its photo's label; the mode is recorded so export's calibration decodes alike.
     faces: str = "auto"
+    # Frozen-backbone architectures (clip_vit): which tower (dfx.trainer.probe.BACKBONES) and
+    # which head on its blocks' CLS tokens (dfx.trainer.vit.HEADS; `head_blocks` for "blocks").
+    backbone: str = "clip-vit-b16"
+    head: str = "linear"
+    head_blocks: tuple[int, ...] | None = None
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)
     workers: int | None = None  # decode threads (default 4)
@@ -217,6 +223,8 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError(f"--augment must be one of {', '.join(augment_mod.AUGMENT_MODES)}")
     if config.architecture not in ARCHITECTURES:
         raise DfxError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, not {config.architecture!r}")
+    if config.architecture in FROZEN_BACKBONE:
+        _check_frozen(config)
     check_target_fpr(config.target_fpr)
     if config.train_canvas is not None and config.train_canvas < config.size:
         raise DfxError(f"--train-canvas ({config.train_canvas}) must be at least --size ({config.size})")
@@ -236,6 +244,27 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError(f"npr_cnn needs an even --size, not {config.size}")
 
 
+def _check_frozen(config: TrainConfig) -> None:
+    """What a head on a frozen tower's cached tokens cannot do, refused rather than ignored."""
+    from dfx.trainer.probe import BACKBONES
+    from dfx.trainer.vit import HEADS
+
+    if config.backbone not in BACKBONES:
+        raise DfxError(f"--backbone must be one of {', '.join(BACKBONES)}, not {config.backbone!r}")
+    if config.head not in HEADS:
+        raise DfxError(f"--head must be one of {', '.join(HEADS)}, not {config.head!r}")
+    depth = BACKBONES[config.backbone].layers
+    if config.head_blocks is not None and (config.head != "blocks" or not all(0 <= b < depth for b in config.head_blocks)):
+        raise DfxError(f"--head-blocks goes with --head blocks and names blocks 0-{depth - 1}")
+    if config.train_canvas is not None and config.train_canvas != config.size:
+        raise DfxError(f"{config.architecture} trains on cached tokens of whole windows: no random windows (--train-canvas)")
+    if config.augment != "none":
+        raise DfxError(f"{config.architecture} trains on cached tokens, so augmentation comes as cached copies, not --augment {config.augment}",
+                       hint="use --augment none with --launder-training copy, --scale-jitter or --framing-jitter")
+    if config.pairs:
+        raise DfxError(f"--pairs draws batches of images; {config.architecture} fits its head on all tokens at once")
+
+
 def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *, started: float | None = None) -> Bundle:
     """Train on decoded arrays (training images at the canvas size, validation at the input
     size) and finish `bundle`. `dfx train` and the leave-one-out protocol both come here."""
@@ -246,13 +275,13 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
     from dfx.trainer import models
 
     started = time.time() if started is None else started
+    if config.architecture in FROZEN_BACKBONE:
+        from dfx.trainer.probe import fit_probe
+
+        _report_skipped(config, train_arrays, val_arrays)
+        return fit_probe(config, bundle, train_arrays, val_arrays, started=started)
     size = (config.size, config.size)
-    errors = train_arrays.errors + val_arrays.errors
-    if errors:
-        print(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
-    no_face = train_arrays.no_face + val_arrays.no_face
-    if no_face:
-        print(f"skipped {len(no_face)} photo(s) in which no face was found (--faces {config.faces}), e.g. {no_face[0]}", file=sys.stderr)
+    _report_skipped(config, train_arrays, val_arrays)
     for name, arrays in (("training", train_arrays), ("validation", val_arrays)):
         if set(arrays.y.tolist()) != {0, 1}:
             raise TrainingError(f"the {name} split needs real and fake images that decode", hint="add images or lower --val-fraction")
@@ -324,18 +353,28 @@ def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *,
     )
 
 
+def _report_skipped(config: TrainConfig, train_arrays, val_arrays) -> None:
+    errors = train_arrays.errors + val_arrays.errors
+    if errors:
+        print(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0][0]}: {errors[0][1]}", file=sys.stderr)
+    no_face = train_arrays.no_face + val_arrays.no_face
+    if no_face:
+        print(f"skipped {len(no_face)} photo(s) in which no face was found (--faces {config.faces}), e.g. {no_face[0]}", file=sys.stderr)
+
+
 def write_bundle(bundle: Bundle, model, config: TrainConfig, train_arrays, val_arrays, attempts: list[dict], *,
                  best_epoch: int | None, best_auc: float, interrupted: bool, seconds: float,
-                 pairs_together: float | None = None) -> Bundle:
+                 pairs_together: float | None = None, logits: np.ndarray | None = None) -> Bundle:
     """Finish a bundle from a trained model: threshold and metrics on the validation split,
-    history JSON + plot, data record, training record, hashes. Expects model.keras saved."""
+    history JSON + plot, data record, training record, hashes. Expects model.keras saved.
+    `logits`: the validation logits when already computed (a frozen backbone's head on cached tokens)."""
     from dfx.trainer import data as data_mod
     from dfx.trainer.history import save_history
 
     real = list(config.real) if config.real else None
     fake = list(config.fake) if config.fake else None
     errors = train_arrays.errors + val_arrays.errors
-    logits = data_mod.predict_logits(model, val_arrays.x)
+    logits = data_mod.predict_logits(model, val_arrays.x) if logits is None else logits
     y = val_arrays.y
     threshold = choose_threshold(y, logits, config.target_fpr)
     groups = [s.group for s in val_arrays.samples]

@@ -211,8 +211,8 @@ def head(kind: str, depth: int, width: int, mean: np.ndarray, std: np.ndarray, b
         raise ValueError(f"unknown head {kind!r}; known: {', '.join(HEADS)}")
     init = keras.initializers.GlorotUniform(seed=seed)
     tokens = keras.Input((depth, width), dtype="float32", name="cls_tokens")
-    x = layers.Normalization(mean=mean.reshape(1, depth, width), variance=np.square(std).reshape(1, depth, width),
-                             axis=None, name="standardize")(tokens)
+    x = layers.Normalization(axis=(1, 2), mean=mean.reshape(depth, width), variance=np.square(std).reshape(depth, width),
+                             name="standardize")(tokens)
     regularizer = keras.regularizers.L2(l2)
     if kind == "rine":
         x = layers.Dense(projection, activation="relu", kernel_initializer=init, kernel_regularizer=regularizer, name="project")(x)

@@ -35,8 +35,10 @@ class KerasRunner(Runner):
         require("tensorflow", "train", "the Keras reference runner")
         import keras
 
+        from dfx.trainer.vit import custom_layers  # clip_vit's layers (numpy-only module until called)
+
         loaded = self._load_source()
-        self._model = keras.saving.load_model(loaded, compile=False) if isinstance(loaded, str) else loaded
+        self._model = keras.saving.load_model(loaded, compile=False, custom_objects=custom_layers()) if isinstance(loaded, str) else loaded
         shape = self._model.input_shape
         if self.input_size is None and shape[1] and shape[2]:
             self.input_size = (int(shape[1]), int(shape[2]))

@@ -50,9 +50,11 @@ def register(sub) -> None:
                    "(default: the bundle's own training split, as the manifest records it)")
     g.add_argument("--calib-count", type=_positive, default=d["calib_count"].default, metavar="N",
                    help="calibration images, balanced real/fake and spread across generators (default %(default)s)")
-    g.add_argument("--calib-method", choices=METHODS, default=d["calib_method"].default,
-                   help="how activation ranges are chosen: entropy (KL divergence on 2048-bin histograms, "
-                   "the default), percentile (99.999%% of |values|) or minmax (the full observed range)")
+    g.add_argument("--calib-method", choices=("auto",) + METHODS, default=d["calib_method"].default,
+                   help="how activation ranges are chosen: entropy (KL divergence on 2048-bin histograms), "
+                   "percentile (99.999%% of |values|) or minmax (the full observed range); auto (the default): "
+                   "entropy for convolutional models, minmax for transformers (clip_vit), whose outlier channels "
+                   "entropy's clipping cuts")
     g.add_argument("--calib-seed", type=int, default=d["calib_seed"].default, metavar="N",
                    help="which images the balanced sample draws (default %(default)s)")
     g.add_argument("--recalibrate", action="store_true",

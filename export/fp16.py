@@ -6,6 +6,13 @@ the graph output, and all intermediate tensors are float16. Callers keep feeding
 pixels 0..255 (exact in float16) and reading float32 logits. TensorRT builds this file as a
 strongly typed FP16 network; ONNX Runtime CPU runs it too (it inserts its own casts around
 ops that have no float16 CPU kernel), which is how it is validated here.
+
+LayerNormalization stays float32 (KEEP_FLOAT32): its input is cast up, its scale and bias keep
+their float32 values, its output is cast back down. A transformer's residual stream has
+outliers whose squares leave float16's range (CLIP ViT-B/16's reach the hundreds), and a
+strongly typed network computes a layer in the type of its input, so the casts are how
+TensorRT is told to normalize in float32. (export/graph.py fuses tf2onnx's ten-op LayerNorm
+into that one node first.)
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 from dfx.errors import require
 
 FLOAT16_MAX = 65504.0
+KEEP_FLOAT32 = ("LayerNormalization",)  # ops computed in float32 inside the float16 graph
 
 
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
@@ -28,6 +36,13 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     model = onnx.load(os.fspath(src))
     graph = model.graph
     clipped = 0
+    kept = [node for node in graph.node if node.op_type in KEEP_FLOAT32]
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    # weights read only by float32 ops (a LayerNorm's scale and bias) keep their float32 values
+    float32_weights = {t.name for t in graph.initializer if readers.get(t.name) and readers[t.name] <= set(KEEP_FLOAT32)}
 
     def to_half(tensor: Any) -> Any:
         nonlocal clipped
@@ -38,7 +53,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         return numpy_helper.from_array(half, tensor.name)
 
     for i, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
+        if tensor.data_type == TensorProto.FLOAT and tensor.name not in float32_weights:
             graph.initializer[i].CopyFrom(to_half(tensor))
     for node in graph.node:
         if node.op_type == "Constant":
@@ -63,7 +78,23 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         half_name = f"{value.name}__fp16"
         _rename_tensor(graph, value.name, half_name)  # its producer, and readers inside the graph
         casts_out.append(helper.make_node("Cast", [half_name], [value.name], to=TensorProto.FLOAT, name=f"{value.name}_to_fp32"))
-    nodes = casts_in + list(graph.node) + casts_out
+    around: dict[int, tuple[list, list]] = {}  # id(kept node) -> (casts before it, casts after it)
+    for node in kept:
+        before, after = [], []
+        for j, name in enumerate(node.input):
+            if name and name not in float32_weights:
+                node.input[j] = f"{name}__fp32_for_{node.name}"
+                before.append(helper.make_node("Cast", [name], [node.input[j]], to=TensorProto.FLOAT, name=f"{node.input[j]}_cast"))
+        for j, name in enumerate(node.output):
+            if name:
+                node.output[j] = f"{name}__fp32"
+                after.append(helper.make_node("Cast", [node.output[j]], [name], to=TensorProto.FLOAT16, name=f"{name}_to_fp16"))
+        around[id(node)] = (before, after)
+    body = []
+    for node in graph.node:
+        before, after = around.get(id(node), ([], []))
+        body += before + [node] + after
+    nodes = casts_in + body + casts_out
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -76,6 +107,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         "route": "dfx.export.fp16 (float16 initializers, float32 graph I/O)",
         "io_dtype": "float32",
         "clipped_weights": clipped,  # weights beyond float16's range, clipped to +-65504
+        **({"float32_ops": {op: sum(n.op_type == op for n in kept) for op in KEEP_FLOAT32}} if kept else {}),
     }
 
 

@@ -55,6 +55,8 @@ from dfx.errors import DfxError, require
 
 METHODS = ("entropy", "percentile", "minmax")
 ACTIVATION_TYPES = ("int8", "uint8")  # TensorRT's symmetric file, the CPU twin
+# What a transformer quantizes: the MatMuls and the patch embedding's conv (see quantize).
+TRANSFORMER_OPS = ("Conv", "MatMul", "Gemm")
 ALGORITHM = "dfx-int8-3"  # part of the calibration cache key: bump when range computation changes
 
 
@@ -104,6 +106,15 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
     with _quiet():
         quant_pre_process(os.fspath(src), os.fspath(dst), skip_symbolic_shape=False)
+
+
+def auto_method(transformer: bool) -> str:
+    """`--calib-method auto`: entropy for CNNs; minmax for transformers, whose LayerNorm outputs
+    and MLP activations carry a few outlier channels that the features depend on. KL clipping
+    cuts them: on CLIP ViT-B/16 (every MatMul int8, per-tensor activations) the last block's
+    CLS token kept cosine 0.55 to fp32 with entropy ranges and 0.86 with minmax
+    (docs/export-and-parity.md)."""
+    return "minmax" if transformer else "entropy"
 
 
 def calibrate(model_path: str | os.PathLike, images: np.ndarray, options: CalibrationOptions) -> Any:
@@ -215,6 +226,8 @@ def quantize(
     keep_output_float: bool = True,
     float_convs: int = 1,
     activations: str = "int8",
+    op_types: tuple[str, ...] | None = None,
+    float_nodes: tuple[str, ...] = (),
 ) -> dict:
     """Write the Q/DQ model from a pre-processed FP32 ONNX and a saved range cache.
 
@@ -230,6 +243,11 @@ def quantize(
     value or two of amplitude, and symmetric int8 (zero point 0: only 127 levels for
     non-negative values) halves that resolution; the early feature maps carry the same faint
     traces. The pipeline picks N by measurement (see `select_float_convs` in pipeline.py).
+
+    `op_types`: the op types to quantize; None: ONNX Runtime's default list (every op it has a
+    Q/DQ rule for, right for the CNNs). A transformer passes TRANSFORMER_OPS: its MatMuls (and
+    the one patch conv) carry the work, and LayerNorm, Softmax, the residual adds and GELU stay
+    float. `float_nodes`: more nodes left float (the transformer units the pipeline chose).
     """
     if activations not in ACTIVATION_TYPES:
         raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
@@ -253,6 +271,7 @@ def quantize(
     }
     excluded = _output_producers(preprocessed) if keep_output_float else []
     excluded += [n for n in leading_nodes(preprocessed, float_convs) if n not in excluded]
+    excluded += [n for n in float_nodes if n not in excluded]
     with _quiet():
         quantize_static(
             os.fspath(preprocessed),
@@ -267,6 +286,7 @@ def quantize(
             extra_options=extra_options,
             calibration_cache_path=os.fspath(cache_path),
             nodes_to_exclude=excluded,
+            op_types_to_quantize=list(op_types) if op_types is not None else None,
         )
     return {
         "route": "onnxruntime.quantization.quantize_static (QDQ) after quant_pre_process",
@@ -277,6 +297,7 @@ def quantize(
         "calibration_method": method,
         "options": extra_options,
         "float_convs": float_convs,
+        **({"op_types": list(op_types)} if op_types is not None else {}),
         "kept_float": excluded,
     }
 

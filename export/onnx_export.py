@@ -2,7 +2,9 @@
 
 The ONNX graph takes ``images`` float32 (batch, H, W, 3) RGB in 0..255 (tf2onnx keeps NHWC and
 inserts one Transpose) and returns ``logits`` float32 (batch, 1). The batch axis is named
-``batch`` so every runtime (and TensorRT's optimization profile) sees it as dynamic.
+``batch`` so every runtime (and TensorRT's optimization profile) sees it as dynamic. At opset 17
+and later, each LayerNorm that tf2onnx spelled out in ten ops becomes one LayerNormalization
+(dfx.export.graph): the FP16 file keeps it in float32 and the INT8 files leave it float.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def export_onnx(model: Any, out_path: str | os.PathLike, input_size: tuple[int, 
     except Exception as exc:  # tf2onnx raises whatever TF/its handlers raise
         raise ExportError(f"tf2onnx could not convert the model: {exc}") from exc
     _name_io(proto)
+    from dfx.export.graph import fuse_layer_norms
+
+    fused = fuse_layer_norms(proto)
     onnx.checker.check_model(proto)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +76,7 @@ def export_onnx(model: Any, out_path: str | os.PathLike, input_size: tuple[int, 
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "dynamic_axes": {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}},
+        **({"layer_norms_fused": fused} if fused else {}),
         "tools": tool_versions("tensorflow", "keras", "tf2onnx", "onnx"),
     }
 

@@ -23,7 +23,8 @@ HINTS = {
     "required; `auto` does not choose bf16 unless it passes, and fp32 and int8 stay available",
     "int8": "try another --calib-method (entropy, percentile, minmax), more calibration images "
     "(--calib-count 1024, or --calib DATA closer to what you scan), or keep more leading "
-    "convolutions float (--int8-float-convs N; calibration.json lists what each choice measured)",
+    "convolutions float (--int8-float-convs N; calibration.json lists what each choice measured; "
+    "a transformer's float blocks are chosen there by the same measurement)",
 }
 
 
@@ -39,14 +40,16 @@ def measure(
     threshold: float,
     batch_size: int = 32,
     log: Callable[[str], None] = lambda _: None,
+    tokens: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, dict]:
-    """Run each form on `images` and compare with the Keras `reference` logits."""
+    """Run each form on `images` and compare with the Keras `reference` logits (and, for the
+    forms `tokens` names, their blocks' tokens with the Keras tower's: dfx.parity.compare)."""
     results: dict[str, dict] = {}
     for name, make in forms.items():
         start = time.perf_counter()
         with make() as runner:
             logits = run_batches(runner, images, batch_size)
-        entry = parity.compare(name, reference, logits, labels, threshold)
+        entry = parity.compare(name, reference, logits, labels, threshold, tokens=(tokens or {}).get(name))
         entry["backend"] = runner.backend
         entry["seconds"] = round(time.perf_counter() - start, 2)
         if not entry["passed"]:
@@ -56,6 +59,24 @@ def measure(
     return results
 
 
+def hold_to_tokens_of(entry: dict, source: dict, source_name: str) -> None:
+    """A form whose tokens this host cannot tap (OpenVINO, TensorRT) that runs the same file as
+    `source` (an ONNX Runtime form), or an engine built from it, is held to the verdict on that
+    file's tokens. Its own logits are still judged; its own tokens are not measured."""
+    blocks = source.get("block_agreement")
+    if blocks is None:
+        return
+    entry["block_agreement_of"] = source_name  # the tokens of this form's file, measured on ONNX Runtime
+    if not blocks.get("passed", True):
+        entry["failures"] = entry.get("failures", []) + [f"its file's {blocks['failure']} (measured as {source_name})"]
+        entry["passed"] = entry["vouched"] = False
+        entry.pop("not_vouched", None)
+        entry.setdefault("hint", hint_for(entry["form"]))
+    elif not blocks.get("vouched", True) and entry.get("passed"):
+        entry["vouched"] = False
+        entry["not_vouched"] = entry.get("not_vouched", []) + [f"its file's tokens are not vouched for ({source_name})"]
+
+
 def format_row(entry: dict) -> str:
     auc = f"AUC {entry['auc']:.4f} (Keras {entry['auc_keras']:.4f})" if "auc" in entry else "AUC n/a"
     if not entry["passed"]:
@@ -63,9 +84,11 @@ def format_row(entry: dict) -> str:
     else:
         status = "vouched" if entry.get("vouched") else "ok, not vouched: " + "; ".join(entry.get("not_vouched", []))
     near = entry.get("near_threshold_flips")
+    blocks = entry.get("block_agreement")
+    tokens = f"  tokens: worst block {blocks['worst_block']} cos {blocks['worst_mean_cosine']:.4f}" if blocks else ""
     return (
         f"{entry['form']:<14} max|d| {entry['max_abs_diff']:.2e}  mean|d| {entry['mean_abs_diff']:.2e}  "
-        f"agree {entry['agreement']:.2%}{f' ({near} near-threshold flips)' if near else ''}  {auc}  {status}"
+        f"agree {entry['agreement']:.2%}{f' ({near} near-threshold flips)' if near else ''}  {auc}{tokens}  {status}"
     )
 
 

@@ -24,9 +24,12 @@ from dfx import datasets
 from dfx.bundle import ONNX_ROLES, Bundle, BundleError, tool_versions
 from dfx.datasets import DatasetError
 from dfx.export import data as export_data
-from dfx.export import int8, onnx_export, parity_report
+from dfx.errors import DfxError
+from dfx.export import graph, int8, onnx_export, parity_report
+from dfx.export import tokens as block_tokens
 from dfx.forms import FORMS, ONNX_FORMS
-from dfx.parity import FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT, precision_of
+from dfx.parity import (FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT,
+                        SELECT_MIN_BLOCK_COSINE, precision_of)
 from dfx.photo_data import bundle_policy
 
 FILES = {name: FORMS[name].file for name in ONNX_FORMS}  # dfx.forms is the table
@@ -44,7 +47,7 @@ class ExportConfig:
     int8: bool = False  # also write the calibrated Q/DQ model.int8.onnx
     calib: str | None = None  # calibration images (folder or labels file); None = the bundle's training split
     calib_count: int = 512  # calibration images, balanced real/fake and across generators
-    calib_method: str = "entropy"  # entropy | percentile | minmax (see export/int8.py)
+    calib_method: str = "auto"  # auto (entropy for CNNs, minmax for transformers) | entropy | percentile | minmax (export/int8.py)
     calib_seed: int = 0  # which images the balanced sample draws
     recalibrate: bool = False  # ignore a matching calibration cache and read the images again
     quantize_first_conv: bool = False  # let the automatic choice quantize the first conv too (it reads raw pixels)
@@ -70,8 +73,9 @@ def export_bundle(bundle_dir: str | os.PathLike, config: ExportConfig, log: Call
     written to parity.json). Raises DfxError subclasses for user errors; a form that misses
     its tolerance does not raise: the report says so (`passed` False) and the CLI exits 1."""
     started = time.perf_counter()
-    if config.calib_method not in int8.METHODS:
-        raise int8.CalibrationError(f"unknown --calib-method {config.calib_method!r}", hint=f"use one of {', '.join(int8.METHODS)}")
+    if config.calib_method not in ("auto",) + int8.METHODS:
+        raise int8.CalibrationError(f"unknown --calib-method {config.calib_method!r}",
+                                    hint=f"use one of auto, {', '.join(int8.METHODS)}")
     if config.engine and not (config.fp16 or config.int8):
         config = _replace(config, fp16=True)
         log("--engine without --fp16/--int8: building the fp16 form and its engine")
@@ -166,6 +170,9 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     """One calibration, two files: model.int8.onnx (symmetric, for TensorRT) and its uint8
     twin model.int8.cpu.onnx (for ONNX Runtime CPU and OpenVINO); see export/int8.py."""
     size, fit = bundle.input_size, bundle.fit
+    transformer = bool(graph.transformer_units(fp32_path))
+    if config.calib_method == "auto":
+        config = _replace(config, calib_method=int8.auto_method(transformer))
     options = int8.CalibrationOptions(method=config.calib_method)
     faces = bundle_policy(bundle)  # whole photos decode as training decoded them
     samples, source = export_data.resolve(bundle, config.calib, "train")
@@ -182,6 +189,10 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     with tempfile.TemporaryDirectory(prefix="dfx-int8-") as tmp:
         pre = Path(tmp) / "model.pre.onnx"
         int8.preprocess(fp32_path, pre)
+        units = graph.transformer_units(pre)  # [] for the CNNs
+        if units and config.float_convs is not None:
+            raise DfxError("--int8-float-convs applies to convolutional models; this bundle's graph is a transformer",
+                           hint="drop it: the INT8 export chooses which blocks stay float by measurement (calibration.json)")
         hit = cache_path.is_file() and not config.recalibrate
         calib_set = None
         calib_fp32 = None  # fp32 logits on the calibration images: both float-conv searches compare to them
@@ -195,8 +206,38 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             ranges = int8.calibrate(pre, calib_set.images, options)
             log(f"  {len(ranges.keys())} tensor ranges in {time.perf_counter() - start:.1f} s")
             int8.save_ranges(ranges, cache_path)
+        calib_tokens = None  # fp32 (logits, tokens) on the calibration images: the float-unit search's reference
         for form, activations in INT8_FORMS.items():
-            reused = _previous_selection(previous, form) if hit else None
+            reused = _previous_selection(previous, form, "float_units" if units else "float_convs") if hit else None
+            if units:
+                if reused is not None:
+                    selection = {**reused, "how": reused["how"] + " (reused with the cache)"}
+                else:
+                    if calib_set is None:
+                        calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+                    if calib_tokens is None:
+                        with block_tokens.Tap(fp32_path) as tap:
+                            calib_tokens = tap.run(calib_set.images, config.batch_size)
+                    # The symmetric file keeps the patch embedding float, as it keeps a CNN's first conv
+                    # (it reads the pixels); the uint8 twin tries quantizing it.
+                    fixed = () if activations == "uint8" or config.quantize_first_conv else ("embedding",)
+                    log(f"{FILES[form]} ({activations} activations; MatMuls and the patch conv):")
+                    selection = _select_float_units(pre, units, calib_tokens, cache_path, calib_set, config, bundle,
+                                                    activations, fixed, log)
+                path = bundle.root / FILES[form]
+                details = int8.quantize(pre, path, cache_path, config.calib_method, float_convs=0, activations=activations,
+                                        op_types=int8.TRANSFORMER_OPS,
+                                        float_nodes=_unit_nodes(units, selection["float_units"]))
+                details["float_units"] = selection["float_units"]
+                counts = int8.check_symmetric(path) if activations == "int8" else int8.count_qdq(path)
+                quant = _run(_ort(path, "int8", size, config), validation.images, config.batch_size)
+                diff = float(np.max(np.abs(quant - ort_val), initial=0.0))
+                kept = ", ".join(selection["float_units"]) or "none"
+                log(f"  {FILES[form]} vs fp32 (ORT): max |diff| {diff:.3g}; float units: {kept}; "
+                    f"{counts['QuantizeLinear']} Q / {counts['DequantizeLinear']} DQ nodes")
+                written[form] = {"file": FILES[form], "float_units": selection, "quantization": details, "qdq_nodes": counts,
+                                 "validation": {"against": "onnx-fp32", "max_abs_diff": diff, "images": validation.source}}
+                continue
             if config.float_convs is not None:
                 selection = {"float_convs": config.float_convs, "how": "--int8-float-convs", "trials": []}
             elif reused is not None:
@@ -284,6 +325,88 @@ def _select_float_convs(pre: Path, reference: np.ndarray, cache_path: Path, cali
             "targets": {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP}, "trials": trials}
 
 
+def _select_float_units(pre: Path, units: list, reference: tuple[np.ndarray, np.ndarray], cache_path: Path, calib_set,
+                        config: ExportConfig, bundle: Bundle, activations: str, fixed: tuple[str, ...], log) -> dict:
+    """Which units of a transformer (the patch embedding; each block's attention and MLP
+    halves) stay float: what `_select_float_convs` is for a CNN, driven by where the damage
+    enters. Start with every unit quantized (but `fixed`); run the trial on the *calibration*
+    images with its tokens tapped; while it misses the targets (the conv search's agreement
+    and AUC drop, plus SELECT_MIN_BLOCK_COSINE on every block's tokens against fp32), keep
+    float one more unit of the block across which the tokens' cosine drops most (block i:
+    the cosine after block i-1 minus after block i; a block's damage carries into every later
+    block, so the drop, not the cosine after it, says where int8 hurts): its MLP first, then
+    its attention; the embedding takes block 0's drop once block 0 is all float.
+    `reference`: fp32 (logits, tokens) on the calibration images."""
+    from dfx.parity import compare
+
+    images, labels = calib_set.images, calib_set.labels
+    order = [u.name for u in units]
+    floating = [name for name in order if name in fixed]
+    trials = []
+    targets = {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP, "block_cosine": SELECT_MIN_BLOCK_COSINE}
+    with tempfile.TemporaryDirectory(prefix="dfx-int8-units-") as tmp:
+        trial_path = Path(tmp) / "trial.onnx"
+        while True:
+            int8.quantize(pre, trial_path, cache_path, config.calib_method, float_convs=0, activations=activations,
+                          op_types=int8.TRANSFORMER_OPS, float_nodes=_unit_nodes(units, floating))
+            with block_tokens.Tap(trial_path) as tap:
+                logits, tokens = tap.run(images, config.batch_size)
+            result = compare("int8", reference[0], logits, labels if len(set(labels.tolist())) == 2 else None,
+                             bundle.threshold, tokens=(reference[1], tokens))
+            cosine = result["block_agreement"]["mean_cosine"]
+            trial = {"float_units": list(floating), "agreement": result["agreement"], "max_abs_diff": result["max_abs_diff"],
+                     "auc_drop": result.get("auc_drop"), "block_cosine": [round(c, 6) for c in cosine]}
+            trials.append(trial)
+            ok = (trial["agreement"] >= SELECT_MIN_AGREEMENT and (trial["auc_drop"] or 0.0) <= SELECT_MAX_AUC_DROP
+                  and min(cosine) >= SELECT_MIN_BLOCK_COSINE)
+            log(f"  float {_units_text(floating)}: agreement with fp32 {trial['agreement']:.2%}, worst block cosine "
+                f"{min(cosine):.4f} (block {int(np.argmin(cosine))}) on the calibration images{' -> chosen' if ok else ''}")
+            if ok:
+                return {"float_units": list(floating), "quantized_units": [n for n in order if n not in floating],
+                        "how": "float where the tokens' cosine dropped most (MLP, then attention), until the targets "
+                        "were met on the calibration images", "targets": targets, "trials": trials}
+            unit = _most_damaging(units, floating, cosine)
+            if unit is None:
+                break
+            floating = [name for name in order if name in floating or name == unit]
+    log("  no setting met the targets; every unit stays float (this int8 file computes in float)")
+    return {"float_units": list(floating), "quantized_units": [], "how": "every unit float (no setting met the targets)",
+            "targets": targets, "trials": trials}
+
+
+def _most_damaging(units: list, floating: list[str], cosine: list[float]) -> str | None:
+    """The next unit to keep float (see _select_float_units), or None when all are float."""
+    left: dict[int | None, list[str]] = {}  # block (None: the embedding) -> its quantized units, MLP first
+    for unit in units:
+        if unit.name not in floating:
+            left.setdefault(unit.block, []).append(unit.name)
+    for names in left.values():
+        names.sort(key=lambda name: not name.endswith(".mlp"))
+    if not left:
+        return None
+    drops: dict[int | None, float] = {}
+    previous = 1.0
+    for i, value in enumerate(cosine):
+        if i in left:
+            drops[i] = previous - value
+        elif i == 0 and None in left:  # block 0 all float: the drop after it is the embedding's
+            drops[None] = previous - value
+        previous = value
+    if not drops:
+        return next(iter(left.values()))[0]
+    block = max(drops, key=lambda b: (drops[b], -(b if b is not None else -1)))
+    return left[block][0]
+
+
+def _units_text(names: list[str]) -> str:
+    return ", ".join(names) if names else "nothing"
+
+
+def _unit_nodes(units: list, names: list[str]) -> tuple[str, ...]:
+    chosen = set(names)
+    return tuple(node for unit in units if unit.name in chosen for node in unit.nodes)
+
+
 def _previous_report(bundle: Bundle, key: str) -> dict | None:
     """The last calibration report, when it was made with this same cache key."""
     path = bundle.root / CALIBRATION_REPORT
@@ -294,10 +417,10 @@ def _previous_report(bundle: Bundle, key: str) -> dict | None:
     return report if isinstance(report, dict) and report.get("cache", {}).get("key") == key else None
 
 
-def _previous_selection(report: dict | None, form: str) -> dict | None:
-    """The automatic float-conv choice this form got from the same calibration, if any."""
+def _previous_selection(report: dict | None, form: str, key: str = "float_convs") -> dict | None:
+    """The automatic float-conv (or float-unit) choice this form got from the same calibration, if any."""
     entry = ((report or {}).get("forms") or {}).get(form) or {}
-    selection = entry.get("float_convs")
+    selection = entry.get(key)
     if isinstance(selection, dict) and selection.get("trials"):  # an automatic choice, not a --int8-float-convs
         return selection
     return None
@@ -325,8 +448,15 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
         for name in ("fp32", "fp16", "int8", "cpu-int8")
         if bundle.has(FILES[name])
     }
-    forms.update(_openvino_forms(bundle, size, log))
-    results = parity_report.measure(reference, forms, images.images, labels, bundle.threshold, config.batch_size, log)
+    openvino_forms = _openvino_forms(bundle, size, log)
+    forms.update(openvino_forms)
+    tokens, token_report = _form_tokens(bundle, keras_runner, images.images, [n for n in forms if n in FILES], config, log)
+    results = parity_report.measure(reference, forms, images.images, labels, bundle.threshold, config.batch_size, log,
+                                    tokens=tokens)
+    for name in openvino_forms:  # OpenVINO runs the same files: held to their tokens' verdict
+        source = _openvino_file_form(bundle, name)
+        if source in results:
+            parity_report.hold_to_tokens_of(results[name], results[source], source)
     _write_parity_sample(bundle, images.images, labels, reference)
     report = {
         "threshold": bundle.threshold,
@@ -336,6 +466,7 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
         "classes": {"real": int(np.sum(images.labels == 0)), "fake": int(np.sum(images.labels == 1))} if labels is not None else None,
         "skipped": images.skipped,
         "forms": results,
+        **({"block_tokens": token_report} if token_report else {}),
         "passed": parity_report.required_passed(results),  # openvino-bf16 is measured, not required
         "tools": tool_versions("onnxruntime", "openvino", "tensorflow", "keras"),
         "cpu": _cpu_name(),
@@ -344,6 +475,36 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
     report["_images"], report["_labels"], report["_reference"] = images.images, labels, reference
     _write_parity(bundle, report)
     return report
+
+
+def _form_tokens(bundle: Bundle, keras_runner, images: np.ndarray, names: list[str], config: ExportConfig,
+                 log) -> tuple[dict, dict | None]:
+    """For a backbone bundle (its graph has a cls_tokens layer): {form: (Keras tower tokens,
+    the form's tokens)} on up to TOKEN_IMAGES of the parity images, each ONNX form tapped on
+    ONNX Runtime CPU (export/tokens.py); and what was measured, for parity.json. ({}, None)
+    for the CNNs."""
+    if not names or not block_tokens.has_tokens(bundle.file(FILES["fp32"])):
+        return {}, None
+    picked = block_tokens.pick(len(images))
+    reference = block_tokens.keras_tokens(keras_runner.model, images[picked], config.batch_size)
+    if reference is None:
+        return {}, None
+    log(f"block tokens: {reference.shape[1]} blocks' CLS tokens of each ONNX form against the Keras tower, "
+        f"on {len(picked)} of the parity images")
+    tokens = {}
+    for name in names:
+        with block_tokens.Tap(bundle.file(FILES[name])) as tap:
+            tokens[name] = (reference, tap.run(images[picked], config.batch_size)[1])
+    return tokens, {"images": int(len(picked)), "blocks": int(reference.shape[1]), "width": int(reference.shape[2]),
+                    "reference": "the Keras tower", "runtime": "onnxruntime CPU (a tap: the file plus a tokens output)",
+                    "forms": sorted(tokens)}
+
+
+def _openvino_file_form(bundle: Bundle, name: str) -> str:
+    """The ONNX Runtime form that runs the same file as OpenVINO form `name` (see _openvino_forms)."""
+    if name == "openvino-int8":
+        return "cpu-int8" if bundle.has(FILES["cpu-int8"]) else "int8"
+    return "fp32"
 
 
 def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> None:
@@ -383,6 +544,10 @@ def _export_engines(bundle: Bundle, config: ExportConfig, report: dict, log) -> 
     }
     results = parity_report.measure(report["_reference"], forms, report["_images"], report["_labels"],
                                     bundle.threshold, config.batch_size, log)
+    for name, entry in results.items():  # an engine is held to its ONNX file's tokens (TensorRT gives none)
+        source = name.rsplit("-", 1)[-1]
+        if source in report["forms"]:
+            parity_report.hold_to_tokens_of(entry, report["forms"][source], source)
     report["forms"].update(results)
     report["passed"] = parity_report.required_passed(report["forms"])
 

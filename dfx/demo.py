@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     _step(
         "2/5 train the default detector (seed_cnn)",
         # A small set at batch 128 makes 3 steps an epoch; batch 32 gives the short run enough steps.
-        ["train", str(data), "--out", str(bundle), "--size", str(args.size), "--train-canvas", str(args.size), "--epochs", str(args.epochs),
-         "--batch-size", "32", "--warmup-epochs", "1", "--patience", str(args.epochs), "--seed", str(args.seed)],
+        ["train", str(data), "--out", str(bundle), "--architecture", "seed_cnn", "--size", str(args.size), "--train-canvas", str(args.size),
+         "--epochs", str(args.epochs), "--batch-size", "32", "--warmup-epochs", "1", "--patience", str(args.epochs), "--seed", str(args.seed)],
     )
     _step("3/5 export ONNX, FP16 and INT8, with parity against Keras", ["export", str(bundle), "--fp16", "--int8"])
     _step("4/5 scan the images with the fastest backend here", ["scan", str(bundle), str(data), "--out", str(scan)])

@@ -13,7 +13,6 @@ for ViT-B/16 (tf2onnx and the parity run of the whole tower).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass

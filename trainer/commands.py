@@ -371,6 +371,7 @@ def _protocol(args) -> int:
         report = probe_protocol.run(probe_protocol.ProbeProtocolConfig(
             data=tuple(args.data), out=args.out, backbone=args.backbone, head=args.head, head_blocks=args.head_blocks,
             fit=args.fit, faces=args.faces, seed=args.seed, target_fpr=args.target_fpr, shots=args.shots, baseline=not args.no_baseline,
+            views=not args.no_launder, framing_jitter=args.framing_jitter,
         ))
         print(probe_protocol.format_table(report))
         return 0

@@ -5,7 +5,7 @@ The same questions as dfx.trainer.protocol, asked of a head that trains in secon
 - in-distribution: train on every group's training split, score the validation split; and the
   same validation images laundered (long side 256-512 px, JPEG q70-90) and at half size;
 - held out: for every generator and photo source G, train on the other groups, score all of G
-  against the other class's validation images (and laundered);
+  against the other class's validation images, and the same images laundered;
 - few-shot: for every held-out generator, k of its images (k in `shots`, a seeded draw) join the
   training set; G's other images are scored as before. This is what `dfx adapt` does for a
   moderation team that meets a new generator.
@@ -37,7 +37,7 @@ from dfx.atomic import write_atomic
 from dfx.errors import DfxError
 
 IN_DISTRIBUTION = "in-distribution"
-VIEWS = ("laundered", "half-size")  # the altered copies every in-distribution and held-out row is scored on
+VIEWS = ("laundered", "half-size")  # the altered copies the in-distribution row is scored on; held-out rows: laundered
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class ProbeProtocolConfig:
     target_fpr: float | None = None  # the threshold rule: None balanced accuracy, else this FPR on the fold's validation reals
     shots: tuple[int, ...] = (5, 20)  # few-shot rows per held-out generator
     baseline: bool = True  # the shortcut baseline beside each row
+    views: bool = True  # score the laundered and half-size copies too (dfx protocol --no-launder: off)
+    # Train on a copy of every training image cut to a random square around its face too
+    # (dfx train --framing-jitter): how a source frames its faces stops telling real from fake.
+    framing_jitter: bool = False
     progress: bool = True
 
 
@@ -61,7 +65,8 @@ def run(config: ProbeProtocolConfig, log: Callable[[str], None] = lambda m: prin
     from dfx.photo_data import face_policy, load_faces, photo_logits
     from dfx.trainer.alterations import launder
     from dfx.trainer.probe import Backbone, HeadConfig, fit_head, head_logits
-    from dfx.trainer.protocol import _fit_baseline, _row, _shortcut_features, holdable_units, perturb
+    from dfx.trainer.protocol import (_fit_baseline, _framing_features, _framing_finder_or_none, _framing_matched, _row,
+                                      _shortcut_features, holdable_units, perturb)
 
     started = time.time()
     out = Path(config.out)
@@ -73,17 +78,35 @@ def run(config: ProbeProtocolConfig, log: Callable[[str], None] = lambda m: prin
     policy = face_policy(config.faces, size=net.spec.image)
     path_index = {s.path: i for i, s in enumerate(samples)}
 
-    def tokens_of(alter, desc):
-        found = load_faces(samples, net.spec.image, config.fit, policy, alter=alter, desc=f"decode {desc}", progress=config.progress)
+    def tokens_of(alter, desc, chosen):
+        """(tokens of every window of `chosen`, each window's index in `samples`)."""
+        found = load_faces(chosen, net.spec.image, config.fit, policy, alter=alter, desc=f"decode {desc}", progress=config.progress)
         if found.errors:
             raise DfxError(f"{len(found.errors)} image(s) could not be decoded, e.g. {found.errors[0][0]}: {found.errors[0][1]}",
                            hint="remove them from the data")
-        return net.features(found.x, progress=config.progress, desc=f"features {desc}"), found.photo
+        photo = np.array([path_index[chosen[i].path] for i in found.photo], np.int64)
+        return net.features(found.x, progress=config.progress, desc=f"features {desc}"), photo
 
-    views = {"plain": tokens_of(None, "plain"), "laundered": tokens_of(partial(launder, seed=config.seed), "laundered"),
-             "half-size": tokens_of(partial(perturb, "half-size"), "half-size")}
+    # every image plain and laundered (every row is scored on both); half size for the in-distribution row
+    views = {"plain": tokens_of(None, "plain", samples)}
+    if config.views:
+        views.update(laundered=tokens_of(partial(launder, seed=config.seed), "laundered", samples),
+                     **{"half-size": tokens_of(partial(perturb, "half-size"), "half-size", val_s)})
     (out / "cache").mkdir(exist_ok=True)
+    copies = None  # (tokens, photo) of the reframed training copies
+    if config.framing_jitter:
+        from dfx.trainer.data import framing_finder, reframed_copies
+
+        found = reframed_copies(train_s, net.spec.image, config.fit, config.seed, framing_finder(), faces=policy, progress=config.progress)
+        copies = (net.features(found.x, progress=config.progress, desc="features reframed"),
+                  np.array([path_index[train_s[i].path] for i in found.photo], np.int64))
     cues = _shortcut_features(samples, out / "cache") if config.baseline else None
+    # where the face sits (the face finder): beside the cues in the baseline, and each row's AUC on
+    # framing-matched pairs, as in dfx.trainer.protocol
+    framer = _framing_finder_or_none(log) if config.baseline else None
+    framing = _framing_features(samples, out / "cache", framer) if framer is not None else None
+    if framing is not None:
+        cues = np.hstack([cues, framing])
     head_config = HeadConfig(kind=config.head, blocks=config.head_blocks, seed=config.seed)
 
     def windows(view, chosen):
@@ -93,6 +116,9 @@ def run(config: ProbeProtocolConfig, log: Callable[[str], None] = lambda m: prin
 
     def fit(train):
         x, photo = windows("plain", train)
+        if copies is not None:
+            wanted = np.isin(copies[1], [path_index[s.path] for s in train])
+            x, photo = np.concatenate([x, copies[0][wanted]]), np.concatenate([photo, copies[1][wanted]])
         labels = np.array([samples[p].label for p in photo])
         return fit_head(x, labels, [samples[p].group for p in photo], head_config)
 
@@ -110,16 +136,18 @@ def run(config: ProbeProtocolConfig, log: Callable[[str], None] = lambda m: prin
 
     rows: dict[str, dict] = {}
 
-    def add_rows(name, head, evaluated, t, fold_train, fold_val, extra):
-        for view in ("plain",) + VIEWS:
-            row = _row(*scores(head, view, evaluated), t) | extra
+    def add_rows(name, head, evaluated, t, fold_train, fold_val, extra, views=VIEWS):
+        at = [path_index[s.path] for s in evaluated]
+        for view in ("plain",) + (views if config.views else ()):
+            labels, logits = scores(head, view, evaluated)
+            row = _row(labels, logits, t) | extra
             if cues is not None and view == "plain":
                 cue_model = _fit_baseline(cues, path_index, fold_train, fold_val)
-                row["baseline_auc"] = float(metrics.auc(row_labels(evaluated), cue_model.predict_proba(cues[[path_index[s.path] for s in evaluated]])[:, 1]))
+                row["baseline_auc"] = float(metrics.auc(labels, cue_model.predict_proba(cues[at])[:, 1]))
+            if framing is not None and view == "plain":
+                framed = _fit_baseline(framing, path_index, fold_train, fold_val).predict_proba(framing[at])[:, 1]
+                row |= {"framing_baseline_auc": float(metrics.auc(labels, framed))} | _framing_matched(labels, logits, framed, framing[at])
             rows[name if view == "plain" else f"{name} / {view}"] = row | ({"view_of": name} if view != "plain" else {})
-
-    def row_labels(chosen):
-        return np.array([s.label for s in chosen])
 
     # in distribution
     t0 = time.time()
@@ -137,7 +165,7 @@ def run(config: ProbeProtocolConfig, log: Callable[[str], None] = lambda m: prin
         head = fit(fold_train)
         t = threshold(head, fold_val)
         add_rows(name, head, members + others, t, fold_train, fold_val,
-                 {"held_out": datasets.LABELS[label], "shots": 0, "fit_seconds": round(time.time() - t0, 1)})
+                 {"held_out": datasets.LABELS[label], "shots": 0, "fit_seconds": round(time.time() - t0, 1)}, views=("laundered",))
         log(f"{name} held out: AUC {rows[name]['auc']:.4f}, flagged/caught {rows[name]['held_out_fpr']:.3f}/{rows[name]['held_out_tpr']:.3f}")
         if label != 1:
             continue
@@ -181,13 +209,14 @@ def format_table(report: dict) -> str:
              + (f" blocks {report['config']['head_blocks']}" if report['config'].get('head_blocks') else "")
              + f", threshold {'target FPR ' + str(report['config']['target_fpr']) if report['config']['target_fpr'] else 'balanced accuracy'}"
              + f" ({report['seconds']:.0f} s)", "",
-             "| row | images | AUC | flagged (real) | caught (fake) | shortcut baseline AUC |", "|---|---|---|---|---|---|"]
+             "| row | images | AUC | flagged (real) | caught (fake) | shortcut baseline AUC | framing-matched AUC |", "|---|---|---|---|---|---|---|"]
     for name, r in report["rows"].items():
         held = r.get("held_out")
         flagged = f"{r['held_out_fpr']:.3f}" if held != "fake" else ""
         caught = f"{r['held_out_tpr']:.3f}" if held != "real" else ""
         baseline = f"{r['baseline_auc']:.3f}" if "baseline_auc" in r else ""
-        lines.append(f"| {name} | {r['images']} | {r['auc']:.4f} | {flagged} | {caught} | {baseline} |")
+        matched = f"{r['framing_matched_auc']:.3f} ({r['framing_matched_pairs']} pairs)" if r.get("framing_matched_auc") is not None else ""
+        lines.append(f"| {name} | {r['images']} | {r['auc']:.4f} | {flagged} | {caught} | {baseline} | {matched} |")
     s = report["summary"]
     lines += ["", "summary: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())]
     return "\n".join(lines)

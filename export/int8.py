@@ -228,6 +228,7 @@ def quantize(
     activations: str = "int8",
     op_types: tuple[str, ...] | None = None,
     float_nodes: tuple[str, ...] = (),
+    activation_products: bool = True,
 ) -> dict:
     """Write the Q/DQ model from a pre-processed FP32 ONNX and a saved range cache.
 
@@ -248,6 +249,10 @@ def quantize(
     Q/DQ rule for, right for the CNNs). A transformer passes TRANSFORMER_OPS: its MatMuls (and
     the one patch conv) carry the work, and LayerNorm, Softmax, the residual adds and GELU stay
     float. `float_nodes`: more nodes left float (the transformer units the pipeline chose).
+    `activation_products` False leaves float every MatMul of two activations (attention's
+    Q.K^T and probabilities.V): int8 has no level for most attention weights (1/197 of a
+    [0, 1] softmax output is under half a step of the symmetric file's 1/127), and TensorRT's
+    and NVIDIA ModelOpt's INT8 recipes for transformers quantize the linear layers only.
     """
     if activations not in ACTIVATION_TYPES:
         raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
@@ -272,6 +277,8 @@ def quantize(
     excluded = _output_producers(preprocessed) if keep_output_float else []
     excluded += [n for n in leading_nodes(preprocessed, float_convs) if n not in excluded]
     excluded += [n for n in float_nodes if n not in excluded]
+    if not activation_products:
+        excluded += [n for n in products_of_activations(preprocessed) if n not in excluded]
     with _quiet():
         quantize_static(
             os.fspath(preprocessed),
@@ -298,6 +305,7 @@ def quantize(
         "options": extra_options,
         "float_convs": float_convs,
         **({"op_types": list(op_types)} if op_types is not None else {}),
+        **({} if activation_products else {"activation_products": "float (MatMuls of two activations are not quantized)"}),
         "kept_float": excluded,
     }
 
@@ -362,6 +370,15 @@ def count_qdq(path: str | os.PathLike) -> dict:
 
     nodes = onnx.load(os.fspath(path), load_external_data=False).graph.node
     return {op: sum(n.op_type == op for n in nodes) for op in ("QuantizeLinear", "DequantizeLinear")}
+
+
+def products_of_activations(model_path: str | os.PathLike) -> list[str]:
+    """Names of the MatMuls neither of whose inputs is a constant (an initializer or a Constant)."""
+    import onnx
+
+    graph = onnx.load(os.fspath(model_path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.name and not constants & set(n.input)]
 
 
 def count_convs(model_path: str | os.PathLike) -> int:

@@ -226,7 +226,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                                                     activations, fixed, log)
                 path = bundle.root / FILES[form]
                 details = int8.quantize(pre, path, cache_path, config.calib_method, float_convs=0, activations=activations,
-                                        op_types=int8.TRANSFORMER_OPS,
+                                        op_types=int8.TRANSFORMER_OPS, activation_products=False,
                                         float_nodes=_unit_nodes(units, selection["float_units"]))
                 details["float_units"] = selection["float_units"]
                 counts = int8.check_symmetric(path) if activations == "int8" else int8.count_qdq(path)
@@ -348,7 +348,7 @@ def _select_float_units(pre: Path, units: list, reference: tuple[np.ndarray, np.
         trial_path = Path(tmp) / "trial.onnx"
         while True:
             int8.quantize(pre, trial_path, cache_path, config.calib_method, float_convs=0, activations=activations,
-                          op_types=int8.TRANSFORMER_OPS, float_nodes=_unit_nodes(units, floating))
+                          op_types=int8.TRANSFORMER_OPS, activation_products=False, float_nodes=_unit_nodes(units, floating))
             with block_tokens.Tap(trial_path) as tap:
                 logits, tokens = tap.run(images, config.batch_size)
             result = compare("int8", reference[0], logits, labels if len(set(labels.tolist())) == 2 else None,

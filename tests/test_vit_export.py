@@ -195,8 +195,13 @@ def test_int8_files_record_their_float_blocks_and_are_judged(vit_bundle):
 
 
 def test_float_units_keep_their_matmuls_float_and_the_rest_are_quantized(vit_bundle):
-    """In the files, a float unit's MatMuls read float weights; a quantized unit's read DQ."""
+    """In the files, a float unit's MatMuls read float weights; a quantized unit's read DQ. The
+    attention products (MatMuls of two activations) stay float in every unit."""
     from dfx.export.graph import transformer_units
+    from dfx.export.int8 import products_of_activations
+
+    products = set(products_of_activations(vit_bundle / "model.onnx"))
+    assert len(products) == 2 * BLOCKS  # Q.K^T and probabilities.V in each block
 
     calibration = json.loads((vit_bundle / "calibration.json").read_text())
     for form, name in (("int8", "model.int8.onnx"), ("cpu-int8", "model.int8.cpu.onnx")):
@@ -205,8 +210,12 @@ def test_float_units_keep_their_matmuls_float_and_the_rest_are_quantized(vit_bun
         producer = {out: node for node in model.graph.node for out in node.output}
         for unit in transformer_units(vit_bundle / "model.onnx"):
             names = set(unit.nodes)
-            mms = [n for n in model.graph.node if n.name in names and n.op_type in ("MatMul", "Conv")]
+            mms = [n for n in model.graph.node if n.name in names and n.op_type in ("MatMul", "Conv") and n.name not in products]
             assert mms, unit.name
+            for node in model.graph.node:
+                if node.name in products & names:
+                    assert not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                                   for i in node.input), node.name
             dq = [any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input) for n in mms]
             assert (not any(dq)) if unit.name in floating else all(dq), (form, unit.name)
         ops = [n.op_type for n in model.graph.node]

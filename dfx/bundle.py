@@ -170,6 +170,13 @@ class Bundle:
         (self.root / name).unlink(missing_ok=True)
         self._verified.discard(name)
 
+    def weight_line(self) -> str:
+        """What the bundle weighs on disk, by the manifest's files: "353.1 MB (model.keras 344.0 MB, ...)"."""
+        files = sorted(self.manifest["files"].items(), key=lambda kv: -kv[1].get("bytes", 0))
+        total = sum(f.get("bytes", 0) for _, f in files)
+        big = ", ".join(f"{name} {f['bytes'] / 1e6:.1f} MB" for name, f in files[:4] if f.get("bytes", 0) >= 1e6)
+        return f"{total / 1e6:.1f} MB" + (f" ({big})" if big else "")
+
     # ---- reading ---------------------------------------------------------------------------
     @classmethod
     def open(cls, root: str | os.PathLike, *, verify: bool = True, public_key: Any = None) -> "Bundle":

@@ -17,7 +17,11 @@ from functools import partial
 
 from dfx.errors import require
 
-DEFAULT_ARCHITECTURE = "seed_cnn"  # at 96 px resize it beat npr_cnn on three protocol seeds (docs/pseudo-fakes.md)
+# `dfx train` and `dfx protocol` default: CLIP ViT-B/16, frozen, a head on blocks 4 and 11 (the protocol in
+# docs/generalization.md; seed_cnn until 2026-12-06). TrainConfig / ProtocolConfig default to DEFAULT_CNN:
+# their other defaults (96 px, 128 px canvas, generalize augmentation) are the CNN recipe's.
+DEFAULT_ARCHITECTURE = "clip_vit"
+DEFAULT_CNN = "seed_cnn"  # at 96 px resize it beat npr_cnn on three protocol seeds (docs/pseudo-fakes.md)
 INPUT_NAME = "images"
 # Batch-norm running statistics follow the last ~10 steps (Keras' default 0.99 follows ~100):
 # short CPU runs take a few hundred steps, and with 0.99 the statistics used at validation

@@ -35,8 +35,8 @@ DEFAULT_BACKBONE = "clip-vit-b16"
 
 @dataclass(frozen=True)
 class HeadConfig:
-    kind: str = "linear"  # dfx.trainer.vit.HEADS; the default chosen by the protocol (docs/generalization.md)
-    blocks: tuple[int, ...] | None = None  # the `blocks` head's tokens (0-based); None: the last block
+    kind: str = "blocks"  # dfx.trainer.vit.HEADS; the default (vit.DEFAULT_HEAD) chosen by the protocol (docs/generalization.md)
+    blocks: tuple[int, ...] | None = None  # the `blocks` head's tokens (0-based); None: vit.default_blocks (4 and 11 of ViT-B/16)
     l2: float = 1e-3  # L2 weight on the head's kernels (tokens are standardised, so one value fits all blocks)
     epochs: int = 60  # full passes over the training tokens: ~2-10 s for 5,000 windows
     batch_size: int = 256
@@ -167,7 +167,8 @@ def fit_probe(config, bundle, train_arrays, val_arrays, *, started: float | None
             raise TrainingError(f"the {name} split needs real and fake images that decode", hint="add images or lower --val-fraction")
     train_tokens = net.features(train_arrays.x, progress=config.progress, desc="features train")
     val_tokens = net.features(val_arrays.x, progress=config.progress, desc="features val")
-    head_config = HeadConfig(kind=config.head, blocks=config.head_blocks, seed=config.seed)
+    blocks = config.head_blocks or (vit.default_blocks(net.spec.layers) if config.head == "blocks" else None)
+    head_config = HeadConfig(kind=config.head, blocks=blocks, seed=config.seed)
     fitted = time.time()
     epochs: list[dict] = []
     head = fit_head(train_tokens, train_arrays.y, [s.group for s in train_arrays.samples], head_config,

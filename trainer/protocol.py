@@ -51,7 +51,7 @@ import numpy as np
 from dfx import datasets, metrics
 from dfx.atomic import write_atomic
 from dfx.errors import DfxError
-from dfx.trainer.models import DEFAULT_ARCHITECTURE
+from dfx.trainer.models import DEFAULT_CNN
 
 IN_DISTRIBUTION = "in-distribution"
 # Bump when the recipe behind a fold changes (models, augmentation, training loop), so finished
@@ -68,7 +68,7 @@ PROTOCOL_VERSION = 2
 class ProtocolConfig:
     data: tuple[str, ...]  # labelled roots pooled into one set (real/<source>, fake/<generator>)
     out: str  # folder for folds/, cache/, protocol.json and protocol.md
-    architecture: str = DEFAULT_ARCHITECTURE  # what is trained in every fold
+    architecture: str = DEFAULT_CNN  # what is trained in every fold (clip_vit: dfx.trainer.probe_protocol)
     size: int = 96  # model input side
     fit: str = "resize"  # the bundle's pixel policy (TrainConfig.fit)
     train_canvas: int | None = 128  # training images stored at this side; random size windows per step

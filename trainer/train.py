@@ -39,7 +39,7 @@ from dfx.bundle import Bundle, tool_versions
 from dfx.errors import DfxError, require
 from dfx.images import FIT_POLICIES
 from dfx.photo_data import face_policy
-from dfx.trainer.models import DEFAULT_ARCHITECTURE
+from dfx.trainer.models import DEFAULT_CNN
 
 MODEL_FILE = "model.keras"
 FROZEN_BACKBONE = ("clip_vit",)  # architectures trained as a head on a frozen tower's cached tokens (dfx.trainer.probe)
@@ -80,7 +80,7 @@ class TrainConfig:
     guard_epochs: int = 2  # epochs after which a constant output counts as a dead start
     max_restarts: int = 3  # fresh starts allowed after a dead start
     restart_lr_factor: float = 0.3  # each restart multiplies the learning rate by this
-    architecture: str = DEFAULT_ARCHITECTURE  # see dfx.trainer.models.ARCHITECTURES
+    architecture: str = DEFAULT_CNN  # see dfx.trainer.models.ARCHITECTURES; the CLI's default is DEFAULT_ARCHITECTURE
     # Training images are stored at this side (native-resolution centre crop) and each step takes
     # a random `size` window of them; None: stored at `size`, no random window.
     train_canvas: int | None = 128
@@ -114,7 +114,7 @@ class TrainConfig:
     # Frozen-backbone architectures (clip_vit): which tower (dfx.trainer.probe.BACKBONES) and
     # which head on its blocks' CLS tokens (dfx.trainer.vit.HEADS; `head_blocks` for "blocks").
     backbone: str = "clip-vit-b16"
-    head: str = "linear"
+    head: str = "blocks"  # dfx.trainer.vit.DEFAULT_HEAD
     head_blocks: tuple[int, ...] | None = None
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)

@@ -32,6 +32,13 @@ QUICK_GELU = 1.702  # CLIP's activation: x * sigmoid(1.702 x)
 #   rine:   each block's token projected (shared Dense + ReLU), blocks weighted by learned
 #           softmax weights, summed, one logit (Koutlis & Papadopoulos, ECCV 2024, simplified)
 HEADS = ("linear", "blocks", "rine")
+DEFAULT_HEAD = "blocks"  # chosen by the protocol (docs/generalization.md): 5 shots of a new generator reach >= 0.98
+
+
+def default_blocks(depth: int) -> tuple[int, ...]:
+    """The blocks head's default tokens: a block a third of the way in (low-level traces; block 4
+    of ViT-B/16 reads decoder traces best) and the last (what the unseen generators share)."""
+    return (depth // 3, depth - 1)
 
 
 def _keras():
@@ -202,7 +209,7 @@ def head(kind: str, depth: int, width: int, mean: np.ndarray, std: np.ndarray, b
          l2: float = 1e-3, projection: int = 128, seed: int = 0):
     """A head model: CLS tokens (N, depth, width) -> logit (N, 1). Tokens are standardised by
     the training set's per-feature mean and std (fixed, part of the model), so one L2 weight fits
-    every block. `blocks` (the `blocks` head): which tokens; default the last block."""
+    every block. `blocks` (the `blocks` head): which tokens; default `default_blocks`."""
     keras = _keras()
     from keras import layers
 
@@ -218,7 +225,7 @@ def head(kind: str, depth: int, width: int, mean: np.ndarray, std: np.ndarray, b
         x = layers.Dense(projection, activation="relu", kernel_initializer=init, kernel_regularizer=regularizer, name="project")(x)
         x = L["BlockWeights"](name="block_weights")(x)
     else:
-        chosen = (depth - 1,) if kind == "linear" else tuple(blocks or (depth - 1,))
+        chosen = (depth - 1,) if kind == "linear" else tuple(blocks or default_blocks(depth))
         x = L["PickBlocks"](chosen, name="pick_blocks")(x)
     logit = layers.Dense(1, kernel_initializer=init, kernel_regularizer=regularizer, name="logit")(x)
     return keras.Model(tokens, logit, name=f"head_{kind}")

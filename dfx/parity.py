@@ -86,6 +86,7 @@ FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 vs fp32 on ORT: |diff| <= 1% of the logit
 SELECT_MIN_AGREEMENT = 0.995
 SELECT_MAX_AUC_DROP = 0.005
 SELECT_MIN_BLOCK_COSINE = 0.995  # backbone forms: the float-block choice's token target (the verdict's is 0.99)
+SELECT_MIN_GAIN = 0.01  # a unit stays float only if that closes >= 1% of the gap to the targets (else it widened upstream damage)
 
 
 def precision_of(form: str) -> str:

@@ -29,7 +29,7 @@ from dfx.export import graph, int8, onnx_export, parity_report
 from dfx.export import tokens as block_tokens
 from dfx.forms import FORMS, ONNX_FORMS
 from dfx.parity import (FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT,
-                        SELECT_MIN_BLOCK_COSINE, precision_of)
+                        SELECT_MIN_BLOCK_COSINE, SELECT_MIN_GAIN, precision_of)
 from dfx.photo_data import bundle_policy
 
 FILES = {name: FORMS[name].file for name in ONNX_FORMS}  # dfx.forms is the table
@@ -331,47 +331,71 @@ def _select_float_units(pre: Path, units: list, reference: tuple[np.ndarray, np.
     halves) stay float: what `_select_float_convs` is for a CNN, driven by where the damage
     enters. Start with every unit quantized (but `fixed`); run the trial on the *calibration*
     images with its tokens tapped; while it misses the targets (the conv search's agreement
-    and AUC drop, plus SELECT_MIN_BLOCK_COSINE on every block's tokens against fp32), keep
-    float one more unit of the block across which the tokens' cosine drops most (block i:
+    and AUC drop, plus SELECT_MIN_BLOCK_COSINE on every block's tokens against fp32), try one
+    more unit float: one of the block across which the tokens' cosine drops most (block i:
     the cosine after block i-1 minus after block i; a block's damage carries into every later
-    block, so the drop, not the cosine after it, says where int8 hurts): its MLP first, then
-    its attention; the embedding takes block 0's drop once block 0 is all float.
+    block, so the drop, not the cosine after it, says where int8 hurts), its MLP first, then
+    its attention; the embedding takes block 0's drop once block 0 is done. A float block can
+    still widen damage made upstream, so a unit whose float trial closes less than
+    SELECT_MIN_GAIN of the gap to the targets goes back to int8 and is not tried again.
     `reference`: fp32 (logits, tokens) on the calibration images."""
     from dfx.parity import compare
 
     images, labels = calib_set.images, calib_set.labels
     order = [u.name for u in units]
     floating = [name for name in order if name in fixed]
+    tried: list[str] = []  # floated, did not help, quantized again
     trials = []
     targets = {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP, "block_cosine": SELECT_MIN_BLOCK_COSINE}
+    kept: dict | None = None  # the last trial whose float units are kept
     with tempfile.TemporaryDirectory(prefix="dfx-int8-units-") as tmp:
         trial_path = Path(tmp) / "trial.onnx"
+        candidate = None
         while True:
+            trying = [name for name in order if name in floating or name == candidate]
             int8.quantize(pre, trial_path, cache_path, config.calib_method, float_convs=0, activations=activations,
-                          op_types=int8.TRANSFORMER_OPS, activation_products=False, float_nodes=_unit_nodes(units, floating))
+                          op_types=int8.TRANSFORMER_OPS, activation_products=False, float_nodes=_unit_nodes(units, trying))
             with block_tokens.Tap(trial_path) as tap:
                 logits, tokens = tap.run(images, config.batch_size)
             result = compare("int8", reference[0], logits, labels if len(set(labels.tolist())) == 2 else None,
                              bundle.threshold, tokens=(reference[1], tokens))
             cosine = result["block_agreement"]["mean_cosine"]
-            trial = {"float_units": list(floating), "agreement": result["agreement"], "max_abs_diff": result["max_abs_diff"],
+            trial = {"float_units": trying, "agreement": result["agreement"], "max_abs_diff": result["max_abs_diff"],
                      "auc_drop": result.get("auc_drop"), "block_cosine": [round(c, 6) for c in cosine]}
-            trials.append(trial)
             ok = (trial["agreement"] >= SELECT_MIN_AGREEMENT and (trial["auc_drop"] or 0.0) <= SELECT_MAX_AUC_DROP
                   and min(cosine) >= SELECT_MIN_BLOCK_COSINE)
-            log(f"  float {_units_text(floating)}: agreement with fp32 {trial['agreement']:.2%}, worst block cosine "
-                f"{min(cosine):.4f} (block {int(np.argmin(cosine))}) on the calibration images{' -> chosen' if ok else ''}")
+            helped = kept is None or ok or _gain(kept, trial) >= SELECT_MIN_GAIN
+            trial["kept"] = helped
+            trials.append(trial)
+            log(f"  float {_units_text(trying)}: agreement with fp32 {trial['agreement']:.2%}, worst block cosine "
+                f"{min(cosine):.4f} (block {int(np.argmin(cosine))}) on the calibration images"
+                f"{' -> chosen' if ok else '' if helped else ' -> no help; ' + str(candidate) + ' stays int8'}")
             if ok:
-                return {"float_units": list(floating), "quantized_units": [n for n in order if n not in floating],
-                        "how": "float where the tokens' cosine dropped most (MLP, then attention), until the targets "
-                        "were met on the calibration images", "targets": targets, "trials": trials}
-            unit = _most_damaging(units, floating, cosine)
-            if unit is None:
+                return {"float_units": trying, "quantized_units": [n for n in order if n not in trying],
+                        "how": "float where the tokens' cosine dropped most (MLP, then attention), each kept float only "
+                        "if it helped, until the targets were met on the calibration images", "targets": targets,
+                        "min_gain": SELECT_MIN_GAIN, "trials": trials}
+            if helped:
+                floating, kept = trying, trial
+            else:
+                tried.append(candidate)
+            candidate = _most_damaging(units, floating + tried, [float(c) for c in kept["block_cosine"]])
+            if candidate is None:
                 break
-            floating = [name for name in order if name in floating or name == unit]
     log("  no setting met the targets; every unit stays float (this int8 file computes in float)")
-    return {"float_units": list(floating), "quantized_units": [], "how": "every unit float (no setting met the targets)",
-            "targets": targets, "trials": trials}
+    return {"float_units": list(order), "quantized_units": [], "how": "every unit float (no setting met the targets)",
+            "targets": targets, "min_gain": SELECT_MIN_GAIN, "trials": trials}
+
+
+def _gain(before: dict, after: dict) -> float:
+    """The share of the gap to the targets that `after` closed from `before`: the larger of the
+    worst block cosine's and the agreement's (0 when neither improved)."""
+    gains = []
+    for value, target in ((lambda t: min(t["block_cosine"]), SELECT_MIN_BLOCK_COSINE), (lambda t: t["agreement"], SELECT_MIN_AGREEMENT)):
+        gap = target - value(before)
+        if gap > 0:
+            gains.append((value(after) - value(before)) / gap)
+    return max(gains, default=0.0)
 
 
 def _most_damaging(units: list, floating: list[str], cosine: list[float]) -> str | None:

@@ -184,10 +184,14 @@ def test_int8_files_record_their_float_blocks_and_are_judged(vit_bundle):
         assert selection["targets"]["block_cosine"] == 0.995
         entry = bundle.manifest["files"][name]
         assert entry["float_units"] == selection["float_units"] and entry["op_types"] == list(int8.TRANSFORMER_OPS)
-        # the first trial quantizes every unit but the fixed ones; each later one adds one float unit
+        # the first trial quantizes every unit but the fixed ones; each later one floats one more
+        # than the last trial that was kept
         first = selection["trials"][0]["float_units"]
         assert first == (["embedding"] if form == "int8" else [])
-        assert [len(t["float_units"]) for t in selection["trials"]] == list(range(len(first), len(first) + len(selection["trials"])))
+        kept = first
+        for trial in selection["trials"][1:]:
+            assert len(set(trial["float_units"]) - set(kept)) == 1 and set(kept) <= set(trial["float_units"])
+            kept = trial["float_units"] if trial["kept"] else kept
         verdict = report["forms"][form]
         assert isinstance(verdict["passed"], bool) and verdict["block_agreement"]["blocks"] == BLOCKS
         assert bundle.manifest["parity"]["forms"][form] == verdict["passed"]
@@ -246,9 +250,10 @@ def test_unit_search_floats_where_the_cosine_drops_most():
     assert _most_damaging(units, [u.name for u in units], [1.0, 1.0, 1.0]) is None
 
 
-def test_unit_search_keeps_units_float_until_the_tokens_meet_the_target(vit_bundle, vit_data, tmp_path, monkeypatch):
-    """Held to an unreachable token target the search floats one unit a trial, an MLP before its
-    block's attention, records each trial, and ends with everything float, saying so."""
+def test_unit_search_tries_each_unit_and_keeps_float_only_what_helps(vit_bundle, vit_data, tmp_path, monkeypatch):
+    """Held to an unreachable token target, the search tries each unit float once (a block's MLP
+    before its attention), puts back to int8 each that does not close 1% of the gap, records
+    every trial, and ends with everything float, saying so."""
     from dfx import datasets
     from dfx.bundle import Bundle
     from dfx.export import data as export_data
@@ -263,17 +268,19 @@ def test_unit_search_keeps_units_float_until_the_tokens_meet_the_target(vit_bund
     with Tap(vit_bundle / "model.onnx") as tap:
         reference = tap.run(calib.images)
     (cache,) = (vit_bundle / "calibration-cache").iterdir()
-    monkeypatch.setattr(pipeline, "SELECT_MIN_BLOCK_COSINE", 1.1)
+    monkeypatch.setattr(pipeline, "SELECT_MIN_BLOCK_COSINE", 1.1)  # tokens can reach 1.0 at most
     config = pipeline.ExportConfig(int8=True, calib_method="minmax")
     selection = pipeline._select_float_units(pre, units, reference, cache, calib, config, Bundle.open(vit_bundle),
                                              "uint8", (), log=lambda _: None)
-    trials = [t["float_units"] for t in selection["trials"]]
-    assert trials[0] == [] and len(trials) == len(units) + 1
+    trials = selection["trials"]
+    assert trials[0]["float_units"] == [] and len(trials) == len(units) + 1
+    tried = [t["float_units"][0] for t in trials[1:]]
+    assert all(len(t["float_units"]) == 1 and not t["kept"] for t in trials[1:])  # none helped: each went back
+    assert sorted(tried) == sorted(u.name for u in units)
+    for block in range(BLOCKS):  # within a block, the MLP is tried before the attention
+        assert tried.index(f"block{block}.mlp") < tried.index(f"block{block}.attention")
     assert selection["float_units"] == [u.name for u in units] and selection["quantized_units"] == []
     assert "no setting met" in selection["how"]
-    added = [next(iter(set(b) - set(a))) for a, b in zip(trials, trials[1:])]
-    for block in range(BLOCKS):  # within a block, the MLP is kept float before the attention
-        assert added.index(f"block{block}.mlp") < added.index(f"block{block}.attention")
 
 
 # ---- what auto serves ------------------------------------------------------------------------

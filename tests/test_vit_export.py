@@ -510,3 +510,26 @@ def test_engine_build_refuses_a_file_before_probing_the_gpu(tmp_path, monkeypatc
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])])
     with pytest.raises(trt_build.EngineBuildError, match="optimization profile"):
         trt_build.build_engine(path, tmp_path / "e.engine", trt_build.EngineSpec("fp16", (8, 8)), tmp_path / "cache")
+
+
+@pytest.mark.gpu
+def test_vit_engines_build_and_are_judged_like_their_onnx_files(vit_bundle, vit_data, tmp_path):
+    """GPU hosts with TensorRT: the tiny ViT's fp16 and int8 engines are built and judged by the
+    same checker, each held to its ONNX file's token verdict. Skips with the reason elsewhere."""
+    from conftest import has_gpu
+
+    from dfx.export.pipeline import ExportConfig, export_bundle
+
+    ok, reason = has_gpu()
+    if not ok:
+        pytest.skip(f"no usable GPU: {reason}")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'dfx[trt]')")
+    copy = shutil.copytree(vit_bundle, tmp_path / "bundle")
+    report = export_bundle(copy, ExportConfig(fp16=True, int8=True, engine=True, max_batch=16, calib_count=160,
+                                              parity=str(vit_data)), log=print)
+    for precision in ("fp16", "int8"):
+        engine = report["forms"][f"trt-{precision}"]
+        assert engine["block_agreement_of"] == precision
+        if not report["forms"][precision]["block_agreement"]["passed"]:
+            assert not engine["passed"]  # an engine of a file whose tokens failed fails too
+    assert report["forms"]["trt-fp16"]["passed"], report["forms"]["trt-fp16"]

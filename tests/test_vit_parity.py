@@ -117,6 +117,7 @@ def test_block_agreement_per_block_mean_and_worst():
         block_agreement(reference, tokens[:, :2])
 
 
+@pytest.mark.faces
 def test_the_wheels_int8_tower_fails_parity_on_every_cpu(towers):
     from dfx.parity import TOLERANCES, compare
 

@@ -293,7 +293,14 @@ def parity_refusal(bundle: Bundle, form: str) -> str | None:
         return "the bundle has no parity report (re-run `dfx export`)"
     if form not in forms:
         return "parity.json has no entry for it (re-run `dfx export` on a host that runs it)"
-    return None if forms[form] else "it failed parity (see parity.json)"
+    if not forms[form]:
+        return "it failed parity (see parity.json)"
+    # An optimized form is served only where the sample was large enough to show it as good as
+    # Keras (vouched), not merely not worse; bundles exported before the record had only "passed".
+    vouched_forms = (bundle.manifest.get("parity") or {}).get("vouched")
+    if vouched_forms is not None and not form.endswith("fp32") and not vouched_forms.get(form, False):
+        return "it passed parity without being vouched (too few parity images to show it; see parity.json)"
+    return None
 
 
 def vouched(bundle: Bundle, form: str) -> bool:

@@ -310,6 +310,23 @@ def quantize(
     }
 
 
+def missing_ranges(ranges: Any, model_path: str | os.PathLike) -> list[str]:
+    """The tensors `calibrate` would range on this (pre-processed) graph that `ranges` lacks,
+    sorted: a cache made from a graph whose tensors were named differently cannot be reused."""
+    import onnx
+    from onnx import TensorProto
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(os.fspath(model_path), load_external_data=False))
+    graph = model.graph
+    floats = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+              if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    floats -= {t.name for t in graph.initializer}
+    op_types = set(QLinearOpsRegistry) | set(QDQRegistry)
+    wanted = {name for node in graph.node if node.op_type in op_types for name in list(node.input) + list(node.output)}
+    return sorted((wanted & floats) - set(ranges.keys()))
+
+
 def save_ranges(ranges: Any, path: str | os.PathLike) -> None:
     from onnxruntime.quantization.calibrate import save_tensors_data
 

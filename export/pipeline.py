@@ -197,9 +197,14 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         calib_set = None
         calib_fp32 = None  # fp32 logits on the calibration images: both float-conv searches compare to them
         if hit:
-            log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
             ranges = int8.load_ranges(cache_path)
-        else:
+            missing = int8.missing_ranges(ranges, pre)
+            if missing:  # tf2onnx named a shared tensor differently this time (it dedups the ViT's q/k/v reshapes)
+                log(f"calibration: {cache_name} lacks {len(missing)} of this graph's tensors (e.g. {missing[0]}); recalibrating")
+                hit = False
+            else:
+                log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
+        if not hit:
             calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
             log(f"calibrating ({config.calib_method}) on {len(calib_set.images)} images from {source}")
             start = time.perf_counter()

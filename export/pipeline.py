@@ -223,9 +223,10 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                     if calib_tokens is None:
                         with block_tokens.Tap(fp32_path) as tap:
                             calib_tokens = tap.run(calib_set.images, config.batch_size)
-                    # The symmetric file keeps the patch embedding float, as it keeps a CNN's first conv
-                    # (it reads the pixels); the uint8 twin tries quantizing it.
-                    fixed = () if activations == "uint8" or config.quantize_first_conv else ("embedding",)
+                    # Both files keep the patch embedding float, as the symmetric one keeps a CNN's first
+                    # conv: it reads the pixels, and on CLIP ViT-B/16 quantizing it (uint8) took the last
+                    # block's tokens from cosine 0.989 to 0.856. --quantize-first-conv makes it a candidate.
+                    fixed = () if config.quantize_first_conv else ("embedding",)
                     log(f"{FILES[form]} ({activations} activations; MatMuls and the patch conv):")
                     selection = _select_float_units(pre, units, calib_tokens, cache_path, calib_set, config, bundle,
                                                     activations, fixed, log)
@@ -342,7 +343,8 @@ def _select_float_units(pre: Path, units: list, reference: tuple[np.ndarray, np.
     block, so the drop, not the cosine after it, says where int8 hurts), its MLP first, then
     its attention; the embedding takes block 0's drop once block 0 is done. A float block can
     still widen damage made upstream, so a unit whose float trial closes less than
-    SELECT_MIN_GAIN of the gap to the targets goes back to int8 and is not tried again.
+    SELECT_MIN_GAIN of the gap to the targets goes back to int8 and is not tried again until
+    every other unit has been (then once more, the gap being narrower by then).
     `reference`: fp32 (logits, tokens) on the calibration images."""
     from dfx.parity import compare
 
@@ -353,6 +355,7 @@ def _select_float_units(pre: Path, units: list, reference: tuple[np.ndarray, np.
     trials = []
     targets = {"agreement": SELECT_MIN_AGREEMENT, "auc_drop": SELECT_MAX_AUC_DROP, "block_cosine": SELECT_MIN_BLOCK_COSINE}
     kept: dict | None = None  # the last trial whose float units are kept
+    progressed = False  # a unit was kept float since the units in `tried` were tried
     with tempfile.TemporaryDirectory(prefix="dfx-int8-units-") as tmp:
         trial_path = Path(tmp) / "trial.onnx"
         candidate = None
@@ -381,10 +384,16 @@ def _select_float_units(pre: Path, units: list, reference: tuple[np.ndarray, np.
                         "if it helped, until the targets were met on the calibration images", "targets": targets,
                         "min_gain": SELECT_MIN_GAIN, "trials": trials}
             if helped:
+                progressed = progressed or candidate is not None
                 floating, kept = trying, trial
             else:
                 tried.append(candidate)
             candidate = _most_damaging(units, floating + tried, [float(c) for c in kept["block_cosine"]])
+            if candidate is None and tried and progressed:
+                # Every unit is float or was no help when tried; the gap has narrowed since, and 1%
+                # of a narrow gap is little: try the ones that were no help once more.
+                tried, progressed = [], False
+                candidate = _most_damaging(units, floating, [float(c) for c in kept["block_cosine"]])
             if candidate is None:
                 break
     log("  no setting met the targets; every unit stays float (this int8 file computes in float)")

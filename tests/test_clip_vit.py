@@ -221,3 +221,16 @@ def test_probe_protocol_has_held_out_few_shot_and_view_rows(synth_data, tmp_path
     assert rows["tconv / 5-shot"]["images"] == rows["tconv"]["images"] - 5
     assert rows["camera"]["held_out"] == "real" and "baseline_auc" in rows["camera"]
     assert "tconv / 5-shot" in format_table(report) and (tmp_path / "p" / "protocol.md").exists()
+
+
+def test_adapt_recomputes_tokens_the_cache_lost(clip_bundle, synth_data, tmp_path, monkeypatch):
+    """An empty feature cache (another machine, a trimmed cache): the bundle's training data is
+    decoded again from its record, and the same pixels give the same keys."""
+    from dfx.trainer.adapt import AdaptConfig, adapt
+
+    monkeypatch.setenv("DFX_FEATURE_CACHE", str(tmp_path / "empty-cache"))
+    new_fakes = sorted((synth_data / "fake" / "upconv").iterdir())[:5]
+    bundle = adapt(AdaptConfig(bundle=str(clip_bundle), fakes=tuple(map(str, new_fakes)), out=str(tmp_path / "a"),
+                               export=False, progress=False))
+    assert bundle.manifest["adapted"][-1]["added"][0]["images"] == 5
+    assert any((tmp_path / "empty-cache").rglob("*.npy"))

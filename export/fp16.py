@@ -11,7 +11,7 @@ LayerNormalization stays float32 (KEEP_FLOAT32): its input is cast up, its scale
 their float32 values, its output is cast back down. A transformer's residual stream has
 outliers whose squares leave float16's range (CLIP ViT-B/16's reach the hundreds), and a
 strongly typed network computes a layer in the type of its input, so the casts are how
-TensorRT is told to normalize in float32. (export/graph.py fuses tf2onnx's ten-op LayerNorm
+TensorRT is told to normalize in float32. (export/graph.py fuses tf2onnx's dozen-op LayerNorm
 into that one node first.)
 """
 

@@ -1,12 +1,12 @@
 """ONNX graph passes and look-ups of the export: LayerNorm fusion, a backbone's CLS tokens, and
 the units (patch embedding, transformer blocks) the INT8 search keeps float or quantizes.
 
-tf2onnx writes a Keras LayerNormalization as ten ops: the mean and variance as
+tf2onnx writes a Keras LayerNormalization as a dozen ops: the mean and variance as
 GlobalAveragePool over the last axis of a (N, T, W) tensor, the square as Mul(d, d), then
 Sqrt, Reciprocal and the affine part. Left like that, the FP16 file squares the residual
 stream in float16 (CLIP's has outliers in the hundreds: their squares pass 65504), ONNX
 Runtime's quantizer wraps the two averages in Q/DQ (QLinearGlobalAveragePool then fails at run
-time), and TensorRT sees ten layers instead of its normalization layer. `fuse_layer_norms`
+time), and TensorRT sees a dozen layers instead of its normalization layer. `fuse_layer_norms`
 rewrites each such chain as one LayerNormalization (opset 17), which every backend reads and
 which the FP16 conversion keeps in float32. The result is checked against Keras at 1e-4 like
 any export.

@@ -3,7 +3,7 @@
 The ONNX graph takes ``images`` float32 (batch, H, W, 3) RGB in 0..255 (tf2onnx keeps NHWC and
 inserts one Transpose) and returns ``logits`` float32 (batch, 1). The batch axis is named
 ``batch`` so every runtime (and TensorRT's optimization profile) sees it as dynamic. At opset 17
-and later, each LayerNorm that tf2onnx spelled out in ten ops becomes one LayerNormalization
+and later, each LayerNorm that tf2onnx spelled out in a dozen ops becomes one LayerNormalization
 (dfx.export.graph): the FP16 file keeps it in float32 and the INT8 files leave it float.
 """
 

@@ -286,17 +286,20 @@ def test_unit_search_tries_each_unit_and_keeps_float_only_what_helps(vit_bundle,
 # ---- what auto serves ------------------------------------------------------------------------
 
 
-def _with_forms(bundle_dir: Path, tmp_path: Path, **passed) -> Path:
+def _with_forms(bundle_dir: Path, tmp_path: Path, passed: bool, vouched: bool) -> Path:
+    """A copy of the bundle whose manifest says every int8 form passed / was vouched for or not."""
     from dfx.bundle import Bundle
 
     copy = Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
     bundle = Bundle.open(copy)
-    bundle.manifest["parity"]["forms"].update(passed)
+    for form in ("int8", "cpu-int8", "openvino-int8"):
+        bundle.manifest["parity"]["forms"][form] = passed
+        bundle.manifest["parity"]["vouched"][form] = vouched
     bundle.save()
     return copy
 
 
-def test_auto_serves_an_int8_form_only_when_parity_passed_it(vit_bundle, tmp_path):
+def test_auto_serves_an_int8_form_only_when_parity_vouched_for_it(vit_bundle, tmp_path):
     from conftest import has_gpu
 
     from dfx.bundle import Bundle
@@ -304,11 +307,11 @@ def test_auto_serves_an_int8_form_only_when_parity_passed_it(vit_bundle, tmp_pat
 
     if has_gpu()[0]:
         pytest.skip("this host has a GPU: auto would pick a GPU backend")
-    passed = _with_forms(vit_bundle, tmp_path / "a", **{"int8": True, "cpu-int8": True, "openvino-int8": True})
-    assert select.plan(Bundle.open(passed), "auto")[0].precision == "int8"
-    failed = _with_forms(vit_bundle, tmp_path / "b", **{"int8": False, "cpu-int8": False, "openvino-int8": False})
-    choice, why = select.plan(Bundle.open(failed), "auto")
-    assert choice.precision != "int8" and "skipped" in why and "int8: it failed parity" in why, why
+    vouched = _with_forms(vit_bundle, tmp_path / "a", passed=True, vouched=True)
+    assert select.plan(Bundle.open(vouched), "auto")[0].precision == "int8"
+    for case, (passed, vouch) in {"b": (True, False), "c": (False, False)}.items():
+        choice, why = select.plan(Bundle.open(_with_forms(vit_bundle, tmp_path / case, passed, vouch)), "auto")
+        assert choice.precision != "int8" and "skipped" in why and "int8" in why, why
 
 
 # ---- a broken form is caught by its tokens ---------------------------------------------------

@@ -198,8 +198,11 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         calib_fp32 = None  # fp32 logits on the calibration images: both float-conv searches compare to them
         if hit:
             ranges = int8.load_ranges(cache_path)
-            missing = int8.missing_ranges(ranges, pre)
-            if missing:  # tf2onnx named a shared tensor differently this time (it dedups the ViT's q/k/v reshapes)
+            # tf2onnx may name a shared tensor differently from one export to the next (it dedups the
+            # ViT's q/k/v reshapes): a transformer's cache must cover this graph. CNN caches are
+            # reused as before (their tensors' ranges are keyed alike, and a rebuild must not recalibrate).
+            missing = int8.missing_ranges(ranges, pre) if units else []
+            if missing:
                 log(f"calibration: {cache_name} lacks {len(missing)} of this graph's tensors (e.g. {missing[0]}); recalibrating")
                 hit = False
             else:

@@ -12,7 +12,7 @@ pixel path and copies), then, instead of training a network end to end:
 4. tower and head are joined into one Keras model, saved as model.keras: what export, parity and
    every runner read.
 
-`adapt` refits the head of an existing bundle with a handful of a new generator's images (and,
+dfx.trainer.adapt refits the head of an existing bundle with a handful of a new generator's images (and,
 optionally, the team's own real photos) added to its training tokens: a new bundle in seconds.
 """
 

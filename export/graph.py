@@ -80,16 +80,23 @@ def _match_layer_norm(g: _Graph, out_add: Any, ranks: dict[str, int]) -> dict | 
     return None
 
 
+def _const_beside(g: _Graph, node, op_type: str):
+    """(the constant input, the other input) of a two-input `node` whose other input an `op_type`
+    node produces, in either order; None when it is not that shape."""
+    for k in (0, 1):
+        if g.const(node.input[k]) is not None and g.op(node.input[1 - k], op_type) is not None:
+            return g.const(node.input[k]), node.input[1 - k]
+    return None
+
+
 def _match_rest(g: _Graph, rest: str, x: str, s: str, ranks: dict[str, int]) -> dict | None:
     beta, nodes = None, []
     add = g.op(rest, "Add")
     if add is not None:  # R = -mean * s + beta
-        for k in (0, 1):
-            if g.const(add.input[k]) is not None and g.op(add.input[1 - k], "Mul") is not None:
-                beta, rest, nodes = g.const(add.input[k]), add.input[1 - k], [add]
-                break
-        else:
+        found = _const_beside(g, add, "Mul")
+        if found is None:
             return None
+        (beta, rest), nodes = found, [add]
     shift = g.op(rest, "Mul")
     if shift is None or _other(shift, s) is None:
         return None
@@ -102,12 +109,10 @@ def _match_rest(g: _Graph, rest: str, x: str, s: str, ranks: dict[str, int]) -> 
     gamma, scale_nodes = None, []
     mul = g.op(s, "Mul")
     if mul is not None:
-        for k in (0, 1):
-            if g.const(mul.input[k]) is not None and g.op(mul.input[1 - k], "Reciprocal") is not None:
-                gamma, s, scale_nodes = g.const(mul.input[k]), mul.input[1 - k], [mul]
-                break
-        else:
+        found = _const_beside(g, mul, "Reciprocal")
+        if found is None:
             return None
+        (gamma, s), scale_nodes = found, [mul]
     recip = g.op(s, "Reciprocal")
     sqrt = g.op(recip.input[0], "Sqrt") if recip is not None else None
     plus = g.op(sqrt.input[0], "Add") if sqrt is not None else None

@@ -207,8 +207,12 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                 hit = False
             else:
                 log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
+        def load_calibration():
+            """The calibration images, decoded once, only where a step needs them (a cache hit needs none)."""
+            return export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+
         if not hit:
-            calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+            calib_set = load_calibration()
             log(f"calibrating ({config.calib_method}) on {len(calib_set.images)} images from {source}")
             start = time.perf_counter()
             ranges = int8.calibrate(pre, calib_set.images, options)
@@ -219,10 +223,9 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             reused = _previous_selection(previous, form, "float_units" if units else "float_convs") if hit else None
             if units:
                 if reused is not None:
-                    selection = {**reused, "how": reused["how"] + " (reused with the cache)"}
+                    selection = _reused(reused)
                 else:
-                    if calib_set is None:
-                        calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+                    calib_set = calib_set if calib_set is not None else load_calibration()
                     if calib_tokens is None:
                         with block_tokens.Tap(fp32_path) as tap:
                             calib_tokens = tap.run(calib_set.images, config.batch_size)
@@ -250,10 +253,9 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             if config.float_convs is not None:
                 selection = {"float_convs": config.float_convs, "how": "--int8-float-convs", "trials": []}
             elif reused is not None:
-                selection = {**reused, "how": reused["how"] + " (reused with the cache)"}
+                selection = _reused(reused)
             else:
-                if calib_set is None:
-                    calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+                calib_set = calib_set if calib_set is not None else load_calibration()
                 if calib_fp32 is None:
                     calib_fp32 = _run(_ort(fp32_path, "fp32", size, config), calib_set.images, config.batch_size)
                 # The uint8 twin has the resolution to try the first conv; the symmetric file
@@ -456,6 +458,11 @@ def _previous_report(bundle: Bundle, key: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) and report.get("cache", {}).get("key") == key else None
+
+
+def _reused(selection: dict) -> dict:
+    """A float-conv / float-unit choice taken over from the last export with the same calibration."""
+    return {**selection, "how": selection["how"] + " (reused with the cache)"}
 
 
 def _previous_selection(report: dict | None, form: str, key: str = "float_convs") -> dict | None:

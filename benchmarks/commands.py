@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against", metavar="BUNDLE", help="also time a second bundle on the same backends, interleaved in the same slices, "
                    "and give each row its ratio to it (e.g. against the 256 px seed CNN: benchmarks/scripts/seed_bundle.py)")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads for CPU backends (default: physical cores)")
+    p.add_argument("--no-peer", action="store_true", help="skip the summary's peer: OpenVINO's own benchmark_app on the file the "
+                   "auto form runs (~1 min: batch 1 and the e2e batch, before and after the rows)")
     p.add_argument("--no-roofline", action="store_true", help="skip the graph/machine limits (saves ~8 s of microbenchmarks, run before and after the rows)")
     p.add_argument("--json", metavar="FILE", help="write rows, machine, software and limits to FILE as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of images/s (needs matplotlib)")
@@ -80,6 +82,7 @@ def bench_command(args: argparse.Namespace) -> int:
         no_face=args.no_face,
         min_face=args.min_face,
         against=args.against,
+        peer=not args.no_peer,
     )
     result = harness.run(args.bundle, config, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(report.text(result))

@@ -37,9 +37,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dfx.benchmarks import peer
 from dfx.bundle import ONNX_ROLES, Bundle
 from dfx.errors import DfxError
-from dfx.runtime.runners.base import Runner
+from dfx.runtime.runners.base import Runner, physical_cores
 from dfx.runtime.runners.keras import KerasRunner
 
 # bench backend name -> (dfx.runtime.scan.select backend, precision). "keras" is handled apart.
@@ -100,6 +101,9 @@ class BenchConfig:
     min_face: int | None = None
     # A second bundle timed beside this one (same backends, interleaved): rows `against: true`.
     against: str | None = None
+    # The auto form against ORT fp32 and, when it runs on OpenVINO, OpenVINO's own benchmark_app
+    # on the same file before and after the rows (benchmarks/peer.py).
+    peer: bool = True
 
 
 AGAINST = "against:"  # key prefix of the second bundle's runners while they are timed with the bundle's
@@ -445,6 +449,8 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
     # The machine's rates, measured before and after the rows; the roof uses the better of the
     # two, so a burst of load from elsewhere during one measurement does not lower the limit.
     rates_before = _measure_rates(config) if config.roofline else None
+    auto, auto_why = peer.auto_backend(bundle) if config.peer else ("", "")
+    peers = [_openvino_peer(bundle, auto, config, log)] if auto.startswith("ov-") else []
     runners: dict[str, Runner] = {}
     model_files: dict[str, str] = {}  # the bundle file each runner runs (CPU int8: the uint8 twin)
     rows: list[dict[str, Any]] = []
@@ -507,6 +513,10 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
     finally:
         for runner in [*runners.values(), *others.values()]:
             runner.deactivate()
+    if auto:
+        if peers:
+            peers.append(_openvino_peer(bundle, auto, config, log))
+        extra["auto"] = peer.summary(rows, auto, auto_why, peers)
 
     result: dict[str, Any] = {
         "bundle": os.fspath(bundle_dir),
@@ -586,6 +596,14 @@ def _trt_profile(runner: Runner, bundle: Bundle, config: BenchConfig) -> dict[in
             "bottleneck": bottleneck,
         }
     return out
+
+
+def _openvino_peer(bundle: Bundle, name: str, config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"dfx bench: OpenVINO benchmark_app on the file {name} runs (the peer)")
+    try:
+        return peer.openvino_peer(bundle, name, config.e2e_batch_size, config.threads or physical_cores())
+    except Exception as exc:  # a missing benchmark_app must not lose the rows
+        return {"tool": "benchmark_app", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _measure_rates(config: BenchConfig) -> Any:

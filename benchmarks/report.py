@@ -107,6 +107,8 @@ def text(result: dict[str, Any]) -> str:
                 f"dfx scan (ORT, fresh process, {memory['rows']} files): peak RSS {memory['peak_rss_mb']:.0f} MB, "
                 f"{memory['images_per_s']:.1f} images/s, tensorflow imported: {memory['tensorflow_imported']}"
             )
+    if result.get("auto"):
+        parts.extend(["", auto_text(result["auto"])])
     stages = result.get("whole_photo_stages_ms")
     if stages:
         parts.append("")
@@ -116,6 +118,30 @@ def text(result: dict[str, Any]) -> str:
         parts.append(f"whole photos ({stages['photos']} of --images, min_face {stages['min_face']}, "
                      f"{stages['faces_per_image']} faces each), ms per photo on one thread: {shown}")
     return "\n".join(parts)
+
+
+def auto_text(auto: dict[str, Any]) -> str:
+    """The summary lines: what `auto` serves, against ORT fp32, OpenVINO's benchmark_app, e2e."""
+    if "error" in auto:
+        return f"auto ({auto['choice']}): {auto['error']}"
+    lines = [f"auto serves {auto['backend']} ({auto['choice']}): best {auto['images_per_s']:.1f} images/s at batch {auto['batch']}"]
+    if "ratio_vs_ort_fp32" in auto:
+        lines.append(f"  x ORT fp32 (its best batch, {auto['ort_fp32_images_per_s']:.1f} images/s): {auto['ratio_vs_ort_fp32']:.2f}")
+    peer = auto.get("peer")
+    if peer and "error" in peer:
+        lines.append(f"  OpenVINO benchmark_app peer failed: {peer['error']}")
+    elif peer:
+        lines.append(f"  x OpenVINO benchmark_app on the same file ({peer['hint']}, -infer_precision {peer['infer_precision']}, "
+                     f"best of batch 1/{max(map(int, peer['runs']))}, {peer['measured']} runs: {peer['images_per_s']:.1f} images/s): "
+                     f"{auto['ratio_vs_peer']:.2f}")
+        every = peer.get("all_layers_bf16") or {}
+        if every.get("images_per_s"):
+            lines.append(f"  (benchmark_app's own bf16 default, every layer bf16 - numerics parity did not vouch for: "
+                         f"{every['images_per_s']:.1f} images/s)")
+    if auto.get("e2e_share_of_inference") is not None:
+        lines.append(f"  dfx scan end to end (decode included, batch {auto['e2e_batch']}): {auto['e2e_images_per_s']:.1f} images/s = "
+                     f"{auto['e2e_share_of_inference']:.0%} of pure inference at that batch")
+    return "\n".join(lines)
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:

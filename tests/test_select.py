@@ -76,6 +76,27 @@ def test_auto_skips_every_form_parity_did_not_vouch_for(exported_bundle, tmp_pat
 
 
 @pytest.mark.skipif(GPU, reason="this host has a GPU: auto would pick a GPU backend")
+@pytest.mark.parametrize("backbone", [False, True])
+def test_auto_on_amx_takes_vouched_bf16_before_int8_only_for_a_transformer(exported_bundle, tmp_path, monkeypatch, backbone):
+    """A transformer's int8 form keeps float what per-tensor int8 cannot hold (slower than bf16
+    on AMX); a CNN's is int8 throughout. Both forms vouched; the CPU simulated as AMX."""
+    if not select.openvino_status()[0]:
+        pytest.skip("openvino is not installed (pip install 'dfx[openvino]')")
+    from dfx.runtime.runners import openvino
+
+    monkeypatch.setattr(openvino, "bf16_status", lambda: (True, ""))
+    monkeypatch.setattr(openvino, "has_amx", lambda: True)
+    bundle = _with_parity(exported_bundle, tmp_path, **{"openvino-bf16": True, "openvino-int8": True})
+    bundle.manifest["parity"]["vouched"] = {"openvino-bf16": True, "openvino-int8": True, "cpu-int8": True}
+    if backbone:
+        bundle.manifest["backbone"] = {"name": "clip-vit-b16"}
+    chosen, _ = select.plan(bundle)
+    assert (chosen.backend, chosen.precision) == ("openvino", "bf16" if backbone else "int8")
+    bundle.manifest["parity"]["vouched"]["openvino-bf16"] = False  # not vouched: never auto
+    assert select.plan(bundle)[0].precision == "int8"
+
+
+@pytest.mark.skipif(GPU, reason="this host has a GPU: auto would pick a GPU backend")
 def test_auto_skips_forms_missing_from_parity(exported_bundle, tmp_path):
     missing = {"openvino-int8": None, "openvino-fp32": None, "openvino-bf16": None, "cpu-int8": None}
     bundle = _with_parity(exported_bundle, tmp_path, **missing)

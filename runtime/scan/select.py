@@ -5,8 +5,9 @@
 1. a TensorRT engine built for this GPU's compute capability and the installed TensorRT
    version (INT8 before FP16), whose sha256 the manifest vouches for;
 2. ONNX Runtime CUDA (FP16 ONNX when the bundle has it, else FP32);
-3. on a CPU: OpenVINO when installed (INT8 first), else ONNX Runtime CPU (INT8 where the
-   bundle has it, else FP32); both read `model.int8.cpu.onnx`, the uint8 twin of the
+3. on a CPU: OpenVINO when installed (INT8 first; on an AMX CPU a bf16 form parity vouched for
+   comes before FP32, and for a transformer backbone before INT8 too), else ONNX Runtime CPU
+   (INT8 where the bundle has it, else FP32); both read `model.int8.cpu.onnx`, the uint8 twin of the
    TensorRT INT8 file, when the bundle has it;
 4. the Keras model itself, for a bundle that was not exported yet (needs tensorflow).
 
@@ -34,8 +35,8 @@ PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 PREFERENCE = {
     "trt": ("int8", "fp16", "fp32"),
     "ort-cuda": ("fp16", "fp32"),  # ORT's CUDA provider runs Q/DQ INT8 mostly in fp32: no gain
-    # bf16 (model.onnx run in bfloat16) only where the CPU has it natively; `auto` takes it only
-    # when the bundle has no int8 form and parity.json vouches for openvino-bf16 (see plan()).
+    # bf16 (model.onnx's weighted layers in bfloat16) only where the CPU has it natively; `auto`
+    # takes it only where parity.json vouches for openvino-bf16 (see _openvino_precisions).
     "openvino": ("int8", "fp32", "fp16", "bf16"),
     "ort-cpu": ("int8", "fp32", "fp16"),
     "keras": ("fp32",),
@@ -383,8 +384,10 @@ _FINDERS: dict[str, Callable[[_Request, tuple[str, ...]], Choice | None]] = {
 
 def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explicit: bool, notes: list[str]) -> tuple[str, ...]:
     """OpenVINO's precisions here: bf16 needs native CPU support; `auto` also needs the parity
-    report to vouch for it and a CPU where it is faster (AMX), and then takes it before fp32
-    but after int8."""
+    report to vouch for it and a CPU where it is faster (AMX), and then takes it before fp32,
+    and for a transformer backbone (clip_vit) before int8 too: its int8 form keeps the layers
+    per-tensor int8 cannot hold in float, and ran at a third of bf16's rate on an AMX Xeon
+    (docs/benchmarks.md), while a CNN's int8 form is int8 throughout."""
     if "bf16" not in precisions:
         return precisions
     from dfx.runtime.runners.openvino import bf16_status, has_amx
@@ -397,7 +400,8 @@ def _openvino_precisions(bundle: Bundle, precisions: tuple[str, ...], *, explici
         return precisions
     rest = tuple(p for p in precisions if p != "bf16")
     if ok and has_amx() and vouched(bundle, "openvino-bf16"):
-        return tuple(p for p in rest if p == "int8") + ("bf16",) + tuple(p for p in rest if p != "int8")
+        first = () if bundle.manifest.get("backbone") else tuple(p for p in rest if p == "int8")
+        return first + ("bf16",) + tuple(p for p in rest if p not in first)
     return rest
 
 

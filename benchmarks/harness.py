@@ -40,7 +40,7 @@ import numpy as np
 from dfx.benchmarks import peer
 from dfx.bundle import ONNX_ROLES, Bundle
 from dfx.errors import DfxError
-from dfx.runtime.runners.base import Runner, physical_cores
+from dfx.runtime.runners.base import Runner
 from dfx.runtime.runners.keras import KerasRunner
 
 # bench backend name -> (dfx.runtime.scan.select backend, precision). "keras" is handled apart.
@@ -104,6 +104,7 @@ class BenchConfig:
     # The auto form against ORT fp32 and, when it runs on OpenVINO, OpenVINO's own benchmark_app
     # on the same file before and after the rows (benchmarks/peer.py).
     peer: bool = True
+    peer_seconds: float = 8.0  # benchmark_app's -t per run
 
 
 AGAINST = "against:"  # key prefix of the second bundle's runners while they are timed with the bundle's
@@ -450,7 +451,8 @@ def run(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), log:
     # two, so a burst of load from elsewhere during one measurement does not lower the limit.
     rates_before = _measure_rates(config) if config.roofline else None
     auto, auto_why = peer.auto_backend(bundle) if config.peer else ("", "")
-    peers = [_openvino_peer(bundle, auto, config, log)] if auto.startswith("ov-") else []
+    # The peer only where the auto form is timed here too (an OpenVINO form among the rows).
+    peers = [_openvino_peer(bundle, auto, config, log)] if auto.startswith("ov-") and auto in names else []
     runners: dict[str, Runner] = {}
     model_files: dict[str, str] = {}  # the bundle file each runner runs (CPU int8: the uint8 twin)
     rows: list[dict[str, Any]] = []
@@ -601,7 +603,7 @@ def _trt_profile(runner: Runner, bundle: Bundle, config: BenchConfig) -> dict[in
 def _openvino_peer(bundle: Bundle, name: str, config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"dfx bench: OpenVINO benchmark_app on the file {name} runs (the peer)")
     try:
-        return peer.openvino_peer(bundle, name, config.e2e_batch_size, config.threads or physical_cores())
+        return peer.openvino_peer(bundle, name, config.e2e_batch_size, config.peer_seconds)
     except Exception as exc:  # a missing benchmark_app must not lose the rows
         return {"tool": "benchmark_app", "error": f"{type(exc).__name__}: {exc}"}
 

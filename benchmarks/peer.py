@@ -26,7 +26,6 @@ from typing import Any
 
 from dfx.bundle import Bundle
 
-PEER_SECONDS = 8.0  # benchmark_app's -t per run
 BACKEND_OF_CHOICE = {"openvino": "ov", "ort-cpu": "ort", "ort-cuda": "ort-cuda", "trt": "trt"}
 
 
@@ -40,10 +39,12 @@ def auto_backend(bundle: Bundle) -> tuple[str, str]:
     return f"{BACKEND_OF_CHOICE[choice.backend]}-{choice.precision}", str(choice)
 
 
-def benchmark_app(model: str, shape: tuple[int, ...], seconds: float, threads: int, infer_precision: str | None) -> dict[str, Any]:
-    """Run OpenVINO's benchmark_app (THROUGHPUT hint) on `model`; {"images_per_s", "command"} or {"error"}."""
-    command = [sys.executable, "-m", "openvino.tools.benchmark.main", "-m", model, "-d", "CPU", "-hint", "throughput",
-               "-t", f"{seconds:g}", "-shape", "[" + ",".join(map(str, shape)) + "]", "-nthreads", str(threads)]
+def benchmark_app(model: str, shape: tuple[int, ...], seconds: float, infer_precision: str | None) -> dict[str, Any]:
+    """Run OpenVINO's benchmark_app (THROUGHPUT hint, every core: its UI allows no thread count
+    with a hint) on `model`; {"images_per_s", "command"} or {"error", "command"}."""
+    # benchmark_app's console script, run by this interpreter (its module has no __main__ guard)
+    command = [sys.executable, "-c", "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())", "-m", model, "-d", "CPU", "-hint", "throughput",
+               "-t", f"{seconds:g}", "-shape", "[" + ",".join(map(str, shape)) + "]"]
     if infer_precision:
         command += ["-infer_precision", infer_precision]
     shown = " ".join(["benchmark_app", *command[3:]])
@@ -77,21 +78,21 @@ def peer_model(bundle: Bundle, name: str, workdir: Path) -> tuple[str, str]:
     return str(path), "f32"
 
 
-def openvino_peer(bundle: Bundle, name: str, batch: int, threads: int, seconds: float = PEER_SECONDS) -> dict[str, Any]:
+def openvino_peer(bundle: Bundle, name: str, batch: int, seconds: float) -> dict[str, Any]:
     """benchmark_app on the file OpenVINO backend `name` runs, at batch 1 and at `batch` (dfx
     scan's batch): the better of the two is the peer."""
     height, width = bundle.input_size
     with tempfile.TemporaryDirectory(prefix="dfx-peer-") as tmp:
         model, precision = peer_model(bundle, name, Path(tmp))
-        runs = {b: benchmark_app(model, (b, height, width, 3), seconds, threads, precision) for b in sorted({1, batch})}
+        runs = {b: benchmark_app(model, (b, height, width, 3), seconds, precision) for b in sorted({1, batch})}
         best = max((b for b in runs if "images_per_s" in runs[b]), key=lambda b: runs[b]["images_per_s"], default=None)
-        out: dict[str, Any] = {"tool": "benchmark_app", "hint": "THROUGHPUT", "infer_precision": precision, "threads": threads,
+        out: dict[str, Any] = {"tool": "benchmark_app", "hint": "THROUGHPUT", "infer_precision": precision,
                                "seconds": seconds, "runs": {str(b): r for b, r in runs.items()}}
         if best is None:
             return {**out, "error": next(iter(runs.values()))["error"]}
         out.update(images_per_s=runs[best]["images_per_s"], batch=best)
         if name == "ov-bf16":  # OpenVINO's own bf16 default, every layer bf16: context, not the peer
-            out["all_layers_bf16"] = benchmark_app(model, (best, height, width, 3), seconds, threads, None)
+            out["all_layers_bf16"] = benchmark_app(model, (best, height, width, 3), seconds, None)
         return out
 
 

@@ -18,7 +18,8 @@ ROW_KEYS = {"backend", "precision", "batch", "images_per_s", "p50_ms", "p95_ms",
 def bench(exported_bundle, synth_data):
     backends = ("keras", "ort-fp32", "ort-int8") + (("ov-int8",) if openvino.available() else ())
     config = harness.BenchConfig(
-        backends=backends, batch_sizes=(1, 4), iters=2, warmup=1, rounds=2, images=str(synth_data), e2e_batch_size=4, roofline_seconds=0.05
+        backends=backends, batch_sizes=(1, 4), iters=2, warmup=1, rounds=2, images=str(synth_data), e2e_batch_size=4, roofline_seconds=0.05,
+        peer_seconds=1.0,
     )
     return harness.run(exported_bundle, config), backends
 
@@ -51,6 +52,29 @@ def test_end_to_end_rows_run_the_scan_pipeline(bench):
         assert row["batch"] == 4 and row["errors"] == 0 and row["images"] >= 2 * 4
         assert row["images_per_s"] > 0 and row["inference_images_per_s"] > 0
         assert row["vs_inference"] == pytest.approx(row["images_per_s"] / row["inference_images_per_s"], rel=0.01)
+
+
+def test_auto_summary_sets_the_served_form_against_ort_fp32_and_openvino(bench):
+    """The form `dfx scan` serves by default, its best row against ORT fp32's best, its e2e
+    share, and (when it runs on OpenVINO) benchmark_app on the very file it runs."""
+    result, backends = bench
+    auto = result["auto"]
+    assert auto["backend"] in backends and auto["choice"]
+    best = {}
+    for row in (r for r in result["rows"] if r["mode"] == "inference"):
+        best[row["backend_name"]] = max(best.get(row["backend_name"], 0), row["images_per_s"])
+    assert auto["images_per_s"] == best[auto["backend"]]
+    assert auto["ratio_vs_ort_fp32"] == pytest.approx(best[auto["backend"]] / best["ort-fp32"], rel=0.01)
+    e2e = next(r for r in result["rows"] if r["mode"] == "e2e" and r["backend_name"] == auto["backend"])
+    assert auto["e2e_share_of_inference"] == e2e["vs_inference"]
+    if auto["backend"].startswith("ov-"):
+        peer = auto["peer"]
+        assert "error" not in peer, peer
+        assert peer["measured"] == 2 and peer["images_per_s"] > 0 and set(peer["runs"]) == {"1", "4"}
+        assert all("model.int8.cpu.onnx" in run["command"] for run in peer["runs"].values())
+        assert auto["ratio_vs_peer"] == pytest.approx(auto["images_per_s"] / peer["images_per_s"], rel=0.01)
+    text = report.text(result)
+    assert f"auto serves {auto['backend']}" in text and "x ORT fp32" in text
 
 
 def test_scan_memory_is_measured_in_a_process_without_tensorflow(bench):

@@ -71,6 +71,32 @@ def _ops(path: Path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path)).graph.node]
 
 
+# ---- bf16: the weighted layers only --------------------------------------------------------------
+
+
+def test_bf16_form_converts_the_weighted_layers_but_not_the_pixels_or_attention(vit_bundle):
+    """The graph the bf16 runner compiles: every matmul by a weight in bf16 (inputs converted in,
+    output converted back to f32); the patch embedding (it reads pixels) and the attention
+    products (no weight) untouched. A graph check: runs on CPUs without bf16 too."""
+    ov = pytest.importorskip("openvino")
+    from dfx.runtime.runners.openvino import BF16_LAYERS, _is_weight, bf16_weighted_layers
+
+    model = ov.Core().read_model(str(vit_bundle / "model.onnx"))
+    weighted = [n for n in model.get_ordered_ops() if n.get_type_name() in BF16_LAYERS and any(_is_weight(n.input_value(i)) for i in range(2))]
+    products = [n for n in model.get_ordered_ops() if n.get_type_name() == "MatMul" and not any(_is_weight(n.input_value(i)) for i in range(2))]
+    assert weighted[0].get_type_name() == "Convolution" and len(weighted) > 4 and len(products) >= 2  # patch conv, q/k/v/out/mlp; QK, AV
+
+    assert bf16_weighted_layers(model, ov) == len(weighted) - 1
+
+    def reads_bf16(node) -> bool:
+        return all(node.input_value(i).get_element_type() == ov.Type.bf16 for i in range(2))
+
+    assert not reads_bf16(weighted[0])
+    assert all(reads_bf16(node) for node in weighted[1:])
+    assert all(str(node.output(0).get_target_inputs().pop().get_node().get_type_name()) == "Convert" for node in weighted[1:])
+    assert not any(reads_bf16(node) for node in products)
+
+
 # ---- fp32: LayerNorm fused, tokens judged -----------------------------------------------------
 
 

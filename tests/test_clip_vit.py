@@ -181,6 +181,8 @@ def test_clip_refuses_what_cached_tokens_cannot_do(synth_data, tmp_path):
         train(_tiny_config(synth_data, tmp_path / "b", head="linear", head_blocks=(1,)))
     with pytest.raises(DfxError, match="32 px"):
         train(_tiny_config(synth_data, tmp_path / "c", size=48))
+    with pytest.raises(DfxError, match="--epochs, --lr set.*CNN training loop"):  # refused, not silently ignored
+        train(_tiny_config(synth_data, tmp_path / "d", epochs=5, learning_rate=0.1))
 
 
 def test_adapt_writes_a_new_version_with_the_additions(clip_bundle, synth_data, tmp_path):

@@ -244,6 +244,11 @@ def check_config(config: TrainConfig) -> None:
         raise DfxError(f"npr_cnn needs an even --size, not {config.size}")
 
 
+# The CNN loop's settings, which a head fitted on cached tokens does not use (flag -> field).
+CNN_LOOP_FLAGS = {"--epochs": "epochs", "--batch-size": "batch_size", "--lr": "learning_rate",
+                  "--warmup-epochs": "warmup_epochs", "--patience": "patience"}
+
+
 def _check_frozen(config: TrainConfig) -> None:
     """What a head on a frozen tower's cached tokens cannot do, refused rather than ignored."""
     from dfx.trainer.probe import BACKBONES
@@ -263,6 +268,11 @@ def _check_frozen(config: TrainConfig) -> None:
                        hint="use --augment none with --launder-training copy, --scale-jitter or --framing-jitter")
     if config.pairs:
         raise DfxError(f"--pairs draws batches of images; {config.architecture} fits its head on all tokens at once")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = [flag for flag, field in CNN_LOOP_FLAGS.items() if getattr(config, field) != defaults[field]]
+    if changed:
+        raise DfxError(f"{', '.join(changed)} set(s) the CNN training loop; {config.architecture}'s head has its own fixed "
+                       "schedule (trainer/probe.py HeadConfig: full-batch Adam, 60 epochs)", hint="drop them, or train a CNN (--architecture seed_cnn)")
 
 
 def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *, started: float | None = None) -> Bundle:

@@ -64,6 +64,10 @@ def register(sub) -> None:
                    help="let the automatic choice for model.int8.onnx quantize the first convolution too. By "
                    "default it stays float there: it reads raw pixels, where GAN traces are a pixel value or two, "
                    "and symmetric int8 halves that resolution (the uint8 CPU file always tries it)")
+    g.add_argument("--smooth", type=_alpha, default=d["smooth_alpha"].default, metavar="ALPHA",
+                   help="transformers (clip_vit): SmoothQuant strength, 0..1 (default %(default)s; 0 turns it off). Each "
+                   "LayerNorm's outlier channels are divided down and the weights reading them scaled up to match "
+                   "(exact in float), so per-tensor int8 activations keep their resolution (export/smooth.py)")
     g.add_argument("--int8-float-convs", type=int, default=None, metavar="N",
                    help="keep the first N convolutions float in both INT8 files instead of choosing N automatically (the fewest "
                    "whose int8 model agrees with fp32 on the calibration images)")
@@ -99,13 +103,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 # Flags that only apply with another: given without it they would be silently ignored, so they
 # are refused. (flag, its argparse dest, the flag it needs, the dest of that.)
 NEEDS = tuple(
     (flag, flag[2:].replace("-", "_"), needs, needs[2:])
     for needs, flags in (
         (FORMS["int8"].export_flag or "--int8", ("--calib", "--calib-count", "--calib-method", "--calib-seed", "--recalibrate",
-                                                  "--quantize-first-conv", "--int8-float-convs")),
+                                                  "--quantize-first-conv", "--int8-float-convs", "--smooth")),
         ("--engine", ("--lean", "--max-batch", "--opt-batch")),
     )
     for flag in flags
@@ -145,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         calib_seed=args.calib_seed,
         recalibrate=args.recalibrate,
         quantize_first_conv=args.quantize_first_conv,
+        smooth_alpha=args.smooth,
         float_convs=args.int8_float_convs,
         parity=args.parity,
         parity_count=args.parity_count,

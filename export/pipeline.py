@@ -25,7 +25,7 @@ from dfx.bundle import ONNX_ROLES, Bundle, BundleError, tool_versions
 from dfx.datasets import DatasetError
 from dfx.export import data as export_data
 from dfx.errors import DfxError
-from dfx.export import graph, int8, onnx_export, parity_report
+from dfx.export import graph, int8, onnx_export, parity_report, smooth
 from dfx.export import tokens as block_tokens
 from dfx.forms import FORMS, ONNX_FORMS
 from dfx.parity import (FP16_RELATIVE_TOLERANCE, FP32_TOLERANCE, SELECT_MAX_AUC_DROP, SELECT_MIN_AGREEMENT,
@@ -51,6 +51,7 @@ class ExportConfig:
     calib_seed: int = 0  # which images the balanced sample draws
     recalibrate: bool = False  # ignore a matching calibration cache and read the images again
     quantize_first_conv: bool = False  # let the automatic choice quantize the first conv too (it reads raw pixels)
+    smooth_alpha: float = smooth.ALPHA  # transformers: SmoothQuant strength before calibrating (0: off; export/smooth.py)
     float_convs: int | None = None  # leading convs kept float; None = fewest that keep int8 agreeing with fp32
     parity: str | None = None  # parity images; None = the bundle's validation split
     parity_count: int = 2000  # cap on parity images (balanced sample) so huge sets stay quick
@@ -179,8 +180,9 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
     chosen = datasets.balanced_sample(samples, config.calib_count, seed=config.calib_seed)
     # Keyed on the Keras model (tf2onnx's bytes differ run to run; the graph does not) plus
     # opset and tool versions: what determines the FP32 graph being calibrated.
+    smoothing_alpha = config.smooth_alpha if transformer else 0.0
     source_id = {"keras": bundle.sha256("model.keras"), "opset": config.opset,
-                 "tools": tool_versions("tf2onnx", "onnxruntime")}
+                 "tools": tool_versions("tf2onnx", "onnxruntime"), **({"smooth": smoothing_alpha} if smoothing_alpha else {})}
     key = _cache_key(source_id, options, chosen, size, fit, faces.record() if faces.mode != "off" else None)
     cache_name = f"{CACHE_DIR}/{config.calib_method}-{key[:16]}.json"
     cache_path = bundle.root / cache_name
@@ -193,8 +195,22 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         if units and config.float_convs is not None:
             raise DfxError("--int8-float-convs applies to convolutional models; this bundle's graph is a transformer",
                            hint="drop it: the INT8 export chooses which blocks stay float by measurement (calibration.json)")
-        hit = cache_path.is_file() and not config.recalibrate
+
+        def load_calibration():
+            """The calibration images, decoded once, only where a step needs them (a CNN's cache hit needs none)."""
+            return export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+
         calib_set = None
+        smoothing = None
+        if smoothing_alpha:  # computed each time (one fp32 pass); the ranges below are of the smoothed graph
+            calib_set = load_calibration()
+            smoothed = Path(tmp) / "model.smooth.onnx"
+            smoothing = smooth.smooth(pre, smoothed, calib_set.images, smoothing_alpha, config.batch_size)
+            pre = smoothed
+            spread = smoothing["largest_channel_over_median"]
+            log(f"SmoothQuant (alpha {smoothing_alpha:g}) on {smoothing['layer_norms']} LayerNorms and the {smoothing['matmuls']} "
+                f"MatMuls reading them: largest channel / median {spread['before']:g} -> {spread['after']:g}")
+        hit = cache_path.is_file() and not config.recalibrate
         calib_fp32 = None  # fp32 logits on the calibration images: both float-conv searches compare to them
         if hit:
             ranges = int8.load_ranges(cache_path)
@@ -207,12 +223,8 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                 hit = False
             else:
                 log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
-        def load_calibration():
-            """The calibration images, decoded once, only where a step needs them (a cache hit needs none)."""
-            return export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
-
         if not hit:
-            calib_set = load_calibration()
+            calib_set = calib_set if calib_set is not None else load_calibration()
             log(f"calibrating ({config.calib_method}) on {len(calib_set.images)} images from {source}")
             start = time.perf_counter()
             ranges = int8.calibrate(pre, calib_set.images, options)
@@ -285,6 +297,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
         "skipped": calib_set.skipped if calib_set is not None else [],
         "files": list(dict.fromkeys(s.path for s in used)),  # a whole photo once, however many faces it gave
         "cache": {"file": cache_name, "key": key, "hit": hit},
+        **({"smoothing": smoothing} if smoothing else {}),
         "forms": {form: {k: v for k, v in entry.items() if k != "validation"} for form, entry in written.items()},
         "ranges": int8.ranges_table(ranges),
         "tools": tool_versions("onnxruntime", "onnx"),

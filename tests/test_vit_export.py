@@ -71,6 +71,39 @@ def _ops(path: Path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path)).graph.node]
 
 
+# ---- SmoothQuant before calibrating ---------------------------------------------------------------
+
+
+def test_smoothing_is_exact_in_float_and_evens_the_channels(vit_bundle, vit_data, tmp_path):
+    """Folded into the LayerNorms and the weights that read them: the smoothed fp32 graph gives
+    the same logits, and the activations' largest channel sits nearer their median."""
+    import onnxruntime as ort
+
+    from dfx.export import int8, smooth
+    from dfx.images import load_image
+
+    pre = tmp_path / "pre.onnx"
+    int8.preprocess(vit_bundle / "model.onnx", pre)
+    from dfx import datasets
+
+    images = np.stack([load_image(s.path, (32, 32), "resize") for s in datasets.discover(vit_data)[::8]])
+    report = smooth.smooth(pre, tmp_path / "smooth.onnx", images, alpha=0.5)
+    assert report["layer_norms"] == 6 and report["matmuls"] == 12  # 3 blocks: ln1 -> q, k, v; ln2 -> fc1
+    spread = report["largest_channel_over_median"]
+    assert spread["after"] < spread["before"]
+
+    def logits(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})[0]
+
+    before, after = logits(pre), logits(tmp_path / "smooth.onnx")
+    assert np.max(np.abs(after - before)) <= 1e-4 * max(1.0, float(np.max(np.abs(before))))
+    assert np.max(np.abs(before)) > 0.01  # a graph that outputs something
+    # The export smoothed before calibrating, and says so.
+    recorded = json.loads((vit_bundle / "calibration.json").read_text())["smoothing"]
+    assert recorded["alpha"] == smooth.ALPHA and recorded["layer_norms"] == 6
+
+
 # ---- bf16: the weighted layers only --------------------------------------------------------------
 
 
@@ -293,7 +326,8 @@ def test_unit_search_tries_each_unit_and_keeps_float_only_what_helps(vit_bundle,
     calib = export_data.load(datasets.balanced_sample(datasets.discover(vit_data), 32), (32, 32), "resize", "calibration")
     with Tap(vit_bundle / "model.onnx") as tap:
         reference = tap.run(calib.images)
-    (cache,) = (vit_bundle / "calibration-cache").iterdir()
+    cache = tmp_path / "ranges.json"  # this graph's own ranges (the export's are of its smoothed graph)
+    int8.save_ranges(int8.calibrate(pre, calib.images, int8.CalibrationOptions(method="minmax")), cache)
     monkeypatch.setattr(pipeline, "SELECT_MIN_BLOCK_COSINE", 1.1)  # tokens can reach 1.0 at most
     config = pipeline.ExportConfig(int8=True, calib_method="minmax")
     selection = pipeline._select_float_units(pre, units, reference, cache, calib, config, Bundle.open(vit_bundle),

@@ -43,8 +43,9 @@ def benchmark_app(model: str, shape: tuple[int, ...], seconds: float, infer_prec
     """Run OpenVINO's benchmark_app (THROUGHPUT hint, every core: its UI allows no thread count
     with a hint) on `model`; {"images_per_s", "command"} or {"error", "command"}."""
     # benchmark_app's console script, run by this interpreter (its module has no __main__ guard)
-    command = [sys.executable, "-c", "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())", "-m", model, "-d", "CPU", "-hint", "throughput",
-               "-t", f"{seconds:g}", "-shape", "[" + ",".join(map(str, shape)) + "]"]
+    entry = "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())"
+    command = [sys.executable, "-c", entry, "-m", model, "-d", "CPU", "-hint", "throughput", "-t", f"{seconds:g}",
+               "-shape", "[" + ",".join(map(str, shape)) + "]"]
     if infer_precision:
         command += ["-infer_precision", infer_precision]
     shown = " ".join(["benchmark_app", *command[3:]])

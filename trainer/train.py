@@ -272,7 +272,8 @@ def _check_frozen(config: TrainConfig) -> None:
     changed = [flag for flag, field in CNN_LOOP_FLAGS.items() if getattr(config, field) != defaults[field]]
     if changed:
         raise DfxError(f"{', '.join(changed)} set(s) the CNN training loop; {config.architecture}'s head has its own fixed "
-                       "schedule (trainer/probe.py HeadConfig: full-batch Adam, 60 epochs)", hint="drop them, or train a CNN (--architecture seed_cnn)")
+                       "schedule (trainer/probe.py HeadConfig: full-batch Adam, 60 epochs)",
+                       hint="drop them, or train a CNN (--architecture seed_cnn)")
 
 
 def fit_arrays(config: TrainConfig, bundle: Bundle, train_arrays, val_arrays, *, started: float | None = None) -> Bundle:

@@ -253,6 +253,7 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                                         op_types=int8.TRANSFORMER_OPS, activation_products=False,
                                         float_nodes=_unit_nodes(units, selection["float_units"]))
                 details["float_units"] = selection["float_units"]
+                details["float_always"] = "every block's fc2 (its input's outliers are per token: export/graph.py mlp_output_nodes)"
                 counts = int8.check_symmetric(path) if activations == "int8" else int8.count_qdq(path)
                 quant = _run(_ort(path, "int8", size, config), validation.images, config.batch_size)
                 diff = float(np.max(np.abs(quant - ort_val), initial=0.0))
@@ -459,8 +460,10 @@ def _units_text(names: list[str]) -> str:
 
 
 def _unit_nodes(units: list, names: list[str]) -> tuple[str, ...]:
+    """The nodes an INT8 transformer file keeps float: those of the units `names`, and every
+    block's fc2, which int8 cannot hold (graph.mlp_output_nodes says why)."""
     chosen = set(names)
-    return tuple(node for unit in units if unit.name in chosen for node in unit.nodes)
+    return tuple(dict.fromkeys([*(node for unit in units if unit.name in chosen for node in unit.nodes), *graph.mlp_output_nodes(units)]))
 
 
 def _previous_report(bundle: Bundle, key: str) -> dict | None:

@@ -258,12 +258,15 @@ def test_int8_files_record_their_float_blocks_and_are_judged(vit_bundle):
 
 
 def test_float_units_keep_their_matmuls_float_and_the_rest_are_quantized(vit_bundle):
-    """In the files, a float unit's MatMuls read float weights; a quantized unit's read DQ. The
-    attention products (MatMuls of two activations) stay float in every unit."""
-    from dfx.export.graph import transformer_units
+    """In the files, a float unit's MatMuls read float weights; a quantized unit's read DQ, but
+    for fc2 (float in every block). The attention products (MatMuls of two activations) stay
+    float in every unit."""
+    from dfx.export.graph import mlp_output_nodes, transformer_units
     from dfx.export.int8 import products_of_activations
 
     products = set(products_of_activations(vit_bundle / "model.onnx"))
+    fc2 = set(mlp_output_nodes(transformer_units(vit_bundle / "model.onnx")))
+    assert len([n for n in fc2 if n.endswith("MatMul")]) == BLOCKS
     assert len(products) == 2 * BLOCKS  # Q.K^T and probabilities.V in each block
 
     calibration = json.loads((vit_bundle / "calibration.json").read_text())
@@ -280,7 +283,7 @@ def test_float_units_keep_their_matmuls_float_and_the_rest_are_quantized(vit_bun
                     assert not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
                                    for i in node.input), node.name
             dq = [any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input) for n in mms]
-            assert (not any(dq)) if unit.name in floating else all(dq), (form, unit.name)
+            assert (not any(dq)) if unit.name in floating else all(q != (n.name in fc2) for q, n in zip(dq, mms)), (form, unit.name)
         ops = [n.op_type for n in model.graph.node]
         assert "LayerNormalization" in ops and "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
 

@@ -8,7 +8,9 @@
 #    from 88% to 76%; docs/generalization.md) on all shared folders. The first run
 #    computes every image's tokens once (~0.1-0.4 s an image on 2 vCPUs: 10-40 min for the 5,780
 #    images) into the feature cache (~/.cache/dfx/features); a rerun takes minutes.
-# 2. dfx export OUT: the fp32 ONNX and its parity report.
+# 2. dfx export OUT --fp16 --int8: fp32, fp16 and both INT8 ONNX files (SmoothQuant, fc2 float,
+#    the unit search), OpenVINO's forms, and the parity report that vouches for each (~30 min on
+#    a quiet 2-vCPU Xeon; docs/export-and-parity.md).
 # ARCH=seed_cnn trains the previous default instead (96 px CNN, 30 epochs) and exports --int8.
 # With PSEUDO_FAKES=1, first dfx data reconstruct makes aligned pseudo-fakes of every real photo
 # (one autoencoder decoder per photo, 8 decoders) into OUT.pseudo-fakes/ (resumable), and training
@@ -56,8 +58,8 @@ fi
 stamp "train $ARCH ${train_data[*]} -> $OUT"
 if [ "$ARCH" = clip_vit ]; then
     $DFX train "${train_data[@]}" --out "$OUT" --architecture clip_vit --framing-jitter "${threshold[@]}" --overwrite
-    stamp "export"
-    $DFX export "$OUT"
+    stamp "export --fp16 --int8"
+    $DFX export "$OUT" --fp16 --int8 --calib-count 128
 else
     $DFX train "${train_data[@]}" --out "$OUT" --architecture "$ARCH" --pairs --epochs "$EPOCHS" --epoch-size "$EPOCH_SIZE" "${threshold[@]}" --overwrite
     stamp "export --int8"

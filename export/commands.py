@@ -123,6 +123,10 @@ NEEDS = tuple(
 )
 
 
+# argparse dests whose ExportConfig field has another name (for the defaults check_flags compares with)
+CONFIG_FIELD = {"int8_float_convs": "float_convs", "smooth": "smooth_alpha"}
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse a flag that does not apply to what was asked (e.g. --calib without --int8). A flag
     counts as given when its value differs from the default `dfx export --help` shows."""
@@ -132,7 +136,7 @@ def check_flags(args: argparse.Namespace) -> None:
     fields = ExportConfig.__dataclass_fields__
     for flag, dest, needs, needed in NEEDS:
         value = getattr(args, dest, None)
-        field = fields.get("float_convs" if dest == "int8_float_convs" else dest)
+        field = fields.get(CONFIG_FIELD.get(dest, dest))
         if value not in (None, False) and (field is None or value != field.default) and not getattr(args, needed, False):
             raise DfxError(f"{flag} applies only with {needs}", hint=f"add {needs}, or drop {flag}")
 

@@ -646,7 +646,8 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], rates: Any) -> dict
 def quick_summary(bundle_dir: str | os.PathLike, batch_size: int = 32, duration: float = 2.0) -> str:
     """A few lines for the end of `dfx demo`: images/s of each CPU backend at one batch size,
     interleaved in one short run, with the ratio to Keras predict when tensorflow is present."""
-    config = BenchConfig(batch_sizes=(batch_size,), duration=duration, rounds=2, warmup=1, roofline=False, scan_memory=False)
+    config = BenchConfig(batch_sizes=(batch_size,), duration=duration, rounds=2, warmup=1, roofline=False, scan_memory=False,
+                         peer=False)  # the demo stays short: the peer is for `dfx bench`
     result = run(bundle_dir, config)
     rows = sorted((r for r in result["rows"] if r.get("images_per_s")), key=lambda r: -r["images_per_s"])
     size = "x".join(str(s) for s in result["input_size"])

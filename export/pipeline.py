@@ -507,13 +507,8 @@ def _parity(bundle: Bundle, config: ExportConfig, keras_runner, log) -> dict:
         labels = None
     log(f"parity against Keras on {len(images.images)} images from {images.source}")
     reference = _run(keras_runner, images.images, config.batch_size)
-    forms = {
-        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, precision_of(n), size, config))
-        for name in ("fp32", "fp16", "int8", "cpu-int8")
-        if bundle.has(FILES[name])
-    }
-    openvino_forms = _openvino_forms(bundle, size, log)
-    forms.update(openvino_forms)
+    forms = parity_forms(bundle, config, log)
+    openvino_forms = [name for name in forms if name.startswith("openvino-")]
     tokens, token_report = _form_tokens(bundle, keras_runner, images.images, [n for n in forms if n in FILES], config, log)
     results = parity_report.measure(reference, forms, images.images, labels, bundle.threshold, config.batch_size, log,
                                     tokens=tokens)
@@ -645,6 +640,19 @@ def _export_face_finder(bundle: Bundle, config: ExportConfig, log) -> None:
         faces_int8.add_to_bundle(bundle, real, log)
         bundle.save()
 
+
+
+def parity_forms(bundle: Bundle, config: ExportConfig, log: Callable[[str], None] = _stderr) -> dict:
+    """{parity.json form name: a function making its runner} for every form of the bundle this
+    machine runs: the ONNX files on ONNX Runtime CPU, and OpenVINO's forms of the same files."""
+    size = bundle.input_size
+    forms = {
+        name: (lambda p=bundle.file(FILES[name]), n=name: _ort(p, precision_of(n), size, config))
+        for name in ("fp32", "fp16", "int8", "cpu-int8")
+        if bundle.has(FILES[name])
+    }
+    forms.update(_openvino_forms(bundle, size, log))
+    return forms
 
 
 def _openvino_forms(bundle: Bundle, size, log) -> dict:

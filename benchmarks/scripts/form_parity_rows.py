@@ -25,27 +25,11 @@ from collections import defaultdict
 import numpy as np
 
 
-def forms(bundle) -> dict:
-    """{form name: runner} for every form the bundle has that this machine runs."""
-    from dfx.runtime.runners import openvino
-    from dfx.runtime.runners.ort import OrtRunner
+def run(runner, images: np.ndarray) -> np.ndarray:
+    from dfx.runtime.runners.base import run_batches
 
-    size = bundle.input_size
-    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "cpu-int8": "model.int8.cpu.onnx"}
-    out = {name: OrtRunner(str(bundle.file(file)), precision="int8" if "int8" in name else name, input_size=size)
-           for name, file in files.items() if bundle.has(file)}
-    if openvino.available():
-        out["openvino-fp32"] = openvino.OpenVinoRunner(str(bundle.file("model.onnx")), precision="fp32", input_size=size)
-        if openvino.bf16_status()[0]:
-            out["openvino-bf16"] = openvino.OpenVinoRunner(str(bundle.file("model.onnx")), precision="bf16", input_size=size)
-        if bundle.has("model.int8.cpu.onnx"):
-            out["openvino-int8"] = openvino.OpenVinoRunner(str(bundle.file("model.int8.cpu.onnx")), precision="int8", input_size=size)
-    return out
-
-
-def run(runner, images: np.ndarray, batch: int = 16) -> np.ndarray:
     with runner:
-        return np.concatenate([runner.infer(images[i:i + batch]) for i in range(0, len(images), batch)])
+        return run_batches(runner, images, 16)
 
 
 def main() -> int:
@@ -58,6 +42,7 @@ def main() -> int:
     from dfx import datasets, parity
     from dfx.bundle import Bundle
     from dfx.export import data as export_data
+    from dfx.export.pipeline import ExportConfig, parity_forms
     from dfx.images import load_image
     from dfx.photo_data import bundle_policy
     from dfx.runtime.runners.keras import KerasRunner
@@ -65,6 +50,7 @@ def main() -> int:
 
     bundle = Bundle.open(args.bundle)
     samples, source = export_data.resolve(bundle, None, "val")
+
     def row_of(sample) -> str:  # "fake/sd21", "real/ffhq": a source is a class's group
         return f"{datasets.LABELS[sample.label]}/{sample.group}"
 
@@ -80,7 +66,8 @@ def main() -> int:
     keras = KerasRunner(str(bundle.file(bundle.files_with_role("keras")[0])), input_size=bundle.input_size)
     reference = {view: run(keras, images) for view, images in views.items()}
     rows, failed = [], False
-    for name, runner in forms(bundle).items():
+    for name, make in parity_forms(bundle, ExportConfig(), log=lambda _: None).items():  # what `dfx export` judges
+        runner = make()
         logits = {view: run(runner, images) for view, images in views.items()}
         for view in views:
             for group in sorted(set(groups)):

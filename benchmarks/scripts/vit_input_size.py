@@ -56,31 +56,28 @@ def held_out_rows(tokens, labels, groups, is_val) -> dict:
 
 
 def speed(models: dict[str, tuple[str, int]], seconds: float = 20.0) -> dict:
-    """images/s of each (onnx path, size) on ORT fp32 and OpenVINO bf16, batch 8, interleaved."""
+    """images/s of each (onnx path, size) on ORT fp32 and OpenVINO bf16, batch 8, interleaved
+    in rounds by the bench's own timing (dfx.benchmarks.harness.measure_inference)."""
+    from dfx.benchmarks.harness import BenchConfig, measure_inference
     from dfx.runtime.runners import openvino
     from dfx.runtime.runners.ort import OrtRunner
 
-    runners = {}
-    for name, (path, size) in models.items():
-        runners[f"{name} ort-fp32"] = (OrtRunner(path, precision="fp32", input_size=(size, size)), size)
-        if openvino.bf16_status()[0]:
-            runners[f"{name} ov-bf16"] = (openvino.OpenVinoRunner(path, precision="bf16", input_size=(size, size)), size)
+    runners, batches = {}, {}
     rng = np.random.default_rng(0)
-    spent = {key: [0, 0.0] for key in runners}
-    for runner, size in runners.values():
+    for name, (path, size) in models.items():
+        runners[f"{name} ort-fp32"] = OrtRunner(path, precision="fp32", input_size=(size, size))
+        if openvino.bf16_status()[0]:
+            runners[f"{name} ov-bf16"] = openvino.OpenVinoRunner(path, precision="bf16", input_size=(size, size))
+        batch = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+        batches.update({key: batch for key in runners if key.startswith(name + " ")})
+    for runner in runners.values():
         runner.activate()
-        runner.infer(rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8))
-    for _ in range(4):  # rounds, so load from elsewhere hits every row alike
-        for key, (runner, size) in runners.items():
-            batch = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
-            began = time.perf_counter()
-            while time.perf_counter() - began < seconds / 4:
-                runner.infer(batch)
-                spent[key][0] += 8
-            spent[key][1] += time.perf_counter() - began
-    for runner, _ in runners.values():
-        runner.deactivate()
-    return {key: round(images / seconds_, 2) for key, (images, seconds_) in spent.items()}
+    try:
+        stats = measure_inference(runners, batches, BenchConfig(duration=seconds, rounds=4, warmup=1))
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    return {key: stat.get("images_per_s", stat.get("error")) for key, stat in stats.items()}
 
 
 def main() -> int:

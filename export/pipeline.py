@@ -196,16 +196,19 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             raise DfxError("--int8-float-convs applies to convolutional models; this bundle's graph is a transformer",
                            hint="drop it: the INT8 export chooses which blocks stay float by measurement (calibration.json)")
 
-        def load_calibration():
-            """The calibration images, decoded once, only where a step needs them (a CNN's cache hit needs none)."""
-            return export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
-
         calib_set = None
+
+        def load_calibration():
+            """The calibration images, decoded on first need only (a CNN's cache hit needs none)."""
+            nonlocal calib_set
+            if calib_set is None:
+                calib_set = export_data.load(chosen, size, fit, source, progress="calibration images", faces=faces)
+            return calib_set
+
         smoothing = None
         if smoothing_alpha:  # computed each time (one fp32 pass); the ranges below are of the smoothed graph
-            calib_set = load_calibration()
             smoothed = Path(tmp) / "model.smooth.onnx"
-            smoothing = smooth.smooth(pre, smoothed, calib_set.images, smoothing_alpha, config.batch_size)
+            smoothing = smooth.smooth(pre, smoothed, load_calibration().images, smoothing_alpha, config.batch_size)
             pre = smoothed
             spread = smoothing["largest_channel_over_median"]
             log(f"SmoothQuant (alpha {smoothing_alpha:g}) on {smoothing['layer_norms']} LayerNorms and the {smoothing['matmuls']} "
@@ -224,10 +227,10 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             else:
                 log(f"calibration: reusing {cache_name} (same model, images, method); pass --recalibrate to redo it")
         if not hit:
-            calib_set = calib_set if calib_set is not None else load_calibration()
-            log(f"calibrating ({config.calib_method}) on {len(calib_set.images)} images from {source}")
+            images = load_calibration().images
+            log(f"calibrating ({config.calib_method}) on {len(images)} images from {source}")
             start = time.perf_counter()
-            ranges = int8.calibrate(pre, calib_set.images, options)
+            ranges = int8.calibrate(pre, images, options)
             log(f"  {len(ranges.keys())} tensor ranges in {time.perf_counter() - start:.1f} s")
             int8.save_ranges(ranges, cache_path)
         calib_tokens = None  # fp32 (logits, tokens) on the calibration images: the float-unit search's reference
@@ -237,16 +240,15 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
                 if reused is not None:
                     selection = _reused(reused)
                 else:
-                    calib_set = calib_set if calib_set is not None else load_calibration()
                     if calib_tokens is None:
                         with block_tokens.Tap(fp32_path) as tap:
-                            calib_tokens = tap.run(calib_set.images, config.batch_size)
+                            calib_tokens = tap.run(load_calibration().images, config.batch_size)
                     # Both files keep the patch embedding float, as the symmetric one keeps a CNN's first
                     # conv: it reads the pixels, and on CLIP ViT-B/16 quantizing it (uint8) took the last
                     # block's tokens from cosine 0.989 to 0.856. --quantize-first-conv makes it a candidate.
                     fixed = () if config.quantize_first_conv else ("embedding",)
                     log(f"{FILES[form]} ({activations} activations; MatMuls and the patch conv):")
-                    selection = _select_float_units(pre, units, calib_tokens, cache_path, calib_set, config, bundle,
+                    selection = _select_float_units(pre, units, calib_tokens, cache_path, load_calibration(), config, bundle,
                                                     activations, fixed, log)
                 path = bundle.root / FILES[form]
                 details = int8.quantize(pre, path, cache_path, config.calib_method, float_convs=0, activations=activations,
@@ -268,14 +270,13 @@ def _export_int8(bundle, fp32_path: Path, config: ExportConfig, ort_val, validat
             elif reused is not None:
                 selection = _reused(reused)
             else:
-                calib_set = calib_set if calib_set is not None else load_calibration()
                 if calib_fp32 is None:
-                    calib_fp32 = _run(_ort(fp32_path, "fp32", size, config), calib_set.images, config.batch_size)
+                    calib_fp32 = _run(_ort(fp32_path, "fp32", size, config), load_calibration().images, config.batch_size)
                 # The uint8 twin has the resolution to try the first conv; the symmetric file
                 # starts at one float conv unless --quantize-first-conv.
                 first = 0 if activations == "uint8" or config.quantize_first_conv else 1
                 log(f"{FILES[form]} ({activations} activations):")
-                selection = _select_float_convs(pre, calib_fp32, cache_path, calib_set, config, bundle, activations, first, log)
+                selection = _select_float_convs(pre, calib_fp32, cache_path, load_calibration(), config, bundle, activations, first, log)
             path = bundle.root / FILES[form]
             details = int8.quantize(pre, path, cache_path, config.calib_method, float_convs=selection["float_convs"],
                                     activations=activations)

@@ -8,8 +8,8 @@ divides each channel j of such an activation by s_j and multiplies row j of ever
 reads it by s_j, with s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): the float graph computes the
 same thing, the activation's channels come out even, and the weights, quantized per output
 channel, absorb the range. Here the division is folded into the LayerNorm's own scale and
-bias, so the smoothed graph has no extra op; `smooth` checks the result against the original
-on the calibration images.
+bias, so the smoothed graph has no extra op (exact in float: tests/test_vit_export.py compares
+its logits with the original's).
 
 Needs onnx, onnxruntime and numpy.
 """
@@ -64,17 +64,18 @@ def layer_norm_readers(model: Any) -> list[tuple[Any, list[Any]]]:
     return pairs
 
 
-def channel_maxima(model_path: str | os.PathLike, tensors: list[str], images: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """max |x| per channel (the last axis) of each named tensor over the images."""
+def channel_maxima(model: Any, tensors: list[str], images: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """max |x| per channel (the last axis) of each named tensor of `model` (left as it is) over the images."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
-    model = onnx.load(os.fspath(model_path))
-    del model.graph.output[:]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
     for name in tensors:
-        model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
     maxima = {name: None for name in tensors}
     for start in range(0, len(images), batch_size):
@@ -95,7 +96,7 @@ def smooth(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray, a
 
     model = onnx.load(os.fspath(src))
     pairs = layer_norm_readers(model)
-    maxima = channel_maxima(src, [norm.output[0] for norm, _ in pairs], images, batch_size)
+    maxima = channel_maxima(model, [norm.output[0] for norm, _ in pairs], images, batch_size)
     weights = {t.name: t for t in model.graph.initializer}
     spread_before, spread_after = [], []
     for norm, readers in pairs:

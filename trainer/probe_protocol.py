@@ -35,6 +35,8 @@ import numpy as np
 from dfx import datasets, metrics
 from dfx.atomic import write_atomic
 from dfx.errors import DfxError
+from dfx.trainer.probe import DEFAULT_BACKBONE
+from dfx.trainer.vit import DEFAULT_HEAD
 
 IN_DISTRIBUTION = "in-distribution"
 VIEWS = ("laundered", "half-size")  # the altered copies the in-distribution row is scored on; held-out rows: laundered
@@ -44,8 +46,8 @@ VIEWS = ("laundered", "half-size")  # the altered copies the in-distribution row
 class ProbeProtocolConfig:
     data: tuple[str, ...]  # labelled roots pooled (real/<source>, fake/<generator>)
     out: str  # folder for protocol.json and protocol.md
-    backbone: str = "clip-vit-b16"  # dfx.trainer.probe.BACKBONES
-    head: str = "linear"  # dfx.trainer.vit.HEADS (DEFAULT_HEAD)
+    backbone: str = DEFAULT_BACKBONE  # dfx.trainer.probe.BACKBONES
+    head: str = DEFAULT_HEAD  # dfx.trainer.vit.HEADS
     head_blocks: tuple[int, ...] | None = None  # the blocks head's tokens
     fit: str = "resize"  # pixel policy
     faces: str = "auto"  # whole photos (dfx.photo_data)

@@ -40,6 +40,8 @@ from dfx.errors import DfxError, require
 from dfx.images import FIT_POLICIES
 from dfx.photo_data import face_policy
 from dfx.trainer.models import DEFAULT_CNN
+from dfx.trainer.probe import DEFAULT_BACKBONE
+from dfx.trainer.vit import DEFAULT_HEAD
 
 MODEL_FILE = "model.keras"
 FROZEN_BACKBONE = ("clip_vit",)  # architectures trained as a head on a frozen tower's cached tokens (dfx.trainer.probe)
@@ -113,8 +115,8 @@ class TrainConfig:
     faces: str = "auto"
     # Frozen-backbone architectures (clip_vit): which tower (dfx.trainer.probe.BACKBONES) and
     # which head on its blocks' CLS tokens (dfx.trainer.vit.HEADS; `head_blocks` for "blocks").
-    backbone: str = "clip-vit-b16"
-    head: str = "linear"  # dfx.trainer.vit.DEFAULT_HEAD
+    backbone: str = DEFAULT_BACKBONE
+    head: str = DEFAULT_HEAD
     head_blocks: tuple[int, ...] | None = None
     overwrite: bool = False  # replace an existing bundle at `out`
     progress: bool = True  # progress bars (hidden anyway when not on a terminal)
